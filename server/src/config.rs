@@ -1,0 +1,167 @@
+//! `vowd`'s configuration: every flag also reads a `VOW_*` environment
+//! variable, and `--help` explains each.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+use crate::engine::{EngineConfig, retry::RetryPolicy};
+
+/// vowd — the Vow task service: submit tasks, then await or watch their results over gRPC.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "vowd", version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve gRPC on. Use 0.0.0.0:50051 (or [::]:50051) to listen on all interfaces;
+    /// port 0 picks a free port, printed on stdout at start.
+    #[arg(long, env = "VOW_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Where tasks are kept: `memory` keeps them in this process only.
+    #[arg(long, env = "VOW_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
+
+    /// Directory of the embedded store's files.
+    #[arg(long, env = "VOW_DATA_DIR", default_value = "./vow-data")]
+    pub data_dir: PathBuf,
+
+    /// Log format on stderr: human-readable `text` or one JSON object per line.
+    #[arg(long, env = "VOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Attempts executing at once; further due tasks wait in the queue.
+    #[arg(long, env = "VOW_MAX_CONCURRENT_TASKS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_tasks: u32,
+
+    /// Tasks allowed to wait in the queue; beyond it Submit answers RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "VOW_MAX_QUEUED_TASKS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_tasks: u64,
+
+    /// Largest task input accepted, in bytes.
+    #[arg(long, env = "VOW_MAX_INPUT_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=(64 * 1024 * 1024)))]
+    pub max_input_bytes: u64,
+
+    /// Attempts per task when the submitter sets none (the first included).
+    #[arg(long, env = "VOW_DEFAULT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub default_max_attempts: u32,
+
+    /// Wait before the first retry when the submitter sets none.
+    #[arg(long, env = "VOW_DEFAULT_INITIAL_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub default_initial_backoff: Duration,
+
+    /// Longest wait between attempts when the submitter sets none.
+    #[arg(long, env = "VOW_DEFAULT_MAX_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub default_max_backoff: Duration,
+
+    /// How long finished tasks are kept when the submitter sets no retention.
+    #[arg(long, env = "VOW_DEFAULT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub default_retention: Duration,
+
+    /// Longest retention a submitter may ask for (longer requests are capped).
+    #[arg(long, env = "VOW_MAX_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub max_retention: Duration,
+
+    /// Longest single Await, whatever the caller's deadline.
+    #[arg(long, env = "VOW_MAX_AWAIT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_await: Duration,
+
+    /// On SIGTERM/SIGINT, how long running attempts may take to finish before they are handed back.
+    #[arg(long, env = "VOW_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How long a cancelled or timed-out handler may take to return before it is abandoned.
+    #[arg(long, env = "VOW_CANCEL_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cancel_grace: Duration,
+
+    /// Least time between two progress updates of one attempt; faster reports are coalesced.
+    #[arg(long, env = "VOW_PROGRESS_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+
+    /// Lease of a running attempt; renewed at a third of it, reaped when it lapses.
+    #[arg(long, env = "VOW_LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+}
+
+/// Storage backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// In this process only; everything is lost when it exits.
+    Memory,
+}
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Parses flags and environment of a `vowd` command line (for tests and embedding).
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+
+    /// Checks relations between flags that clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--lease-duration", self.lease_duration),
+            ("--max-await", self.max_await),
+            ("--progress-interval", self.progress_interval),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(format!("{flag} must be positive"));
+        }
+        if self.default_initial_backoff > self.default_max_backoff {
+            return Err("--default-initial-backoff must not exceed --default-max-backoff".into());
+        }
+        if self.default_retention > self.max_retention {
+            return Err("--default-retention must not exceed --max-retention".into());
+        }
+        Ok(())
+    }
+
+    /// The engine's share of the configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_concurrent_tasks: self.max_concurrent_tasks as usize,
+            max_queued_tasks: self.max_queued_tasks as usize,
+            max_input_bytes: self.max_input_bytes as usize,
+            default_retry: RetryPolicy {
+                max_attempts: self.default_max_attempts,
+                initial_backoff: self.default_initial_backoff,
+                max_backoff: self.default_max_backoff,
+                ..RetryPolicy::default()
+            },
+            default_retention: self.default_retention,
+            max_retention: self.max_retention,
+            max_await: self.max_await,
+            lease_duration: self.lease_duration,
+            cancel_grace: self.cancel_grace,
+            progress_interval: self.progress_interval,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_args(["vowd"]).expect("defaults parse");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let config = Config::from_args(["vowd", "--drain-timeout", "1m 30s"]).expect("parses");
+        assert_eq!(config.drain_timeout, Duration::from_secs(90));
+        assert!(Config::from_args(["vowd", "--drain-timeout", "-1s"]).is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Execution: the dispatcher claims due tasks while executor slots are free,
+//! and each attempt runs its handler under a cancellation token, the attempt
+//! timeout, the task deadline, heartbeats and coalesced progress writes.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use futures::FutureExt;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+
+use super::{
+    Engine, Mutation, RunningAttempt, StopReason, sleep_until_opt,
+    handler::{HandlerContext, ProgressReporter},
+    task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
+    transitions::{self, AttemptOutcome},
+};
+use crate::store::{ClaimRequest, StoreError};
+
+/// Most tasks claimed in one store round trip.
+const CLAIM_BATCH: usize = 64;
+/// Longest the dispatcher sleeps without looking at the store, so tasks made
+/// due by another process (or a missed wake-up) are still found.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Claims due tasks while slots are free and spawns their attempts.
+pub(super) async fn dispatch_loop(engine: Engine) {
+    let inner = &engine.inner;
+    loop {
+        let first_slot = tokio::select! {
+            permit = inner.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = inner.stop_dispatch.cancelled() => return,
+        };
+        let mut slots = vec![first_slot];
+        while slots.len() < CLAIM_BATCH {
+            match inner.slots.clone().try_acquire_owned() {
+                Ok(permit) => slots.push(permit),
+                Err(_) => break,
+            }
+        }
+
+        let claimed = {
+            let _gate = inner.claim_gate.lock().await;
+            match claim(&engine, slots.len()).await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::error!(%error, "claiming due tasks failed; retrying");
+                    drop(slots);
+                    tokio::select! {
+                        () = tokio::time::sleep(IDLE_POLL) => continue,
+                        () = inner.stop_dispatch.cancelled() => return,
+                    }
+                }
+            }
+        };
+
+        let claimed_any = !claimed.is_empty();
+        for ((task, attempt), slot) in claimed.into_iter().zip(slots.drain(..)) {
+            inner.attempts.spawn(run_attempt(engine.clone(), task, attempt, slot));
+        }
+        drop(slots);
+        if claimed_any {
+            continue;
+        }
+
+        let next_due = inner.store.next_due_at().await.ok().flatten();
+        let sleep_for = next_due
+            .map(|due| due.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(IDLE_POLL)
+            .min(IDLE_POLL);
+        tokio::select! {
+            () = inner.dispatch_wakeup.notified() => {}
+            () = tokio::time::sleep(sleep_for) => {}
+            () = inner.stop_dispatch.cancelled() => return,
+        }
+    }
+}
+
+/// Claims up to `limit` tasks and registers their attempts, so Cancel can
+/// reach them as soon as the store shows them running.
+async fn claim(engine: &Engine, limit: usize) -> Result<Vec<(TaskRecord, Arc<RunningAttempt>)>, StoreError> {
+    let inner = &engine.inner;
+    let request = ClaimRequest {
+        now: SystemTime::now(),
+        limit,
+        owner: inner.config.node_id.clone(),
+        lease_duration: inner.config.lease_duration,
+    };
+    let claimed = inner.store.claim_due(&request).await?;
+    let mut running = engine.lock_running();
+    Ok(claimed
+        .into_iter()
+        .map(|task| {
+            let attempt = Arc::new(RunningAttempt {
+                cancellation: inner.shutdown.child_token(),
+                stop_reason: Mutex::new(None),
+            });
+            running.insert(task.id, attempt.clone());
+            inner.hub.publish(Arc::new(task.clone()));
+            (task, attempt)
+        })
+        .collect())
+}
+
+/// Why the attempt loop stopped waiting for the handler.
+enum Interruption {
+    Stopped(StopReason),
+    AttemptTimeout,
+    TaskDeadline,
+}
+
+/// Runs one attempt of a claimed task and stores its outcome.
+async fn run_attempt(engine: Engine, task: TaskRecord, attempt: Arc<RunningAttempt>, _slot: OwnedSemaphorePermit) {
+    let task_id = task.id;
+    let outcome = execute(&engine, &task, &attempt).await;
+    engine.lock_running().remove(&task_id);
+    store_outcome(&engine, &task, outcome).await;
+    engine.inner.dispatch_wakeup.notify_one();
+}
+
+async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -> AttemptOutcome {
+    let config = &engine.inner.config;
+    let now = SystemTime::now();
+    if task.deadline.is_some_and(|deadline| deadline <= now) {
+        return AttemptOutcome::DeadlineExceeded { handler_stopped: true };
+    }
+    let Some(handler) = engine.inner.handlers.get(&task.kind).cloned() else {
+        // Possible when a store holds tasks of a kind this build lacks.
+        return AttemptOutcome::Failed(
+            TaskError::new(ErrorCode::Unimplemented, format!("no handler for kind {:?}", task.kind))
+                .with_reason("UNKNOWN_KIND"),
+        );
+    };
+
+    let attempt_deadline = task.attempt_timeout.map(|timeout| Instant::now() + timeout);
+    let task_deadline = task.deadline.map(|deadline| instant_of(deadline, now));
+    let handler_deadline = match (task.attempt_timeout, task.deadline) {
+        (Some(timeout), Some(deadline)) => Some((now + timeout).min(deadline)),
+        (timeout, deadline) => timeout.map(|timeout| now + timeout).or(deadline),
+    };
+    let (progress, mut progress_updates) = ProgressReporter::channel();
+    let context = HandlerContext::new(
+        task.id,
+        task.kind.clone(),
+        task.input.clone(),
+        task.labels.clone(),
+        task.attempt,
+        task.retry.max_attempts,
+        handler_deadline,
+        attempt.cancellation.clone(),
+        progress,
+    );
+    let mut handler_run = AssertUnwindSafe(handler.run(context)).catch_unwind();
+    let lease_token = task.lease.as_ref().map_or(0, |lease| lease.token);
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + config.lease_duration / 3,
+        config.lease_duration / 3,
+    );
+    let mut interruption: Option<Interruption> = None;
+    let mut grace_end: Option<Instant> = None;
+    let mut progress_due: Option<Instant> = None;
+    let mut last_progress_write: Option<Instant> = None;
+
+    let result = loop {
+        let stopping = interruption.is_some();
+        tokio::select! {
+            result = &mut handler_run => break Some(result),
+            () = attempt.cancellation.cancelled(), if !stopping => {
+                let reason = attempt.stop_reason().unwrap_or(StopReason::HandedBack);
+                interruption = Some(Interruption::Stopped(reason));
+                grace_end = Some(Instant::now() + config.cancel_grace);
+            }
+            () = sleep_until_opt(attempt_deadline), if !stopping => {
+                interruption = Some(Interruption::AttemptTimeout);
+                attempt.cancellation.cancel();
+                grace_end = Some(Instant::now() + config.cancel_grace);
+            }
+            () = sleep_until_opt(task_deadline), if !stopping => {
+                interruption = Some(Interruption::TaskDeadline);
+                attempt.cancellation.cancel();
+                grace_end = Some(Instant::now() + config.cancel_grace);
+            }
+            () = sleep_until_opt(grace_end), if stopping => break None,
+            Ok(()) = progress_updates.changed(), if progress_due.is_none() => {
+                let earliest = last_progress_write.map(|last| last + config.progress_interval);
+                progress_due = Some(earliest.unwrap_or_else(Instant::now).max(Instant::now()));
+            }
+            () = sleep_until_opt(progress_due) => {
+                progress_due = None;
+                last_progress_write = Some(Instant::now());
+                let report = progress_updates.borrow_and_update().clone();
+                if let Some(report) = report {
+                    write_progress(engine, task, lease_token, report.percent, report.message).await;
+                }
+            }
+            _ = heartbeat.tick() => {
+                let expires_at = SystemTime::now() + config.lease_duration;
+                if let Err(error) = engine.inner.store.extend_lease(task.id, lease_token, expires_at).await {
+                    tracing::warn!(task.id = %task.id, %error, "lease renewal failed");
+                }
+            }
+        }
+    };
+
+    let handler_stopped = result.is_some();
+    match (interruption, result) {
+        (None, Some(Ok(Ok(output)))) => AttemptOutcome::Succeeded(output),
+        (None, Some(Ok(Err(error)))) => AttemptOutcome::Failed(error),
+        (None, Some(Err(panic))) => {
+            let message = panic_message(&panic);
+            tracing::error!(task.id = %task.id, task.kind = %task.kind, panic.message = %message, "handler panicked");
+            AttemptOutcome::Failed(
+                TaskError::new(ErrorCode::Internal, format!("panicked: {message}")).with_reason("HANDLER_PANICKED"),
+            )
+        }
+        (None, None) => unreachable!("the loop only gives up on a handler after an interruption"),
+        (Some(Interruption::AttemptTimeout), _) => AttemptOutcome::TimedOut { handler_stopped },
+        (Some(Interruption::TaskDeadline), _) => AttemptOutcome::DeadlineExceeded { handler_stopped },
+        (Some(Interruption::Stopped(StopReason::Cancelled(reason))), _) => {
+            AttemptOutcome::Cancelled { reason, handler_stopped }
+        }
+        (Some(Interruption::Stopped(StopReason::HandedBack)), _) => AttemptOutcome::HandedBack,
+    }
+}
+
+/// Stores the end of an attempt, unless this process no longer holds the lease.
+async fn store_outcome(engine: &Engine, claimed: &TaskRecord, outcome: AttemptOutcome) {
+    let lease_token = claimed.lease.as_ref().map(|lease| lease.token);
+    let mut outcome = Some(outcome);
+    let result = engine
+        .update_task(claimed.id, |task| {
+            let holds_lease = task.state == TaskState::Running
+                && task.lease.as_ref().map(|lease| lease.token) == lease_token;
+            if !holds_lease {
+                return Mutation::Keep;
+            }
+            let Some(mut this_outcome) = outcome.take() else {
+                return Mutation::Keep;
+            };
+            // A cancel seen only through the store (another process asked).
+            if task.cancel_requested && !matches!(this_outcome, AttemptOutcome::Succeeded(_)) {
+                this_outcome = AttemptOutcome::Cancelled {
+                    reason: "cancel requested".into(),
+                    handler_stopped: true,
+                };
+            }
+            transitions::finish_attempt(task, this_outcome, SystemTime::now(), rand::random());
+            Mutation::Write
+        })
+        .await;
+    match result {
+        Ok(task) if task.state == TaskState::Running => {
+            tracing::warn!(task.id = %claimed.id, "attempt result refused: the lease is no longer held");
+        }
+        Ok(task) => {
+            if task.state == TaskState::RetryWait {
+                engine.inner.dispatch_wakeup.notify_one();
+            }
+            tracing::debug!(task.id = %task.id, task.state = task.state.as_str(), task.attempt = task.attempt, "attempt finished");
+        }
+        Err(error) => tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome"),
+    }
+}
+
+async fn write_progress(engine: &Engine, claimed: &TaskRecord, lease_token: u64, percent: f32, message: String) {
+    let result = engine
+        .update_task(claimed.id, |task| {
+            let holds_lease = task.state == TaskState::Running
+                && task.lease.as_ref().is_some_and(|lease| lease.token == lease_token);
+            if !holds_lease {
+                return Mutation::Keep;
+            }
+            task.progress = Some(Progress {
+                percent,
+                message: message.clone(),
+                updated_at: SystemTime::now(),
+            });
+            Mutation::Write
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::debug!(task.id = %claimed.id, %error, "progress not stored");
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+fn instant_of(at: SystemTime, now: SystemTime) -> Instant {
+    Instant::now() + at.duration_since(now).unwrap_or_default()
+}
+

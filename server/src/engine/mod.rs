@@ -1,0 +1,549 @@
+//! The domain: task records, the state machine, scheduling, execution, waiting
+//! and events. It knows nothing of gRPC; `grpc/` adapts it to the wire.
+//!
+//! Every change follows one path: compare-and-set in the store, then publish
+//! the stored snapshot on the [`EventHub`]. A waiter subscribes before it reads
+//! the store, so it cannot miss a change.
+
+pub mod error;
+pub mod events;
+pub mod handler;
+pub mod retry;
+pub mod task;
+pub mod transitions;
+
+mod executor;
+mod maintenance;
+mod validate;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{Notify, Semaphore, broadcast::error::RecvError};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use error::{EngineError, FieldViolation};
+pub use events::{EventHub, TaskEvent};
+pub use handler::{Handler, HandlerContext, HandlerRegistry};
+use retry::RetryPolicy;
+use task::{SubmitSpec, TaskDeadline, TaskId, TaskRecord, TaskState, TraceContext};
+
+use crate::store::{CreateOutcome, ListPage, ListQuery, Store, StoreError};
+
+/// Tunables of the engine; `vowd` fills them from flags.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Names this process in leases.
+    pub node_id: String,
+    /// Attempts running at once.
+    pub max_concurrent_tasks: usize,
+    /// Claimable tasks allowed before Submit answers RESOURCE_EXHAUSTED.
+    pub max_queued_tasks: usize,
+    /// Largest accepted input.
+    pub max_input_bytes: usize,
+    /// Policy for fields a submitter leaves unset.
+    pub default_retry: RetryPolicy,
+    /// Highest `max_attempts` a submitter may ask for.
+    pub max_attempts_limit: u32,
+    /// How long finished tasks are kept unless the submitter says otherwise.
+    pub default_retention: Duration,
+    /// Longest retention a submitter may ask for.
+    pub max_retention: Duration,
+    /// Longest single Await, whatever the caller asks.
+    pub max_await: Duration,
+    /// Lease of a running attempt; heartbeats renew it at a third of this.
+    pub lease_duration: Duration,
+    /// How long a cancelled handler may take to return before it is abandoned.
+    pub cancel_grace: Duration,
+    /// Least time between two progress writes of one attempt.
+    pub progress_interval: Duration,
+    /// Period of the deadline, lease and retention sweeps.
+    pub sweep_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            node_id: format!("vowd-{}", std::process::id()),
+            max_concurrent_tasks: 256,
+            max_queued_tasks: 100_000,
+            max_input_bytes: 4 * 1024 * 1024,
+            default_retry: RetryPolicy::default(),
+            max_attempts_limit: 100,
+            default_retention: Duration::from_secs(24 * 60 * 60),
+            max_retention: Duration::from_secs(30 * 24 * 60 * 60),
+            max_await: Duration::from_secs(5 * 60),
+            lease_duration: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(5),
+            progress_interval: Duration::from_millis(100),
+            sweep_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Result of a submit.
+#[derive(Debug)]
+pub struct Submitted {
+    pub task: TaskEvent,
+    /// An earlier submit with the same idempotency key created the task.
+    pub deduplicated: bool,
+}
+
+/// Result of a bounded wait.
+#[derive(Debug)]
+pub struct Awaited {
+    pub task: TaskEvent,
+    /// The task is terminal.
+    pub done: bool,
+}
+
+/// Why a running attempt is being stopped.
+#[derive(Clone, Debug)]
+enum StopReason {
+    Cancelled(String),
+    HandedBack,
+}
+
+/// A locally running attempt, reachable by Cancel and by shutdown.
+struct RunningAttempt {
+    cancellation: CancellationToken,
+    stop_reason: Mutex<Option<StopReason>>,
+}
+
+/// What a read-modify-write decided to do with the record it read.
+enum Mutation {
+    Write,
+    Keep,
+}
+
+/// The task engine. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    store: Arc<dyn Store>,
+    hub: Arc<EventHub>,
+    handlers: HandlerRegistry,
+    dispatch_wakeup: Notify,
+    /// Held while claiming and registering attempts, so Cancel finds every
+    /// attempt the store shows as running here.
+    claim_gate: tokio::sync::Mutex<()>,
+    running: Mutex<HashMap<TaskId, Arc<RunningAttempt>>>,
+    accepting: AtomicBool,
+    /// Stops claiming new work; fired first at shutdown.
+    stop_dispatch: CancellationToken,
+    /// Ends waits and background loops; fired last at shutdown.
+    shutdown: CancellationToken,
+    attempts: TaskTracker,
+    background: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl Engine {
+    /// Starts an engine with its dispatcher and maintenance loops. Must be
+    /// called inside a tokio runtime.
+    pub fn start(config: EngineConfig, store: Arc<dyn Store>, handlers: HandlerRegistry) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1)));
+        let engine = Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                hub: Arc::new(EventHub::default()),
+                handlers,
+                dispatch_wakeup: Notify::new(),
+                claim_gate: tokio::sync::Mutex::new(()),
+                running: Mutex::default(),
+                accepting: AtomicBool::new(true),
+                stop_dispatch: CancellationToken::new(),
+                shutdown: CancellationToken::new(),
+                attempts: TaskTracker::new(),
+                background: TaskTracker::new(),
+                slots,
+            }),
+        };
+        engine.inner.background.spawn(executor::dispatch_loop(engine.clone()));
+        engine.inner.background.spawn(maintenance::sweep_loop(engine.clone()));
+        engine
+    }
+
+    /// The in-process event hub (waiter and watcher gauges live there).
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.inner.hub
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Kinds this engine can run, sorted.
+    pub fn known_kinds(&self) -> Vec<String> {
+        self.inner.handlers.kinds().map(str::to_owned).collect()
+    }
+
+    /// Accepts a task. It is stored before this returns.
+    pub async fn submit(&self, spec: SubmitSpec, trace: TraceContext) -> Result<Submitted, EngineError> {
+        self.submit_bounded(spec, trace, None).await
+    }
+
+    /// Accepts a task whose deadline is also bounded by `deadline_bound`.
+    async fn submit_bounded(
+        &self,
+        spec: SubmitSpec,
+        trace: TraceContext,
+        deadline_bound: Option<SystemTime>,
+    ) -> Result<Submitted, EngineError> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let now = SystemTime::now();
+        validate::validate(&spec, &self.inner.config, &self.inner.handlers, now)?;
+        let record = self.new_record(spec, trace, deadline_bound, now);
+        let idempotency_key = record.idempotency_key.clone();
+        let outcome = self
+            .inner
+            .store
+            .create(record, Some(self.inner.config.max_queued_tasks))
+            .await
+            .map_err(|error| match error {
+                StoreError::IdempotencyMismatch { existing } => EngineError::IdempotencyConflict {
+                    key: idempotency_key.unwrap_or_default(),
+                    existing,
+                },
+                StoreError::QueueFull { limit } => EngineError::QueueFull {
+                    limit,
+                    retry_after: self.queue_retry_hint(),
+                },
+                other => other.into(),
+            })?;
+        match outcome {
+            CreateOutcome::Created(record) => {
+                let task = Arc::new(record);
+                tracing::debug!(task.id = %task.id, task.kind = %task.kind, "task submitted");
+                self.inner.hub.publish(task.clone());
+                self.inner.dispatch_wakeup.notify_one();
+                Ok(Submitted {
+                    task,
+                    deduplicated: false,
+                })
+            }
+            CreateOutcome::Existing(record) => Ok(Submitted {
+                task: Arc::new(record),
+                deduplicated: true,
+            }),
+        }
+    }
+
+    fn new_record(
+        &self,
+        spec: SubmitSpec,
+        trace: TraceContext,
+        deadline_bound: Option<SystemTime>,
+        now: SystemTime,
+    ) -> TaskRecord {
+        let config = &self.inner.config;
+        let fingerprint = spec.fingerprint();
+        let requested_deadline = spec.deadline.map(|deadline| match deadline {
+            TaskDeadline::At(at) => at,
+            TaskDeadline::After(ttl) => now + ttl,
+        });
+        let deadline = match (requested_deadline, deadline_bound) {
+            (Some(requested), Some(bound)) => Some(requested.min(bound)),
+            (requested, bound) => requested.or(bound),
+        };
+        TaskRecord {
+            id: TaskId::random(),
+            kind: spec.kind,
+            state: TaskState::Queued,
+            input: spec.input,
+            output: None,
+            error: None,
+            attempt: 0,
+            retry: config.default_retry.with_overrides(&spec.retry),
+            progress: None,
+            labels: spec.labels,
+            priority: spec.priority,
+            trace,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            ended_at: None,
+            next_attempt_at: spec.not_before.filter(|not_before| *not_before > now),
+            expires_at: None,
+            deadline,
+            attempt_timeout: spec.attempt_timeout,
+            retention: spec
+                .retention
+                .unwrap_or(config.default_retention)
+                .min(config.max_retention),
+            idempotency_key: spec.idempotency_key,
+            request_fingerprint: fingerprint,
+            cancel_requested: false,
+            lease: None,
+        }
+    }
+
+    /// A hint for clients refused by a full queue: roughly how long the
+    /// executors need to free a slot.
+    fn queue_retry_hint(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// The current snapshot of a task.
+    pub async fn get(&self, id: TaskId) -> Result<TaskEvent, EngineError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .map(Arc::new)
+            .ok_or(EngineError::NotFound(id))
+    }
+
+    /// Waits up to `wait` (capped by the server's max wait) for a task to be
+    /// terminal. Never reports an unfinished task as failed: at the bound it
+    /// returns `done = false` with the latest snapshot.
+    pub async fn await_task(&self, id: TaskId, wait: Duration) -> Result<Awaited, EngineError> {
+        self.wait_terminal(id, Some(wait.min(self.inner.config.max_await))).await
+    }
+
+    /// Waits for a task to be terminal, for at most `wait` if given.
+    async fn wait_terminal(&self, id: TaskId, wait: Option<Duration>) -> Result<Awaited, EngineError> {
+        let _waiter = self.inner.hub.waiter_guard();
+        let wait_until = wait.map(|wait| tokio::time::Instant::now() + wait);
+        let mut subscription = self.inner.hub.subscribe(id);
+        let mut latest = self.get(id).await?;
+        loop {
+            if latest.is_terminal() {
+                return Ok(Awaited {
+                    task: latest,
+                    done: true,
+                });
+            }
+            tokio::select! {
+                event = subscription.recv() => match event {
+                    Ok(task) => {
+                        if task.revision > latest.revision {
+                            latest = task;
+                        }
+                    }
+                    // Behind, or the topic closed (a terminal change or a
+                    // deletion): the store has the truth.
+                    Err(RecvError::Lagged(_) | RecvError::Closed) => {
+                        subscription = self.inner.hub.subscribe(id);
+                        latest = self.get(id).await?;
+                    }
+                },
+                () = sleep_until_opt(wait_until) => break,
+                () = self.inner.shutdown.cancelled() => break,
+            }
+        }
+        Ok(Awaited {
+            task: latest,
+            done: false,
+        })
+    }
+
+    /// Submits a task bound to the caller: its deadline is at most
+    /// `call_deadline`, and if the returned future is dropped before the task
+    /// finishes, the task is cancelled.
+    pub async fn run(
+        &self,
+        spec: SubmitSpec,
+        trace: TraceContext,
+        call_deadline: Option<SystemTime>,
+        wait: Option<Duration>,
+    ) -> Result<Awaited, EngineError> {
+        let submitted = self.submit_bounded(spec, trace, call_deadline).await?;
+        let id = submitted.task.id;
+        // A deduplicated run belongs to the caller that created it.
+        let mut cancel_on_drop = CancelOnDrop {
+            engine: self.clone(),
+            id,
+            armed: !submitted.deduplicated,
+        };
+        let awaited = self.wait_terminal(id, wait).await?;
+        // A task that outlives its call is cancelled as the guard drops.
+        cancel_on_drop.armed &= !awaited.done;
+        Ok(awaited)
+    }
+
+    /// Asks a task to stop. Waiting tasks end CANCELLED at once; a running
+    /// handler sees its token fire. Finished tasks are returned unchanged.
+    pub async fn cancel(&self, id: TaskId, reason: &str) -> Result<TaskEvent, EngineError> {
+        let now = SystemTime::now();
+        let task = self
+            .update_task(id, |task| {
+                if task.is_terminal() || task.cancel_requested {
+                    return Mutation::Keep;
+                }
+                if task.state == TaskState::Running {
+                    task.cancel_requested = true;
+                } else {
+                    transitions::cancel_waiting(task, reason, now);
+                }
+                Mutation::Write
+            })
+            .await?;
+        if task.state == TaskState::Running {
+            self.stop_local_attempt(id, StopReason::Cancelled(reason.to_owned())).await;
+        }
+        Ok(task)
+    }
+
+    /// Forgets a task. An unfinished task is refused unless `cancel_if_running`.
+    pub async fn delete(&self, id: TaskId, cancel_if_running: bool) -> Result<(), EngineError> {
+        let task = self.get(id).await?;
+        if !task.is_terminal() {
+            if !cancel_if_running {
+                return Err(EngineError::FailedPrecondition {
+                    reason: "TASK_NOT_FINISHED",
+                    message: format!(
+                        "task {id} is {}; set cancel_if_running to stop and delete it",
+                        task.state.as_str()
+                    ),
+                });
+            }
+            self.cancel(id, "deleted").await?;
+        }
+        if !self.inner.store.delete(id).await? {
+            return Err(EngineError::NotFound(id));
+        }
+        self.inner.hub.forget(id);
+        Ok(())
+    }
+
+    /// Lists tasks newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<ListPage, EngineError> {
+        Ok(self.inner.store.list(query).await?)
+    }
+
+    /// Drains and stops: refuses new tasks, stops claiming, lets running
+    /// attempts finish within `drain_timeout`, hands the rest back, then ends
+    /// every wait and background loop.
+    pub async fn shutdown(&self, drain_timeout: Duration) {
+        self.inner.accepting.store(false, Ordering::Release);
+        self.inner.stop_dispatch.cancel();
+        self.inner.attempts.close();
+        let running = self.running_count();
+        if running > 0 {
+            tracing::info!(running, drain_timeout = ?drain_timeout, "draining running attempts");
+        }
+        if tokio::time::timeout(drain_timeout, self.inner.attempts.wait()).await.is_err() {
+            let handed_back = self.running_count();
+            tracing::warn!(handed_back, "drain timeout passed; handing unfinished attempts back");
+            let attempts: Vec<Arc<RunningAttempt>> =
+                self.lock_running().values().cloned().collect();
+            for attempt in attempts {
+                attempt.stop(StopReason::HandedBack);
+            }
+            let grace = self.inner.config.cancel_grace + Duration::from_secs(1);
+            let _ = tokio::time::timeout(grace, self.inner.attempts.wait()).await;
+        }
+        self.inner.shutdown.cancel();
+        self.inner.background.close();
+        self.inner.background.wait().await;
+    }
+
+    /// Attempts running in this process.
+    pub fn running_count(&self) -> usize {
+        self.lock_running().len()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<RunningAttempt>>> {
+        self.inner.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn stop_local_attempt(&self, id: TaskId, reason: StopReason) {
+        // Wait for an in-flight claim to register its attempts.
+        let _gate = self.inner.claim_gate.lock().await;
+        let attempt = self.lock_running().get(&id).cloned();
+        if let Some(attempt) = attempt {
+            attempt.stop(reason);
+        }
+    }
+
+    /// Read-modify-write of one task with compare-and-set on its revision,
+    /// retried on conflict; publishes what it wrote.
+    async fn update_task(
+        &self,
+        id: TaskId,
+        mut mutate: impl FnMut(&mut TaskRecord) -> Mutation,
+    ) -> Result<TaskEvent, EngineError> {
+        loop {
+            let Some(mut task) = self.inner.store.get(id).await? else {
+                return Err(EngineError::NotFound(id));
+            };
+            let expected_revision = task.revision;
+            if let Mutation::Keep = mutate(&mut task) {
+                return Ok(Arc::new(task));
+            }
+            task.revision += 1;
+            task.updated_at = SystemTime::now();
+            match self.inner.store.update(&task, expected_revision).await {
+                Ok(()) => {
+                    let task = Arc::new(task);
+                    self.inner.hub.publish(task.clone());
+                    return Ok(task);
+                }
+                Err(StoreError::RevisionConflict) => continue,
+                Err(StoreError::NotFound) => return Err(EngineError::NotFound(id)),
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+impl RunningAttempt {
+    fn stop(&self, reason: StopReason) {
+        let mut stop_reason = self.stop_reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stop_reason.get_or_insert(reason);
+        self.cancellation.cancel();
+    }
+
+    fn stop_reason(&self) -> Option<StopReason> {
+        self.stop_reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns a dropped Run call into a cancellation of its task.
+struct CancelOnDrop {
+    engine: Engine,
+    id: TaskId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let engine = self.engine.clone();
+        let id = self.id;
+        self.engine.inner.background.spawn(async move {
+            match engine.cancel(id, "the Run caller went away").await {
+                Ok(_) | Err(EngineError::NotFound(_)) => {}
+                Err(error) => tracing::warn!(task.id = %id, %error, "could not cancel an abandoned run"),
+            }
+        });
+    }
+}

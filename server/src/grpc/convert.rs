@@ -1,0 +1,447 @@
+//! Conversions between the wire messages of `vow.v1` and the engine's domain
+//! types. Inbound conversions validate shape (ids, enums, durations,
+//! timestamps) and report every bad field at once.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use vow_proto::v1 as pb;
+
+use crate::{
+    engine::{
+        EngineError, FieldViolation,
+        retry::RetryPolicy,
+        task::{
+            Payload, PayloadData, Progress, RetryOverrides, SubmitSpec, TaskDeadline, TaskError, TaskId,
+            TaskRecord, TaskState,
+        },
+    },
+    store::{ListCursor, ListQuery},
+};
+
+/// The `ErrorInfo.domain` of every error Vow produces.
+pub const ERROR_DOMAIN: &str = "vow";
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: i32 = 1_000;
+const MAX_CANCEL_REASON_LEN: usize = 1_024;
+
+/// Collects field violations while a request is converted.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// `Ok(value)` when nothing was wrong.
+    pub fn finish<T>(self, value: T) -> Result<T, EngineError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(EngineError::InvalidArgument(self.0))
+        }
+    }
+}
+
+/// Parses a task id field.
+pub fn task_id(field: &str, text: &str) -> Result<TaskId, EngineError> {
+    text.parse()
+        .map_err(|error: crate::engine::task::MalformedTaskId| EngineError::invalid(field, error.to_string()))
+}
+
+/// A non-negative protobuf duration as a std duration.
+pub fn duration(field: &str, value: Option<prost_types::Duration>, violations: &mut Violations) -> Option<Duration> {
+    let value = value?;
+    if !(0..1_000_000_000).contains(&value.nanos) {
+        violations.add(field, "nanos must be between 0 and 999,999,999");
+        return None;
+    }
+    match Duration::try_from(value) {
+        Ok(duration) => Some(duration),
+        Err(_) => {
+            violations.add(field, "must not be negative");
+            None
+        }
+    }
+}
+
+
+fn timestamp(field: &str, value: Option<prost_types::Timestamp>, violations: &mut Violations) -> Option<SystemTime> {
+    let value = value?;
+    if !(0..1_000_000_000).contains(&value.nanos) || value.seconds < 0 {
+        violations.add(field, "must be a valid timestamp after 1970");
+        return None;
+    }
+    match SystemTime::try_from(value) {
+        Ok(time) => Some(time),
+        Err(_) => {
+            violations.add(field, "is out of range");
+            None
+        }
+    }
+}
+
+fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
+    time.into()
+}
+
+fn to_duration(duration: Duration) -> prost_types::Duration {
+    duration.try_into().unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+/// Builds the engine's submit spec from a Submit request.
+pub fn submit_spec(request: pb::SubmitRequest) -> Result<SubmitSpec, EngineError> {
+    let mut violations = Violations::default();
+    let input = match request.input {
+        None => Payload::default(),
+        Some(input) => payload("input", input, &mut violations),
+    };
+    let retry = request
+        .retry
+        .map(|retry| RetryOverrides {
+            max_attempts: (retry.max_attempts > 0).then_some(retry.max_attempts),
+            initial_backoff: duration("retry.initial_backoff", retry.initial_backoff, &mut violations),
+            max_backoff: duration("retry.max_backoff", retry.max_backoff, &mut violations),
+            backoff_multiplier: retry.backoff_multiplier,
+            jitter: retry.jitter,
+            non_retryable_reasons: retry.non_retryable_reasons,
+        })
+        .unwrap_or_default();
+    let deadline = match (request.deadline, request.ttl) {
+        (Some(_), Some(_)) => {
+            violations.add("ttl", "set at most one of deadline and ttl");
+            None
+        }
+        (Some(deadline), None) => timestamp("deadline", Some(deadline), &mut violations).map(TaskDeadline::At),
+        (None, ttl) => duration("ttl", ttl, &mut violations).map(TaskDeadline::After),
+    };
+    let spec = SubmitSpec {
+        kind: request.kind,
+        input,
+        labels: request.labels.into_iter().collect(),
+        priority: request.priority,
+        not_before: timestamp("not_before", request.not_before, &mut violations),
+        retry,
+        attempt_timeout: duration("attempt_timeout", request.attempt_timeout, &mut violations),
+        deadline,
+        retention: duration("retention", request.retention, &mut violations),
+        idempotency_key: Some(request.idempotency_key).filter(|key| !key.is_empty()),
+    };
+    violations.finish(spec)
+}
+
+/// A Run request carries exactly the fields of a Submit request.
+pub fn run_as_submit(request: pb::RunRequest) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        kind: request.kind,
+        input: request.input,
+        labels: request.labels,
+        priority: request.priority,
+        not_before: request.not_before,
+        retry: request.retry,
+        attempt_timeout: request.attempt_timeout,
+        deadline: request.deadline,
+        ttl: request.ttl,
+        retention: request.retention,
+        idempotency_key: request.idempotency_key,
+    }
+}
+
+fn payload(field: &str, input: pb::Payload, violations: &mut Violations) -> Payload {
+    let data = match input.data {
+        None => PayloadData::Json(serde_json::Value::Null),
+        Some(pb::payload::Data::Binary(bytes)) => PayloadData::Binary(bytes),
+        Some(pb::payload::Data::Json(value)) => match json_from_value(value) {
+            Ok(json) => PayloadData::Json(json),
+            Err(problem) => {
+                violations.add(&format!("{field}.json"), problem);
+                PayloadData::Json(serde_json::Value::Null)
+            }
+        },
+    };
+    Payload {
+        data,
+        content_type: input.content_type,
+    }
+}
+
+fn payload_to_proto(payload: &Payload) -> pb::Payload {
+    let data = match &payload.data {
+        PayloadData::Json(json) => pb::payload::Data::Json(json_to_value(json)),
+        PayloadData::Binary(bytes) => pb::payload::Data::Binary(bytes.clone()),
+    };
+    pb::Payload {
+        data: Some(data),
+        content_type: payload.content_type.clone(),
+    }
+}
+
+/// `google.protobuf.Value` to JSON. Non-finite numbers have no JSON form.
+fn json_from_value(value: prost_types::Value) -> Result<serde_json::Value, String> {
+    use prost_types::value::Kind;
+    Ok(match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(flag),
+        Some(Kind::NumberValue(number)) => json_number(number).ok_or("numbers must be finite")?,
+        Some(Kind::StringValue(text)) => serde_json::Value::String(text),
+        Some(Kind::ListValue(list)) => serde_json::Value::Array(
+            list.values.into_iter().map(json_from_value).collect::<Result<_, _>>()?,
+        ),
+        Some(Kind::StructValue(object)) => serde_json::Value::Object(
+            object
+                .fields
+                .into_iter()
+                .map(|(key, value)| Ok((key, json_from_value(value)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// Protobuf numbers are doubles; integral ones become JSON integers so that
+/// `{"ms": 250}` reads back as an integer.
+fn json_number(number: f64) -> Option<serde_json::Value> {
+    const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if number.fract() == 0.0 && number.abs() <= EXACT_INTEGER_LIMIT {
+        return Some(serde_json::Value::from(number as i64));
+    }
+    serde_json::Number::from_f64(number).map(serde_json::Value::Number)
+}
+
+fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(flag) => Kind::BoolValue(*flag),
+        serde_json::Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
+        serde_json::Value::String(text) => Kind::StringValue(text.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(object) => Kind::StructValue(prost_types::Struct {
+            fields: object.iter().map(|(key, value)| (key.clone(), json_to_value(value))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A task record as the wire shows it.
+pub fn task_to_proto(task: &TaskRecord) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        kind: task.kind.clone(),
+        state: state_to_proto(task.state) as i32,
+        input: Some(payload_to_proto(&task.input)),
+        output: task.output.as_ref().map(payload_to_proto),
+        error: task.error.as_ref().map(|error| error_to_status(error, task.trace_id())),
+        attempt: task.attempt,
+        max_attempts: task.retry.max_attempts,
+        progress: task.progress.as_ref().map(progress_to_proto),
+        labels: task.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+        priority: task.priority,
+        trace_id: task.trace_id().unwrap_or_default().to_owned(),
+        revision: task.revision,
+        create_time: Some(to_timestamp(task.created_at)),
+        start_time: task.started_at.map(to_timestamp),
+        end_time: task.ended_at.map(to_timestamp),
+        next_attempt_time: task.next_attempt_at.map(to_timestamp),
+        expire_time: task.expires_at.map(to_timestamp),
+        deadline: task.deadline.map(to_timestamp),
+        attempt_timeout: task.attempt_timeout.map(to_duration),
+        retry: Some(retry_to_proto(&task.retry)),
+        retention: Some(to_duration(task.retention)),
+        idempotency_key: task.idempotency_key.clone().unwrap_or_default(),
+        cancel_requested: task.cancel_requested,
+        update_time: Some(to_timestamp(task.updated_at)),
+    }
+}
+
+fn progress_to_proto(progress: &Progress) -> pb::Progress {
+    pb::Progress {
+        percent: progress.percent,
+        message: progress.message.clone(),
+        update_time: Some(to_timestamp(progress.updated_at)),
+    }
+}
+
+fn retry_to_proto(retry: &RetryPolicy) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        max_attempts: retry.max_attempts,
+        initial_backoff: Some(to_duration(retry.initial_backoff)),
+        max_backoff: Some(to_duration(retry.max_backoff)),
+        backoff_multiplier: Some(retry.backoff_multiplier),
+        jitter: Some(retry.jitter),
+        non_retryable_reasons: retry.non_retryable_reasons.clone(),
+    }
+}
+
+/// A task error as a `google.rpc.Status` carrying an `ErrorInfo`.
+fn error_to_status(error: &TaskError, trace_id: Option<&str>) -> tonic_types::pb::Status {
+    let mut metadata: std::collections::HashMap<String, String> =
+        error.metadata.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+    if let Some(trace_id) = trace_id {
+        metadata.insert("trace_id".into(), trace_id.to_owned());
+    }
+    let info = tonic_types::pb::ErrorInfo {
+        reason: error.reason.clone(),
+        domain: ERROR_DOMAIN.into(),
+        metadata,
+    };
+    tonic_types::pb::Status {
+        code: error.code.as_i32(),
+        message: error.message.clone(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    }
+}
+
+pub fn state_to_proto(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Queued => pb::TaskState::Queued,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::RetryWait => pb::TaskState::RetryWait,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+fn state_from_proto(value: i32) -> Option<TaskState> {
+    match pb::TaskState::try_from(value).ok()? {
+        pb::TaskState::Unspecified => None,
+        pb::TaskState::Queued => Some(TaskState::Queued),
+        pb::TaskState::Running => Some(TaskState::Running),
+        pb::TaskState::RetryWait => Some(TaskState::RetryWait),
+        pb::TaskState::Succeeded => Some(TaskState::Succeeded),
+        pb::TaskState::Failed => Some(TaskState::Failed),
+        pb::TaskState::Cancelled => Some(TaskState::Cancelled),
+    }
+}
+
+/// Builds a store query from a List request.
+pub fn list_query(request: pb::ListRequest) -> Result<ListQuery, EngineError> {
+    let mut violations = Violations::default();
+    let page_size = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        size if (1..=MAX_PAGE_SIZE).contains(&size) => size as usize,
+        _ => {
+            violations.add("page_size", format!("must be between 0 and {MAX_PAGE_SIZE}"));
+            DEFAULT_PAGE_SIZE
+        }
+    };
+    let after = match request.page_token.as_str() {
+        "" => None,
+        token => {
+            let cursor = decode_page_token(token);
+            if cursor.is_none() {
+                violations.add("page_token", "is not a token this server issued");
+            }
+            cursor
+        }
+    };
+    let mut states = Vec::with_capacity(request.states.len());
+    for value in request.states {
+        match state_from_proto(value) {
+            Some(state) => states.push(state),
+            None => violations.add("states", format!("{value} is not a task state")),
+        }
+    }
+    let query = ListQuery {
+        states,
+        kinds: request.kinds,
+        labels: request.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        page_size,
+        after,
+    };
+    violations.finish(query)
+}
+
+/// An opaque-looking but stable page token: creation time and id of the last
+/// task of the previous page.
+pub fn encode_page_token(cursor: ListCursor) -> String {
+    let micros = cursor
+        .created_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    format!("v1.{micros:x}.{}", cursor.id)
+}
+
+fn decode_page_token(token: &str) -> Option<ListCursor> {
+    let rest = token.strip_prefix("v1.")?;
+    let (micros, id) = rest.split_once('.')?;
+    let micros = u64::from_str_radix(micros, 16).ok()?;
+    Some(ListCursor {
+        created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+        id: id.parse().ok()?,
+    })
+}
+
+/// Checks a cancel reason.
+pub fn cancel_reason(reason: String) -> Result<String, EngineError> {
+    if reason.len() > MAX_CANCEL_REASON_LEN {
+        return Err(EngineError::invalid(
+            "reason",
+            format!("must be at most {MAX_CANCEL_REASON_LEN} bytes"),
+        ));
+    }
+    Ok(reason)
+}
+
+/// The optional `timeout` of an Await request.
+pub fn await_timeout(value: Option<prost_types::Duration>) -> Result<Option<Duration>, EngineError> {
+    let mut violations = Violations::default();
+    let timeout = duration("timeout", value, &mut violations);
+    violations.finish(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_survives_the_round_trip_through_protobuf_values() {
+        let json = serde_json::json!({"a": [1, 2.5, null, true, "x"], "b": {"c": {}}});
+        assert_eq!(json_from_value(json_to_value(&json)), Ok(json));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let cursor = ListCursor {
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_234_567),
+            id: TaskId::random(),
+        };
+        assert_eq!(decode_page_token(&encode_page_token(cursor)), Some(cursor));
+        for garbage in ["", "v1.", "v1.zz.00", "v2.1.00000000000000000000000000000001"] {
+            assert_eq!(decode_page_token(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn negative_durations_are_field_violations() {
+        let mut violations = Violations::default();
+        let parsed = duration("ttl", Some(prost_types::Duration { seconds: -1, nanos: 0 }), &mut violations);
+        assert_eq!(parsed, None);
+        let error = violations.finish(()).expect_err("a negative duration is invalid");
+        assert!(matches!(error, EngineError::InvalidArgument(ref v) if v[0].field == "ttl"));
+    }
+
+    #[test]
+    fn deadline_and_ttl_are_mutually_exclusive() {
+        let request = pb::SubmitRequest {
+            kind: "echo".into(),
+            deadline: Some(prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 }),
+            ttl: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            ..Default::default()
+        };
+        assert!(submit_spec(request).is_err());
+    }
+}

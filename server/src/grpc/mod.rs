@@ -1,0 +1,11 @@
+//! The gRPC adapter: the only module that sees tonic and generated types.
+//! It converts and validates input, calls the engine, converts output and
+//! maps errors.
+
+mod convert;
+mod deadline;
+mod status;
+mod task_service;
+
+pub use deadline::parse_grpc_timeout;
+pub use task_service::TaskServiceImpl;

@@ -1,0 +1,52 @@
+//! The one place where engine errors become gRPC statuses, with the rich
+//! error model: an `ErrorInfo` on every error, `BadRequest` field violations
+//! for invalid input, `RetryInfo` when the client should come back later.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert::ERROR_DOMAIN;
+use crate::engine::EngineError;
+
+/// Maps an engine error to a status; `trace_id` (if the call had one) goes
+/// into the `ErrorInfo` metadata.
+pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status {
+    let mut metadata = HashMap::new();
+    if let Some(trace_id) = trace_id {
+        metadata.insert("trace_id".to_owned(), trace_id.to_owned());
+    }
+    let code = match &error {
+        EngineError::InvalidArgument(_) => Code::InvalidArgument,
+        EngineError::NotFound(id) => {
+            metadata.insert("task_id".into(), id.to_string());
+            Code::NotFound
+        }
+        EngineError::IdempotencyConflict { existing, .. } => {
+            metadata.insert("task_id".into(), existing.to_string());
+            Code::AlreadyExists
+        }
+        EngineError::QueueFull { .. } => Code::ResourceExhausted,
+        EngineError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        EngineError::ShuttingDown | EngineError::StorageUnavailable(_) => Code::Unavailable,
+        EngineError::StorageFailed(_) => Code::Internal,
+    };
+    if matches!(error, EngineError::StorageFailed(_) | EngineError::StorageUnavailable(_)) {
+        // The client gets a plain message; the cause stays in the server log.
+        tracing::error!(error = ?error, "storage error");
+    }
+    let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
+    match &error {
+        EngineError::InvalidArgument(violations) => {
+            for violation in violations {
+                details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+            }
+        }
+        EngineError::QueueFull { retry_after, .. } => {
+            details.set_retry_info(Some(*retry_after));
+        }
+        _ => {}
+    }
+    Status::with_error_details(code, error.to_string(), details)
+}

@@ -1,0 +1,147 @@
+//! `vow.v1.TaskService`: converts and validates requests, calls the engine,
+//! converts results, maps errors. No storage calls, no spawning.
+
+use std::time::SystemTime;
+
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use vow_proto::v1::{self as pb, task_service_server::TaskService};
+
+use super::{convert, deadline, status::engine_error_status};
+use crate::engine::{Engine, EngineError, task::TraceContext};
+
+/// The gRPC face of the engine.
+pub struct TaskServiceImpl {
+    engine: Engine,
+}
+
+impl TaskServiceImpl {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+/// The W3C trace context headers of a call.
+fn trace_context(metadata: &MetadataMap) -> TraceContext {
+    let header = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    TraceContext {
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+        baggage: header("baggage"),
+    }
+}
+
+/// Runs an RPC body, mapping its engine error with the call's trace id.
+async fn handle<T>(
+    metadata: &MetadataMap,
+    body: impl Future<Output = Result<T, EngineError>>,
+) -> Result<Response<T>, Status> {
+    match body.await {
+        Ok(response) => Ok(Response::new(response)),
+        Err(error) => Err(engine_error_status(error, trace_context(metadata).trace_id())),
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskServiceImpl {
+    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let spec = convert::submit_spec(request)?;
+            let submitted = self.engine.submit(spec, trace_context(&metadata)).await?;
+            Ok(pb::SubmitResponse {
+                task: Some(convert::task_to_proto(&submitted.task)),
+                deduplicated: submitted.deduplicated,
+            })
+        })
+        .await
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let id = convert::task_id("id", &request.id)?;
+            let task = self.engine.get(id).await?;
+            Ok(pb::GetResponse {
+                task: Some(convert::task_to_proto(&task)),
+            })
+        })
+        .await
+    }
+
+    async fn r#await(&self, request: Request<pb::AwaitRequest>) -> Result<Response<pb::AwaitResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let call_timeout = deadline::call_timeout(&metadata)?;
+            let id = convert::task_id("id", &request.id)?;
+            let requested = convert::await_timeout(request.timeout)?;
+            let wait = deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
+            let awaited = self.engine.await_task(id, wait).await?;
+            Ok(pb::AwaitResponse {
+                task: Some(convert::task_to_proto(&awaited.task)),
+                done: awaited.done,
+            })
+        })
+        .await
+    }
+
+    async fn run(&self, request: Request<pb::RunRequest>) -> Result<Response<pb::RunResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let call_timeout = deadline::call_timeout(&metadata)?;
+            let spec = convert::submit_spec(convert::run_as_submit(request))?;
+            // The task must end (and its end reach the caller) before the call does.
+            let usable = call_timeout.map(deadline::usable);
+            let task_deadline = usable.map(|usable| SystemTime::now() + usable.saturating_sub(usable / 10));
+            let awaited = self
+                .engine
+                .run(spec, trace_context(&metadata), task_deadline, usable)
+                .await?;
+            Ok(pb::RunResponse {
+                task: Some(convert::task_to_proto(&awaited.task)),
+            })
+        })
+        .await
+    }
+
+    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let id = convert::task_id("id", &request.id)?;
+            let reason = convert::cancel_reason(request.reason)?;
+            let task = self.engine.cancel(id, &reason).await?;
+            Ok(pb::CancelResponse {
+                task: Some(convert::task_to_proto(&task)),
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let query = convert::list_query(request)?;
+            let page = self.engine.list(&query).await?;
+            Ok(pb::ListResponse {
+                tasks: page.tasks.iter().map(convert::task_to_proto).collect(),
+                next_page_token: page.next.map(convert::encode_page_token).unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let id = convert::task_id("id", &request.id)?;
+            self.engine.delete(id, request.cancel_if_running).await?;
+            Ok(pb::DeleteResponse {})
+        })
+        .await
+    }
+}

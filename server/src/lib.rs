@@ -1,0 +1,106 @@
+//! Vow's server: the task engine, its stores, the built-in handlers and the
+//! gRPC services, assembled by [`serve`].
+//!
+//! `main.rs` only parses flags, sets up logging and signals, and calls
+//! [`serve`]; tests and embedders call it with their own listener, handlers
+//! and shutdown future.
+
+pub mod config;
+pub mod engine;
+pub mod grpc;
+pub mod handlers;
+pub mod store;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use vow_proto::v1::task_service_server::TaskServiceServer;
+
+pub use config::Config;
+pub use engine::{Engine, HandlerRegistry};
+
+use crate::{grpc::TaskServiceImpl, store::Store};
+
+/// How long open connections (health watches, idle clients) may delay the
+/// exit once the engine has drained.
+const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+/// Headroom over the input limit for the rest of a request.
+const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.store {
+        config::StoreKind::Memory => Ok(Arc::new(store::MemoryStore::new())),
+    }
+}
+
+/// Serves the task service on `listener` until `shutdown` completes, then
+/// drains: health turns NOT_SERVING, new tasks are refused, running attempts
+/// get `--drain-timeout` to finish, the rest are handed back.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    handlers: HandlerRegistry,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let engine = Engine::start(config.engine_config(), store, handlers);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TaskServiceServer<TaskServiceImpl>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max_message = config.max_input_bytes as usize + REQUEST_OVERHEAD_BYTES;
+    let task_service = TaskServiceServer::new(TaskServiceImpl::new(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(2 * max_message);
+
+    let stop_serving = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(task_service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            engine.shutdown(Duration::ZERO).await;
+            return Ok(result??);
+        }
+    }
+
+    tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: no new tasks; draining");
+    health_reporter
+        .set_not_serving::<TaskServiceServer<TaskServiceImpl>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    engine.shutdown(config.drain_timeout).await;
+    stop_serving.cancel();
+    match tokio::time::timeout(CONNECTION_GRACE, &mut server).await {
+        Ok(result) => result??,
+        Err(_) => {
+            tracing::info!("closing connections that outlived the grace period");
+            server.abort();
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

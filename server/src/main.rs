@@ -1,0 +1,72 @@
+//! `vowd`: parse configuration, set up logging, bind, serve until SIGTERM or
+//! SIGINT, exit non-zero on a startup error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vow_server::{
+    Config,
+    config::LogFormat,
+    handlers::builtin_registry,
+};
+
+fn init_logging(format: LogFormat) {
+    let filter = std::env::var("VOW_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    if let Err(problem) = config.validate() {
+        eprintln!("vowd: invalid configuration: {problem}");
+        return ExitCode::from(2);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("vowd: cannot listen on {}: {error}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |address| address.to_string());
+    // Tests and scripts read the bound address (port 0 picks one) from stdout.
+    println!("vowd listening on {address}");
+    tracing::info!(listen = %address, store = ?config.store, "vowd started");
+    match vow_server::serve(config, listener, builtin_registry(), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "vowd failed");
+            eprintln!("vowd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! In-memory store for tests and throwaway runs: a map of records plus ordered
+//! indexes, all under one mutex that is never held across an `.await`.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Mutex,
+    time::SystemTime,
+};
+
+use async_trait::async_trait;
+
+use super::{
+    ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, Store, StoreError, StoreResult,
+};
+use crate::engine::task::{Lease, TaskId, TaskRecord, TaskState};
+
+/// The memory backend. Cheap to create; everything is lost with the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Indexed>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Indexed> {
+        // A panic while holding the lock leaves the indexes as they were at
+        // the last completed operation, so the data is still usable.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Claimable tasks due now, in claim order.
+type ReadyKey = (Reverse<i32>, SystemTime, TaskId);
+
+#[derive(Default)]
+struct Indexed {
+    tasks: HashMap<TaskId, TaskRecord>,
+    idempotency_keys: HashMap<String, TaskId>,
+    /// Claimable tasks that were due when indexed.
+    ready: BTreeSet<ReadyKey>,
+    /// Claimable tasks that were not yet due when indexed.
+    waiting: BTreeSet<(SystemTime, TaskId)>,
+    /// Claimable tasks with a deadline.
+    deadlines: BTreeSet<(SystemTime, TaskId)>,
+    /// Running tasks by lease expiry.
+    leases: BTreeSet<(SystemTime, TaskId)>,
+    /// Finished tasks by removal time.
+    expiring: BTreeSet<(SystemTime, TaskId)>,
+    by_creation: BTreeSet<(SystemTime, TaskId)>,
+    queued_by_kind: BTreeMap<String, usize>,
+    last_fencing_token: u64,
+}
+
+impl Indexed {
+    fn insert(&mut self, task: TaskRecord, now: SystemTime) {
+        self.index(&task, now);
+        if let Some(key) = &task.idempotency_key {
+            self.idempotency_keys.insert(key.clone(), task.id);
+        }
+        self.tasks.insert(task.id, task);
+    }
+
+    fn remove(&mut self, id: TaskId) -> Option<TaskRecord> {
+        let task = self.tasks.remove(&id)?;
+        self.unindex(&task);
+        if let Some(key) = &task.idempotency_key
+            && self.idempotency_keys.get(key) == Some(&id)
+        {
+            self.idempotency_keys.remove(key);
+        }
+        Some(task)
+    }
+
+    fn index(&mut self, task: &TaskRecord, now: SystemTime) {
+        self.by_creation.insert((task.created_at, task.id));
+        if let Some(due) = task.due_at() {
+            if due <= now {
+                self.ready.insert(ready_key(task));
+            } else {
+                self.waiting.insert((due, task.id));
+            }
+            if let Some(deadline) = task.deadline {
+                self.deadlines.insert((deadline, task.id));
+            }
+            *self.queued_by_kind.entry(task.kind.clone()).or_default() += 1;
+        }
+        if let (TaskState::Running, Some(lease)) = (task.state, &task.lease) {
+            self.leases.insert((lease.expires_at, task.id));
+        }
+        if let Some(expires_at) = task.expires_at.filter(|_| task.is_terminal()) {
+            self.expiring.insert((expires_at, task.id));
+        }
+    }
+
+    fn unindex(&mut self, task: &TaskRecord) {
+        self.by_creation.remove(&(task.created_at, task.id));
+        if let Some(due) = task.due_at() {
+            self.ready.remove(&ready_key(task));
+            self.waiting.remove(&(due, task.id));
+            if let Some(deadline) = task.deadline {
+                self.deadlines.remove(&(deadline, task.id));
+            }
+            if let Some(count) = self.queued_by_kind.get_mut(&task.kind) {
+                *count -= 1;
+                if *count == 0 {
+                    self.queued_by_kind.remove(&task.kind);
+                }
+            }
+        }
+        if let Some(lease) = &task.lease {
+            self.leases.remove(&(lease.expires_at, task.id));
+        }
+        if let Some(expires_at) = task.expires_at {
+            self.expiring.remove(&(expires_at, task.id));
+        }
+    }
+
+    fn replace(&mut self, mut task: TaskRecord, now: SystemTime) {
+        if let Some(old) = self.tasks.remove(&task.id) {
+            self.unindex(&old);
+            if let (Some(old_lease), Some(new_lease)) = (&old.lease, &mut task.lease)
+                && old_lease.token == new_lease.token
+            {
+                new_lease.expires_at = old_lease.expires_at;
+            }
+        }
+        self.index(&task, now);
+        self.tasks.insert(task.id, task);
+    }
+
+    fn queued(&self) -> usize {
+        self.ready.len() + self.waiting.len()
+    }
+
+    /// Moves waiting tasks that became due into the ready set.
+    fn promote_due(&mut self, now: SystemTime) {
+        while let Some(&(due, id)) = self.waiting.first() {
+            if due > now {
+                break;
+            }
+            self.waiting.pop_first();
+            if let Some(task) = self.tasks.get(&id) {
+                self.ready.insert(ready_key(task));
+            }
+        }
+    }
+}
+
+fn ready_key(task: &TaskRecord) -> ReadyKey {
+    (Reverse(task.priority), task.created_at, task.id)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(
+        &self,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+    ) -> StoreResult<CreateOutcome> {
+        let mut indexed = self.lock();
+        if let Some(key) = &task.idempotency_key
+            && let Some(existing_id) = indexed.idempotency_keys.get(key)
+        {
+            let existing = &indexed.tasks[existing_id];
+            if existing.request_fingerprint != task.request_fingerprint {
+                return Err(StoreError::IdempotencyMismatch {
+                    existing: existing.id,
+                });
+            }
+            return Ok(CreateOutcome::Existing(existing.clone()));
+        }
+        if let Some(limit) = max_queued
+            && indexed.queued() >= limit
+        {
+            return Err(StoreError::QueueFull { limit });
+        }
+        let now = SystemTime::now();
+        indexed.insert(task.clone(), now);
+        Ok(CreateOutcome::Created(task))
+    }
+
+    async fn get(&self, id: TaskId) -> StoreResult<Option<TaskRecord>> {
+        Ok(self.lock().tasks.get(&id).cloned())
+    }
+
+    async fn update(&self, task: &TaskRecord, expected_revision: u64) -> StoreResult<()> {
+        let mut indexed = self.lock();
+        let Some(stored) = indexed.tasks.get(&task.id) else {
+            return Err(StoreError::NotFound);
+        };
+        if stored.revision != expected_revision || task.revision <= expected_revision {
+            return Err(StoreError::RevisionConflict);
+        }
+        indexed.replace(task.clone(), SystemTime::now());
+        Ok(())
+    }
+
+    async fn delete(&self, id: TaskId) -> StoreResult<bool> {
+        Ok(self.lock().remove(id).is_some())
+    }
+
+    async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
+        let indexed = self.lock();
+        let newest_first = match query.after {
+            Some(cursor) => indexed.by_creation.range(..(cursor.created_at, cursor.id)),
+            None => indexed.by_creation.range(..),
+        }
+        .rev();
+        let mut tasks = Vec::with_capacity(query.page_size.min(1_000));
+        let mut next = None;
+        for (_, id) in newest_first {
+            let task = &indexed.tasks[id];
+            if !query.matches(task) {
+                continue;
+            }
+            if tasks.len() == query.page_size {
+                next = tasks.last().map(|last: &TaskRecord| ListCursor {
+                    created_at: last.created_at,
+                    id: last.id,
+                });
+                break;
+            }
+            tasks.push(task.clone());
+        }
+        Ok(ListPage { tasks, next })
+    }
+
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<TaskRecord>> {
+        let mut indexed = self.lock();
+        indexed.promote_due(request.now);
+        let mut claimed = Vec::new();
+        while claimed.len() < request.limit {
+            let Some(&(_, _, id)) = indexed.ready.first() else {
+                break;
+            };
+            let Some(mut task) = indexed.tasks.get(&id).cloned() else {
+                indexed.ready.pop_first();
+                continue;
+            };
+            indexed.last_fencing_token += 1;
+            task.state = TaskState::Running;
+            task.attempt += 1;
+            task.revision += 1;
+            task.started_at = Some(request.now);
+            task.updated_at = request.now;
+            task.next_attempt_at = None;
+            task.lease = Some(Lease {
+                owner: request.owner.clone(),
+                token: indexed.last_fencing_token,
+                expires_at: request.now + request.lease_duration,
+            });
+            indexed.replace(task.clone(), request.now);
+            claimed.push(task);
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
+        let indexed = self.lock();
+        if let Some(&(_, _, id)) = indexed.ready.first() {
+            return Ok(indexed.tasks.get(&id).and_then(TaskRecord::due_at));
+        }
+        Ok(indexed.waiting.first().map(|&(due, _)| due))
+    }
+
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        token: u64,
+        expires_at: SystemTime,
+    ) -> StoreResult<()> {
+        let mut guard = self.lock();
+        let indexed = &mut *guard;
+        let Some(task) = indexed.tasks.get_mut(&id) else {
+            return Err(StoreError::NotFound);
+        };
+        let Some(lease) = task.lease.as_mut().filter(|lease| lease.token == token) else {
+            return Err(StoreError::StaleLease);
+        };
+        let previous = std::mem::replace(&mut lease.expires_at, expires_at);
+        indexed.leases.remove(&(previous, id));
+        indexed.leases.insert((expires_at, id));
+        Ok(())
+    }
+
+    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>> {
+        let indexed = self.lock();
+        Ok(indexed
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .take(limit)
+            .map(|(_, id)| indexed.tasks[id].clone())
+            .collect())
+    }
+
+    async fn expired_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        let indexed = self.lock();
+        Ok(indexed
+            .leases
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .take(limit)
+            .map(|(_, id)| indexed.tasks[id].clone())
+            .collect())
+    }
+
+    async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>> {
+        let mut indexed = self.lock();
+        let expired: Vec<TaskId> = indexed
+            .expiring
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .take(limit)
+            .map(|&(_, id)| id)
+            .collect();
+        for &id in &expired {
+            indexed.remove(id);
+        }
+        Ok(expired)
+    }
+
+    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {
+        Ok(self.lock().queued_by_kind.clone())
+    }
+}

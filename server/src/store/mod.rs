@@ -1,0 +1,142 @@
+//! Persistence of task records behind one trait, so the engine runs unchanged
+//! on every backend. Stores know records, indexes and leases; the state machine
+//! itself lives in the engine. Every change is a compare-and-set on the task's
+//! `revision`, and every lease change (claim, reap, release) bumps the revision
+//! too, so the compare-and-set also fences writers whose lease was taken over.
+
+mod memory;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+
+use crate::engine::task::{TaskId, TaskRecord, TaskState};
+
+/// Errors of any backend, classified once per backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task not found")]
+    NotFound,
+    #[error("the task changed concurrently")]
+    RevisionConflict,
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyMismatch { existing: TaskId },
+    #[error("the queue is full ({limit} tasks waiting)")]
+    QueueFull { limit: usize },
+    #[error("the lease is no longer held")]
+    StaleLease,
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage failed: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Result of an insert that honours idempotency keys.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(TaskRecord),
+    /// A task with the same idempotency key and the same request fingerprint.
+    Existing(TaskRecord),
+}
+
+/// Position in the newest-first listing order; a page starts strictly after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: SystemTime,
+    pub id: TaskId,
+}
+
+/// Filters and page bounds of a listing. Empty filters match everything.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub states: Vec<TaskState>,
+    pub kinds: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub page_size: usize,
+    pub after: Option<ListCursor>,
+}
+
+impl ListQuery {
+    /// Whether a record passes the filters (not the cursor).
+    pub fn matches(&self, task: &TaskRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&task.state))
+            && (self.kinds.is_empty() || self.kinds.contains(&task.kind))
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| task.labels.get(key) == Some(value))
+    }
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug)]
+pub struct ListPage {
+    pub tasks: Vec<TaskRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<ListCursor>,
+}
+
+/// What an executor asks for when it has free slots.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub now: SystemTime,
+    pub limit: usize,
+    pub owner: String,
+    pub lease_duration: Duration,
+}
+
+/// Persistence of task records. Implementations must be linearizable per task.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new task unless its idempotency key is taken. With the same
+    /// fingerprint the existing task is returned; with another, the insert is
+    /// refused. `max_queued` bounds the number of claimable tasks.
+    async fn create(&self, task: TaskRecord, max_queued: Option<usize>)
+    -> StoreResult<CreateOutcome>;
+
+    /// Reads one task.
+    async fn get(&self, id: TaskId) -> StoreResult<Option<TaskRecord>>;
+
+    /// Replaces a task if its stored revision is `expected_revision`. The new
+    /// record must carry a higher revision. A lease whose token is unchanged
+    /// keeps the stored expiry, which only `extend_lease` moves.
+    async fn update(&self, task: &TaskRecord, expected_revision: u64) -> StoreResult<()>;
+
+    /// Removes a task and its idempotency key; false if it did not exist.
+    async fn delete(&self, id: TaskId) -> StoreResult<bool>;
+
+    /// Lists tasks newest first.
+    async fn list(&self, query: &ListQuery) -> StoreResult<ListPage>;
+
+    /// Moves up to `limit` due tasks (QUEUED or RETRY_WAIT, due by `now`), highest
+    /// priority then oldest first, to RUNNING: attempt + 1, a fresh lease with a
+    /// new fencing token, revision + 1. Returns them as stored.
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<TaskRecord>>;
+
+    /// When the earliest claimable task becomes due, if any task is claimable.
+    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>>;
+
+    /// Pushes a lease's expiry out without changing the revision.
+    async fn extend_lease(&self, id: TaskId, token: u64, expires_at: SystemTime)
+    -> StoreResult<()>;
+
+    /// Claimable tasks whose deadline has passed, oldest deadline first.
+    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>>;
+
+    /// Running tasks whose lease expired before `now`, for reaping and recovery.
+    async fn expired_leases(&self, now: SystemTime, limit: usize)
+    -> StoreResult<Vec<TaskRecord>>;
+
+    /// Deletes up to `limit` finished tasks whose retention ended; returns their ids.
+    async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>>;
+
+    /// Number of claimable tasks per kind (the queue depth).
+    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>>;
+}
