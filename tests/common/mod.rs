@@ -1,0 +1,163 @@
+//! Shared harness of the end-to-end tests: a real `vowd` process on an
+//! ephemeral port, stopped on drop, and helpers that wait on conditions with
+//! a bound instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// The built `vowd` binary (`cargo build --bins` puts it beside the test executables).
+pub fn vowd_binary() -> PathBuf {
+    binary("vowd")
+}
+
+/// The built `vow` CLI.
+pub fn vow_binary() -> PathBuf {
+    binary("vow")
+}
+
+fn binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `vowd`, killed when dropped.
+pub struct Vowd {
+    pub child: Child,
+    /// `host:port` it listens on.
+    pub address: String,
+    stderr_log: PathBuf,
+}
+
+impl Vowd {
+    /// Starts `vowd --store memory --listen 127.0.0.1:0 <extra args>` and waits
+    /// for the line that announces its address.
+    pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_with_env(extra_args, &[])
+    }
+
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let stderr_log = std::env::temp_dir().join(format!("vowd-test-{}-{}.log", std::process::id(), rand_suffix()));
+        let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
+        let mut command = Command::new(vowd_binary());
+        command
+            .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+            .args(extra_args)
+            .env("VOW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn vowd");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read vowd's stdout");
+        let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
+            let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
+        };
+        Self {
+            address: address.to_owned(),
+            child,
+            stderr_log,
+        }
+    }
+
+    /// `http://host:port`, for tonic channels.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal vowd");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll vowd") {
+                return status;
+            }
+            assert!(started.elapsed() < bound, "vowd did not exit within {bound:?}; logs:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vowd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_log);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Polls `condition` until it holds, failing the test after `bound`.
+pub async fn eventually<F, Fut>(bound: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(started.elapsed() < bound, "timed out after {bound:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The Python interpreter of the test venv that scripts/test prepares.
+pub fn python() -> PathBuf {
+    tool("VOW_PYTHON", "target/test-env/venv/bin/python")
+}
+
+/// The grpcurl binary that scripts/test installs into the venv.
+pub fn grpcurl() -> PathBuf {
+    tool("VOW_GRPCURL", "target/test-env/venv/bin/grpcurl")
+}
+
+fn tool(variable: &str, default_relative: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default_relative));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test, which installs the test tools (or set {variable})",
+        path.display()
+    );
+    path
+}
