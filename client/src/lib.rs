@@ -1,1 +1,415 @@
+//! Typed Rust client of the Vow task service.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vow_client::Error> {
+//! use std::time::Duration;
+//! let client = vow_client::Client::connect("127.0.0.1:50051").await?;
+//! let submitted = client
+//!     .submit("echo")
+//!     .input_json(serde_json::json!({"hello": "world"}))
+//!     .send()
+//!     .await?;
+//! let awaited = client.await_task(&submitted.task.id, Duration::from_secs(10)).await?;
+//! assert!(awaited.done);
+//! println!("{:?}", vow_client::TaskExt::output_json(&awaited.task));
+//! # Ok(()) }
+//! ```
+//!
+//! Calls that fail with `UNAVAILABLE` are retried with exponential backoff and
+//! jitter (AIP-194). Submits are safe to retry because the client fills in an
+//! idempotency key when the caller gives none.
 
+mod error;
+mod submit;
+
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::transport::{Channel, Endpoint};
+pub use vow_proto::v1 as proto;
+use vow_proto::v1::task_service_client::TaskServiceClient;
+
+pub use error::Error;
+pub use proto::{Task, TaskState};
+pub use submit::{SubmitBuilder, Submitted};
+
+/// Extra time given to the transport beyond a server-side wait, so the
+/// server's own answer (`done = false`) arrives before the call deadline.
+const WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// How failed calls are retried.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    /// Attempts in all (1 disables retries).
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A connection to a Vow server. Cheap to clone; clones share the channel.
+#[derive(Clone)]
+pub struct Client {
+    tasks: TaskServiceClient<Channel>,
+    retry: RetryConfig,
+    call_timeout: Option<Duration>,
+}
+
+/// The result of a bounded wait.
+#[derive(Clone, Debug)]
+pub struct Awaited {
+    pub task: Task,
+    /// The task is terminal.
+    pub done: bool,
+}
+
+/// Filters of a listing; empty filters match everything.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub states: Vec<TaskState>,
+    pub kinds: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    /// Tasks per page (server default when 0).
+    pub page_size: i32,
+}
+
+/// Turns `host:port` into `http://host:port`; keeps URLs as they are.
+pub fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+impl Client {
+    /// Connects to `endpoint` (`host:port` or an `http://`/`https://` URL).
+    /// Fails with [`Error::Unreachable`] if no connection can be made now.
+    pub async fn connect(endpoint: &str) -> Result<Self, Error> {
+        let url = endpoint_url(endpoint);
+        let channel =
+            Self::endpoint(&url)?
+                .connect()
+                .await
+                .map_err(|error| Error::Unreachable {
+                    endpoint: url.clone(),
+                    reason: source_chain(&error),
+                })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Prepares a client that connects on first use, so calls made while the
+    /// server is still starting are retried instead of failing at once.
+    pub fn connect_lazy(endpoint: &str) -> Result<Self, Error> {
+        let url = endpoint_url(endpoint);
+        Ok(Self::from_channel(Self::endpoint(&url)?.connect_lazy()))
+    }
+
+    fn endpoint(url: &str) -> Result<Endpoint, Error> {
+        Endpoint::from_shared(url.to_owned())
+            .map(|endpoint| {
+                endpoint
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+            })
+            .map_err(|error| Error::InvalidEndpoint {
+                endpoint: url.to_owned(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Wraps an existing channel (TLS, custom connectors, in-memory tests).
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            tasks: TaskServiceClient::new(channel),
+            retry: RetryConfig::default(),
+            call_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+
+    /// Replaces the retry policy of failed calls.
+    pub fn with_retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the deadline of calls that do not wait for a task (default 30 s).
+    pub fn with_call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Starts building a submit of a task of `kind`.
+    pub fn submit(&self, kind: &str) -> SubmitBuilder {
+        SubmitBuilder::new(self.clone(), kind)
+    }
+
+    /// The current snapshot of a task; never blocks.
+    pub async fn get(&self, id: &str) -> Result<Task, Error> {
+        let request = proto::GetRequest { id: id.to_owned() };
+        let response = self
+            .call(
+                self.call_timeout,
+                |mut tasks, request| async move { tasks.get(request).await },
+                request,
+            )
+            .await?;
+        Ok(response.task.unwrap_or_default())
+    }
+
+    /// Waits up to `timeout` for a task to finish; `done = false` when it has not.
+    pub async fn await_task(&self, id: &str, timeout: Duration) -> Result<Awaited, Error> {
+        let request = proto::AwaitRequest {
+            id: id.to_owned(),
+            timeout: Some(duration_to_proto(timeout)),
+        };
+        let response = self
+            .call(
+                Some(timeout + WAIT_SLACK),
+                |mut tasks, request| async move { tasks.r#await(request).await },
+                request,
+            )
+            .await?;
+        Ok(Awaited {
+            task: response.task.unwrap_or_default(),
+            done: response.done,
+        })
+    }
+
+    /// Asks a task to stop; idempotent.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Task, Error> {
+        let request = proto::CancelRequest {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let response = self
+            .call(
+                self.call_timeout,
+                |mut tasks, request| async move { tasks.cancel(request).await },
+                request,
+            )
+            .await?;
+        Ok(response.task.unwrap_or_default())
+    }
+
+    /// Forgets a finished task (or stops and forgets a running one).
+    pub async fn delete(&self, id: &str, cancel_if_running: bool) -> Result<(), Error> {
+        let request = proto::DeleteRequest {
+            id: id.to_owned(),
+            cancel_if_running,
+        };
+        self.call(
+            self.call_timeout,
+            |mut tasks, request| async move { tasks.delete(request).await },
+            request,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One page of a listing, newest first, and the token of the next.
+    pub async fn list_page(
+        &self,
+        filter: &ListFilter,
+        page_token: String,
+    ) -> Result<(Vec<Task>, String), Error> {
+        let request = proto::ListRequest {
+            page_size: filter.page_size,
+            page_token,
+            states: filter.states.iter().map(|state| *state as i32).collect(),
+            kinds: filter.kinds.clone(),
+            labels: filter.labels.iter().cloned().collect(),
+        };
+        let response = self
+            .call(
+                self.call_timeout,
+                |mut tasks, request| async move { tasks.list(request).await },
+                request,
+            )
+            .await?;
+        Ok((response.tasks, response.next_page_token))
+    }
+
+    /// Every task that matches, newest first, fetching pages as the stream is read.
+    pub fn list(&self, filter: ListFilter) -> impl Stream<Item = Result<Task, Error>> + use<> {
+        use futures::TryStreamExt;
+        let client = self.clone();
+        futures::stream::try_unfold(Some(String::new()), move |page_token| {
+            let client = client.clone();
+            let filter = filter.clone();
+            async move {
+                let Some(page_token) = page_token else {
+                    return Ok::<_, Error>(None);
+                };
+                let (tasks, next) = client.list_page(&filter, page_token).await?;
+                let next = (!next.is_empty()).then_some(next);
+                Ok(Some((tasks, next)))
+            }
+        })
+        .map_ok(|tasks| futures::stream::iter(tasks.into_iter().map(Ok)))
+        .try_flatten()
+    }
+
+    /// Sends one unary call with a deadline, retrying UNAVAILABLE with
+    /// exponential backoff and full jitter.
+    pub(crate) async fn call<Req, Resp, F, Fut>(
+        &self,
+        deadline: Option<Duration>,
+        send: F,
+        request: Req,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(TaskServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            let mut call = tonic::Request::new(request.clone());
+            if let Some(deadline) = deadline {
+                call.set_timeout(deadline);
+            }
+            let result = match deadline {
+                Some(deadline) => tokio::time::timeout(deadline, send(self.tasks.clone(), call))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded("the call deadline passed"))
+                    }),
+                None => send(self.tasks.clone(), call).await,
+            };
+            match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => {
+                    let error = Error::from(status);
+                    if !error.is_retryable() || attempt >= self.retry.max_attempts {
+                        return Err(error);
+                    }
+                    let wait = match &error {
+                        Error::Rpc {
+                            retry_after: Some(delay),
+                            ..
+                        } => *delay,
+                        _ => backoff.mul_f64(rand::random::<f64>()),
+                    };
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Conveniences on the wire `Task`.
+pub trait TaskExt {
+    /// The output as JSON, if the task succeeded with a JSON output.
+    fn output_json(&self) -> Option<serde_json::Value>;
+    /// True once the task is SUCCEEDED, FAILED or CANCELLED.
+    fn is_terminal(&self) -> bool;
+    /// The `ErrorInfo.reason` of the task's error.
+    fn error_reason(&self) -> Option<String>;
+}
+
+impl TaskExt for Task {
+    fn output_json(&self) -> Option<serde_json::Value> {
+        match self.output.as_ref()?.data.as_ref()? {
+            proto::payload::Data::Json(value) => Some(value_to_json(value)),
+            proto::payload::Data::Binary(_) => None,
+        }
+    }
+
+    fn is_terminal(&self) -> bool {
+        matches!(
+            self.state(),
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    fn error_reason(&self) -> Option<String> {
+        use prost::Message;
+        let error = self.error.as_ref()?;
+        error
+            .details
+            .iter()
+            .find(|any| any.type_url.ends_with("google.rpc.ErrorInfo"))
+            .and_then(|any| tonic_types::pb::ErrorInfo::decode(any.value.as_slice()).ok())
+            .map(|info| info.reason)
+    }
+}
+
+/// `google.protobuf.Value` as JSON; integral numbers become integers.
+pub fn value_to_json(value: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(*flag),
+        Some(Kind::NumberValue(number)) => {
+            if number.fract() == 0.0 && number.abs() < 9_007_199_254_740_992.0 {
+                serde_json::Value::from(*number as i64)
+            } else {
+                serde_json::Number::from_f64(*number)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::StringValue(text)) => serde_json::Value::String(text.clone()),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.iter().map(value_to_json).collect())
+        }
+        Some(Kind::StructValue(object)) => serde_json::Value::Object(
+            object
+                .fields
+                .iter()
+                .map(|(key, value)| (key.clone(), value_to_json(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// JSON as a `google.protobuf.Value`.
+pub fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(flag) => Kind::BoolValue(*flag),
+        serde_json::Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
+        serde_json::Value::String(text) => Kind::StringValue(text.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(object) => Kind::StructValue(prost_types::Struct {
+            fields: object
+                .iter()
+                .map(|(key, value)| (key.clone(), json_to_value(value)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub(crate) fn duration_to_proto(duration: Duration) -> prost_types::Duration {
+    duration.try_into().unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -5,11 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vow_server::{
-    Config,
-    config::LogFormat,
-    handlers::builtin_registry,
-};
+use vow_server::{Config, config::LogFormat, handlers::builtin_registry};
 
 fn init_logging(format: LogFormat) {
     let filter = std::env::var("VOW_LOG")
@@ -17,7 +13,9 @@ fn init_logging(format: LogFormat) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
@@ -57,7 +55,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |address| address.to_string());
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |address| address.to_string());
     // Tests and scripts read the bound address (port 0 picks one) from stdout.
     println!("vowd listening on {address}");
     tracing::info!(listen = %address, store = ?config.store, "vowd started");

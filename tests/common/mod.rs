@@ -54,7 +54,11 @@ impl Vowd {
     }
 
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
-        let stderr_log = std::env::temp_dir().join(format!("vowd-test-{}-{}.log", std::process::id(), rand_suffix()));
+        let stderr_log = std::env::temp_dir().join(format!(
+            "vowd-test-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
         let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
         let mut command = Command::new(vowd_binary());
         command
@@ -70,7 +74,9 @@ impl Vowd {
         let mut child = command.spawn().expect("spawn vowd");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read vowd's stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read vowd's stdout");
         let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
             let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
             panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
@@ -105,7 +111,11 @@ impl Vowd {
             if let Some(status) = self.child.try_wait().expect("poll vowd") {
                 return status;
             }
-            assert!(started.elapsed() < bound, "vowd did not exit within {bound:?}; logs:\n{}", self.logs());
+            assert!(
+                started.elapsed() < bound,
+                "vowd did not exit within {bound:?}; logs:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -135,7 +145,10 @@ where
         if condition().await {
             return;
         }
-        assert!(started.elapsed() < bound, "timed out after {bound:?} waiting for {what}");
+        assert!(
+            started.elapsed() < bound,
+            "timed out after {bound:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -160,4 +173,23 @@ fn tool(variable: &str, default_relative: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Polls `probe` until it yields a value, failing the test after `bound`.
+pub async fn poll_until<T, F, Fut>(bound: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

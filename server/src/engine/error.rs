@@ -34,7 +34,10 @@ pub enum EngineError {
     #[error("the queue is full ({limit} tasks waiting); retry later")]
     QueueFull { limit: usize, retry_after: Duration },
     #[error("{message}")]
-    FailedPrecondition { reason: &'static str, message: String },
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("storage is unavailable")]

@@ -44,7 +44,9 @@ impl Default for EventHub {
 
 impl EventHub {
     fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, broadcast::Sender<TaskEvent>>> {
-        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Delivers a stored change. A terminal change closes the task's topic

@@ -12,8 +12,9 @@ use futures::FutureExt;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
 use super::{
-    Engine, Mutation, RunningAttempt, StopReason, sleep_until_opt,
+    Engine, Mutation, RunningAttempt, StopReason,
     handler::{HandlerContext, ProgressReporter},
+    sleep_until_opt,
     task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
     transitions::{self, AttemptOutcome},
 };
@@ -61,7 +62,9 @@ pub(super) async fn dispatch_loop(engine: Engine) {
 
         let claimed_any = !claimed.is_empty();
         for ((task, attempt), slot) in claimed.into_iter().zip(slots.drain(..)) {
-            inner.attempts.spawn(run_attempt(engine.clone(), task, attempt, slot));
+            inner
+                .attempts
+                .spawn(run_attempt(engine.clone(), task, attempt, slot));
         }
         drop(slots);
         if claimed_any {
@@ -83,7 +86,10 @@ pub(super) async fn dispatch_loop(engine: Engine) {
 
 /// Claims up to `limit` tasks and registers their attempts, so Cancel can
 /// reach them as soon as the store shows them running.
-async fn claim(engine: &Engine, limit: usize) -> Result<Vec<(TaskRecord, Arc<RunningAttempt>)>, StoreError> {
+async fn claim(
+    engine: &Engine,
+    limit: usize,
+) -> Result<Vec<(TaskRecord, Arc<RunningAttempt>)>, StoreError> {
     let inner = &engine.inner;
     let request = ClaimRequest {
         now: SystemTime::now(),
@@ -115,7 +121,12 @@ enum Interruption {
 }
 
 /// Runs one attempt of a claimed task and stores its outcome.
-async fn run_attempt(engine: Engine, task: TaskRecord, attempt: Arc<RunningAttempt>, _slot: OwnedSemaphorePermit) {
+async fn run_attempt(
+    engine: Engine,
+    task: TaskRecord,
+    attempt: Arc<RunningAttempt>,
+    _slot: OwnedSemaphorePermit,
+) {
     let task_id = task.id;
     let outcome = execute(&engine, &task, &attempt).await;
     engine.lock_running().remove(&task_id);
@@ -127,13 +138,18 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
     let config = &engine.inner.config;
     let now = SystemTime::now();
     if task.deadline.is_some_and(|deadline| deadline <= now) {
-        return AttemptOutcome::DeadlineExceeded { handler_stopped: true };
+        return AttemptOutcome::DeadlineExceeded {
+            handler_stopped: true,
+        };
     }
     let Some(handler) = engine.inner.handlers.get(&task.kind).cloned() else {
         // Possible when a store holds tasks of a kind this build lacks.
         return AttemptOutcome::Failed(
-            TaskError::new(ErrorCode::Unimplemented, format!("no handler for kind {:?}", task.kind))
-                .with_reason("UNKNOWN_KIND"),
+            TaskError::new(
+                ErrorCode::Unimplemented,
+                format!("no handler for kind {:?}", task.kind),
+            )
+            .with_reason("UNKNOWN_KIND"),
         );
     };
 
@@ -212,17 +228,23 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
         (None, Some(Ok(Ok(output)))) => AttemptOutcome::Succeeded(output),
         (None, Some(Ok(Err(error)))) => AttemptOutcome::Failed(error),
         (None, Some(Err(panic))) => {
-            let message = panic_message(&panic);
+            let message = panic_message(&*panic);
             tracing::error!(task.id = %task.id, task.kind = %task.kind, panic.message = %message, "handler panicked");
             AttemptOutcome::Failed(
-                TaskError::new(ErrorCode::Internal, format!("panicked: {message}")).with_reason("HANDLER_PANICKED"),
+                TaskError::new(ErrorCode::Internal, format!("panicked: {message}"))
+                    .with_reason("HANDLER_PANICKED"),
             )
         }
         (None, None) => unreachable!("the loop only gives up on a handler after an interruption"),
         (Some(Interruption::AttemptTimeout), _) => AttemptOutcome::TimedOut { handler_stopped },
-        (Some(Interruption::TaskDeadline), _) => AttemptOutcome::DeadlineExceeded { handler_stopped },
+        (Some(Interruption::TaskDeadline), _) => {
+            AttemptOutcome::DeadlineExceeded { handler_stopped }
+        }
         (Some(Interruption::Stopped(StopReason::Cancelled(reason))), _) => {
-            AttemptOutcome::Cancelled { reason, handler_stopped }
+            AttemptOutcome::Cancelled {
+                reason,
+                handler_stopped,
+            }
         }
         (Some(Interruption::Stopped(StopReason::HandedBack)), _) => AttemptOutcome::HandedBack,
     }
@@ -243,9 +265,13 @@ async fn store_outcome(engine: &Engine, claimed: &TaskRecord, outcome: AttemptOu
                 return Mutation::Keep;
             };
             // A cancel seen only through the store (another process asked).
-            if task.cancel_requested && !matches!(this_outcome, AttemptOutcome::Succeeded(_)) {
+            let settled = matches!(
+                this_outcome,
+                AttemptOutcome::Succeeded(_) | AttemptOutcome::Cancelled { .. }
+            );
+            if task.cancel_requested && !settled {
                 this_outcome = AttemptOutcome::Cancelled {
-                    reason: "cancel requested".into(),
+                    reason: task.cancel_reason.clone(),
                     handler_stopped: true,
                 };
             }
@@ -263,15 +289,26 @@ async fn store_outcome(engine: &Engine, claimed: &TaskRecord, outcome: AttemptOu
             }
             tracing::debug!(task.id = %task.id, task.state = task.state.as_str(), task.attempt = task.attempt, "attempt finished");
         }
-        Err(error) => tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome"),
+        Err(error) => {
+            tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome")
+        }
     }
 }
 
-async fn write_progress(engine: &Engine, claimed: &TaskRecord, lease_token: u64, percent: f32, message: String) {
+async fn write_progress(
+    engine: &Engine,
+    claimed: &TaskRecord,
+    lease_token: u64,
+    percent: f32,
+    message: String,
+) {
     let result = engine
         .update_task(claimed.id, |task| {
             let holds_lease = task.state == TaskState::Running
-                && task.lease.as_ref().is_some_and(|lease| lease.token == lease_token);
+                && task
+                    .lease
+                    .as_ref()
+                    .is_some_and(|lease| lease.token == lease_token);
             if !holds_lease {
                 return Mutation::Keep;
             }
@@ -301,4 +338,3 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 fn instant_of(at: SystemTime, now: SystemTime) -> Instant {
     Instant::now() + at.duration_since(now).unwrap_or_default()
 }
-

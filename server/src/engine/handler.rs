@@ -1,11 +1,7 @@
 //! What a task kind does: the `Handler` trait, the context an attempt gets,
 //! and the registry that maps kinds to handlers.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -107,8 +103,13 @@ impl ProgressReporter {
     }
 
     fn report(&self, percent: f32, message: String) {
-        let percent = if percent.is_finite() { percent.clamp(0.0, 100.0) } else { 0.0 };
-        self.0.send_replace(Some(ProgressReport { percent, message }));
+        let percent = if percent.is_finite() {
+            percent.clamp(0.0, 100.0)
+        } else {
+            0.0
+        };
+        self.0
+            .send_replace(Some(ProgressReport { percent, message }));
     }
 }
 

@@ -35,7 +35,8 @@ async fn expire_overdue(engine: &Engine) -> Result<(), super::EngineError> {
     for overdue in engine.inner.store.overdue(now, SWEEP_BATCH).await? {
         engine
             .update_task(overdue.id, |task| {
-                if !task.state.is_claimable() || task.deadline.is_none_or(|deadline| deadline > now) {
+                if !task.state.is_claimable() || task.deadline.is_none_or(|deadline| deadline > now)
+                {
                     return Mutation::Keep;
                 }
                 transitions::expire_waiting(task, now);
@@ -54,11 +55,18 @@ async fn reap_expired_leases(engine: &Engine) -> Result<(), super::EngineError> 
         let task = engine
             .update_task(expired.id, |task| {
                 let same_lease = task.lease.as_ref().map(|lease| lease.token) == expired_token;
-                let still_expired = task.lease.as_ref().is_some_and(|lease| lease.expires_at <= now);
+                let still_expired = task
+                    .lease
+                    .as_ref()
+                    .is_some_and(|lease| lease.expires_at <= now);
                 if task.state != TaskState::Running || !same_lease || !still_expired {
                     return Mutation::Keep;
                 }
-                transitions::requeue_interrupted(task, "lost its lease (the executor stopped renewing it)", now);
+                transitions::requeue_interrupted(
+                    task,
+                    "lost its lease (the executor stopped renewing it)",
+                    now,
+                );
                 Mutation::Write
             })
             .await?;
@@ -73,7 +81,11 @@ async fn reap_expired_leases(engine: &Engine) -> Result<(), super::EngineError> 
 
 async fn delete_expired(engine: &Engine) -> Result<(), super::EngineError> {
     loop {
-        let deleted = engine.inner.store.delete_expired(SystemTime::now(), SWEEP_BATCH).await?;
+        let deleted = engine
+            .inner
+            .store
+            .delete_expired(SystemTime::now(), SWEEP_BATCH)
+            .await?;
         for id in &deleted {
             engine.inner.hub.forget(*id);
         }

@@ -170,8 +170,14 @@ impl Engine {
                 slots,
             }),
         };
-        engine.inner.background.spawn(executor::dispatch_loop(engine.clone()));
-        engine.inner.background.spawn(maintenance::sweep_loop(engine.clone()));
+        engine
+            .inner
+            .background
+            .spawn(executor::dispatch_loop(engine.clone()));
+        engine
+            .inner
+            .background
+            .spawn(maintenance::sweep_loop(engine.clone()));
         engine
     }
 
@@ -191,7 +197,11 @@ impl Engine {
     }
 
     /// Accepts a task. It is stored before this returns.
-    pub async fn submit(&self, spec: SubmitSpec, trace: TraceContext) -> Result<Submitted, EngineError> {
+    pub async fn submit(
+        &self,
+        spec: SubmitSpec,
+        trace: TraceContext,
+    ) -> Result<Submitted, EngineError> {
         self.submit_bounded(spec, trace, None).await
     }
 
@@ -289,6 +299,7 @@ impl Engine {
             idempotency_key: spec.idempotency_key,
             request_fingerprint: fingerprint,
             cancel_requested: false,
+            cancel_reason: String::new(),
             lease: None,
         }
     }
@@ -313,11 +324,16 @@ impl Engine {
     /// terminal. Never reports an unfinished task as failed: at the bound it
     /// returns `done = false` with the latest snapshot.
     pub async fn await_task(&self, id: TaskId, wait: Duration) -> Result<Awaited, EngineError> {
-        self.wait_terminal(id, Some(wait.min(self.inner.config.max_await))).await
+        self.wait_terminal(id, Some(wait.min(self.inner.config.max_await)))
+            .await
     }
 
     /// Waits for a task to be terminal, for at most `wait` if given.
-    async fn wait_terminal(&self, id: TaskId, wait: Option<Duration>) -> Result<Awaited, EngineError> {
+    async fn wait_terminal(
+        &self,
+        id: TaskId,
+        wait: Option<Duration>,
+    ) -> Result<Awaited, EngineError> {
         let _waiter = self.inner.hub.waiter_guard();
         let wait_until = wait.map(|wait| tokio::time::Instant::now() + wait);
         let mut subscription = self.inner.hub.subscribe(id);
@@ -386,6 +402,7 @@ impl Engine {
                 if task.is_terminal() || task.cancel_requested {
                     return Mutation::Keep;
                 }
+                task.cancel_reason = reason.to_owned();
                 if task.state == TaskState::Running {
                     task.cancel_requested = true;
                 } else {
@@ -395,7 +412,8 @@ impl Engine {
             })
             .await?;
         if task.state == TaskState::Running {
-            self.stop_local_attempt(id, StopReason::Cancelled(reason.to_owned())).await;
+            self.stop_local_attempt(id, StopReason::Cancelled(reason.to_owned()))
+                .await;
         }
         Ok(task)
     }
@@ -438,9 +456,15 @@ impl Engine {
         if running > 0 {
             tracing::info!(running, drain_timeout = ?drain_timeout, "draining running attempts");
         }
-        if tokio::time::timeout(drain_timeout, self.inner.attempts.wait()).await.is_err() {
+        if tokio::time::timeout(drain_timeout, self.inner.attempts.wait())
+            .await
+            .is_err()
+        {
             let handed_back = self.running_count();
-            tracing::warn!(handed_back, "drain timeout passed; handing unfinished attempts back");
+            tracing::warn!(
+                handed_back,
+                "drain timeout passed; handing unfinished attempts back"
+            );
             let attempts: Vec<Arc<RunningAttempt>> =
                 self.lock_running().values().cloned().collect();
             for attempt in attempts {
@@ -460,7 +484,10 @@ impl Engine {
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<RunningAttempt>>> {
-        self.inner.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn stop_local_attempt(&self, id: TaskId, reason: StopReason) {
@@ -505,7 +532,10 @@ impl Engine {
 
 impl RunningAttempt {
     fn stop(&self, reason: StopReason) {
-        let mut stop_reason = self.stop_reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stop_reason = self
+            .stop_reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         stop_reason.get_or_insert(reason);
         self.cancellation.cancel();
     }
@@ -542,7 +572,9 @@ impl Drop for CancelOnDrop {
         self.engine.inner.background.spawn(async move {
             match engine.cancel(id, "the Run caller went away").await {
                 Ok(_) | Err(EngineError::NotFound(_)) => {}
-                Err(error) => tracing::warn!(task.id = %id, %error, "could not cancel an abandoned run"),
+                Err(error) => {
+                    tracing::warn!(task.id = %id, %error, "could not cancel an abandoned run")
+                }
             }
         });
     }

@@ -99,7 +99,9 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_up_to_the_cap() {
-        let waits: Vec<u128> = (1..=6).map(|attempt| policy().backoff(attempt, 0.5).as_millis()).collect();
+        let waits: Vec<u128> = (1..=6)
+            .map(|attempt| policy().backoff(attempt, 0.5).as_millis())
+            .collect();
         assert_eq!(waits, vec![100, 200, 400, 800, 1000, 1000]);
     }
 
@@ -130,7 +132,10 @@ mod tests {
             ErrorCode::Aborted,
             ErrorCode::Internal,
         ] {
-            assert!(policy().is_retryable(&TaskError::new(code, "x")), "{code:?}");
+            assert!(
+                policy().is_retryable(&TaskError::new(code, "x")),
+                "{code:?}"
+            );
         }
         for code in [
             ErrorCode::InvalidArgument,
@@ -140,7 +145,10 @@ mod tests {
             ErrorCode::Unimplemented,
             ErrorCode::Cancelled,
         ] {
-            assert!(!policy().is_retryable(&TaskError::new(code, "x")), "{code:?}");
+            assert!(
+                !policy().is_retryable(&TaskError::new(code, "x")),
+                "{code:?}"
+            );
         }
     }
 

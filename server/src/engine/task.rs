@@ -370,6 +370,8 @@ pub struct TaskRecord {
     /// Digest of the submit request, compared on idempotent resubmits.
     pub request_fingerprint: String,
     pub cancel_requested: bool,
+    /// Why a client asked to cancel, for the error message.
+    pub cancel_reason: String,
     pub lease: Option<Lease>,
 }
 
@@ -406,7 +408,14 @@ mod tests {
 
     #[test]
     fn malformed_task_ids_are_refused() {
-        for text in ["", "xyz", &"A".repeat(32), &"0".repeat(31), &"0".repeat(33), "+0000000000000000000000000000001"] {
+        for text in [
+            "",
+            "xyz",
+            &"A".repeat(32),
+            &"0".repeat(31),
+            &"0".repeat(33),
+            "+0000000000000000000000000000001",
+        ] {
             assert_eq!(text.parse::<TaskId>(), Err(MalformedTaskId), "{text:?}");
         }
     }
@@ -440,7 +449,10 @@ mod tests {
             trace("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").trace_id(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(trace("00-00000000000000000000000000000000-00f067aa0ba902b7-01").trace_id(), None);
+        assert_eq!(
+            trace("00-00000000000000000000000000000000-00f067aa0ba902b7-01").trace_id(),
+            None
+        );
         assert_eq!(trace("garbage").trace_id(), None);
     }
 }

@@ -19,14 +19,22 @@ pub enum AttemptOutcome {
     /// The task deadline passed during the attempt.
     DeadlineExceeded { handler_stopped: bool },
     /// A client cancelled the task.
-    Cancelled { reason: String, handler_stopped: bool },
+    Cancelled {
+        reason: String,
+        handler_stopped: bool,
+    },
     /// The server is shutting down; the task goes back to the queue.
     HandedBack,
 }
 
 /// Applies the end of an attempt to a RUNNING task. `unit_random` in [0, 1)
 /// supplies the backoff jitter.
-pub fn finish_attempt(task: &mut TaskRecord, outcome: AttemptOutcome, now: SystemTime, unit_random: f64) {
+pub fn finish_attempt(
+    task: &mut TaskRecord,
+    outcome: AttemptOutcome,
+    now: SystemTime,
+    unit_random: f64,
+) {
     task.lease = None;
     match outcome {
         AttemptOutcome::Succeeded(output) => {
@@ -39,7 +47,11 @@ pub fn finish_attempt(task: &mut TaskRecord, outcome: AttemptOutcome, now: Syste
             let timeout = task.attempt_timeout.unwrap_or_default();
             let error = TaskError::new(
                 ErrorCode::DeadlineExceeded,
-                format!("attempt {} timed out after {}", task.attempt, humantime::format_duration(timeout)),
+                format!(
+                    "attempt {} timed out after {}",
+                    task.attempt,
+                    humantime::format_duration(timeout)
+                ),
             )
             .with_reason("ATTEMPT_TIMEOUT")
             .with_metadata("handler_stopped", handler_stopped.to_string());
@@ -57,11 +69,14 @@ pub fn finish_attempt(task: &mut TaskRecord, outcome: AttemptOutcome, now: Syste
             handler_stopped,
         } => {
             task.error = Some(
-                cancelled_error(&reason).with_metadata("handler_stopped", handler_stopped.to_string()),
+                cancelled_error(&reason)
+                    .with_metadata("handler_stopped", handler_stopped.to_string()),
             );
             end(task, TaskState::Cancelled, now);
         }
-        AttemptOutcome::HandedBack => requeue_interrupted(task, "interrupted by server shutdown", now),
+        AttemptOutcome::HandedBack => {
+            requeue_interrupted(task, "interrupted by server shutdown", now)
+        }
     }
 }
 
@@ -71,8 +86,11 @@ pub fn requeue_interrupted(task: &mut TaskRecord, why: &str, now: SystemTime) {
     task.lease = None;
     if task.attempt >= task.retry.max_attempts {
         task.error = Some(
-            TaskError::new(ErrorCode::Aborted, format!("attempt {} {why}; no attempts remain", task.attempt))
-                .with_reason("ATTEMPT_INTERRUPTED"),
+            TaskError::new(
+                ErrorCode::Aborted,
+                format!("attempt {} {why}; no attempts remain", task.attempt),
+            )
+            .with_reason("ATTEMPT_INTERRUPTED"),
         );
         end(task, TaskState::Failed, now);
         return;
@@ -108,7 +126,10 @@ fn fail_attempt(task: &mut TaskRecord, error: TaskError, now: SystemTime, unit_r
         return;
     }
     let next_attempt_at = now + task.retry.backoff(task.attempt, unit_random);
-    if task.deadline.is_some_and(|deadline| next_attempt_at >= deadline) {
+    if task
+        .deadline
+        .is_some_and(|deadline| next_attempt_at >= deadline)
+    {
         task.error = Some(
             deadline_error("the task deadline falls before the next attempt")
                 .with_metadata("last_error", error.message),
@@ -188,6 +209,7 @@ mod tests {
             idempotency_key: None,
             request_fingerprint: String::new(),
             cancel_requested: false,
+            cancel_reason: String::new(),
             lease: None,
         }
     }
@@ -199,7 +221,12 @@ mod tests {
     #[test]
     fn success_is_terminal_and_expires_after_retention() {
         let mut task = running(1, 3);
-        finish_attempt(&mut task, AttemptOutcome::Succeeded(Payload::default()), now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::Succeeded(Payload::default()),
+            now(),
+            0.5,
+        );
         assert_eq!(task.state, TaskState::Succeeded);
         assert_eq!(task.ended_at, Some(now()));
         assert_eq!(task.expires_at, Some(now() + Duration::from_secs(60)));
@@ -208,34 +235,64 @@ mod tests {
     #[test]
     fn retryable_failures_wait_with_growing_backoff() {
         let mut task = running(1, 3);
-        finish_attempt(&mut task, AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")), now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")),
+            now(),
+            0.5,
+        );
         assert_eq!(task.state, TaskState::RetryWait);
         assert_eq!(task.next_attempt_at, Some(now() + Duration::from_secs(1)));
 
         let mut task = running(2, 3);
-        finish_attempt(&mut task, AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")), now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")),
+            now(),
+            0.5,
+        );
         assert_eq!(task.next_attempt_at, Some(now() + Duration::from_secs(2)));
     }
 
     #[test]
     fn the_last_attempt_fails_the_task() {
         let mut task = running(3, 3);
-        finish_attempt(&mut task, AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")), now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")),
+            now(),
+            0.5,
+        );
         assert_eq!(task.state, TaskState::Failed);
-        assert_eq!(task.error.as_ref().map(|error| error.code), Some(ErrorCode::Unavailable));
+        assert_eq!(
+            task.error.as_ref().map(|error| error.code),
+            Some(ErrorCode::Unavailable)
+        );
     }
 
     #[test]
     fn non_retryable_codes_fail_at_once() {
         let mut task = running(1, 3);
-        finish_attempt(&mut task, AttemptOutcome::Failed(TaskError::new(ErrorCode::InvalidArgument, "x")), now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::Failed(TaskError::new(ErrorCode::InvalidArgument, "x")),
+            now(),
+            0.5,
+        );
         assert_eq!(task.state, TaskState::Failed);
     }
 
     #[test]
     fn attempt_timeouts_are_retried() {
         let mut task = running(1, 2);
-        finish_attempt(&mut task, AttemptOutcome::TimedOut { handler_stopped: true }, now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::TimedOut {
+                handler_stopped: true,
+            },
+            now(),
+            0.5,
+        );
         assert_eq!(task.state, TaskState::RetryWait);
         let error = task.error.expect("a timed-out attempt records its error");
         assert_eq!(error.code, ErrorCode::DeadlineExceeded);
@@ -246,9 +303,17 @@ mod tests {
     fn a_retry_past_the_deadline_fails_with_deadline_exceeded() {
         let mut task = running(1, 3);
         task.deadline = Some(now() + Duration::from_millis(500));
-        finish_attempt(&mut task, AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")), now(), 0.5);
+        finish_attempt(
+            &mut task,
+            AttemptOutcome::Failed(TaskError::new(ErrorCode::Unavailable, "x")),
+            now(),
+            0.5,
+        );
         assert_eq!(task.state, TaskState::Failed);
-        assert_eq!(task.error.map(|error| error.code), Some(ErrorCode::DeadlineExceeded));
+        assert_eq!(
+            task.error.map(|error| error.code),
+            Some(ErrorCode::DeadlineExceeded)
+        );
     }
 
     #[test]
@@ -256,7 +321,10 @@ mod tests {
         let mut task = running(1, 3);
         finish_attempt(
             &mut task,
-            AttemptOutcome::Cancelled { reason: "user".into(), handler_stopped: true },
+            AttemptOutcome::Cancelled {
+                reason: "user".into(),
+                handler_stopped: true,
+            },
             now(),
             0.5,
         );

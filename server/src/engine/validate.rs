@@ -35,15 +35,30 @@ pub fn validate(
 
     let known_kinds = || handlers.kinds().collect::<Vec<_>>().join(", ");
     match handlers.get(&spec.kind) {
-        _ if spec.kind.is_empty() => violation("kind", format!("must name a task kind; known kinds: {}", known_kinds())),
-        _ if spec.kind.len() > MAX_KIND_LEN => violation("kind", format!("must be at most {MAX_KIND_LEN} bytes")),
-        None => violation("kind", format!("unknown kind {:?}; known kinds: {}", spec.kind, known_kinds())),
+        _ if spec.kind.is_empty() => violation(
+            "kind",
+            format!("must name a task kind; known kinds: {}", known_kinds()),
+        ),
+        _ if spec.kind.len() > MAX_KIND_LEN => {
+            violation("kind", format!("must be at most {MAX_KIND_LEN} bytes"))
+        }
+        None => violation(
+            "kind",
+            format!(
+                "unknown kind {:?}; known kinds: {}",
+                spec.kind,
+                known_kinds()
+            ),
+        ),
         Some(handler) => {
             let input_len = spec.input.encoded_len();
             if input_len > config.max_input_bytes {
                 violation(
                     "input",
-                    format!("is {input_len} bytes, over the limit of {} bytes", config.max_input_bytes),
+                    format!(
+                        "is {input_len} bytes, over the limit of {} bytes",
+                        config.max_input_bytes
+                    ),
                 );
             } else if let Err(problem) = handler.validate_input(&spec.input) {
                 violation("input", problem);
@@ -63,16 +78,28 @@ pub fn validate(
         if !key_ok {
             violation(
                 "labels",
-                format!("key {key:?} must be 1 to {MAX_LABEL_KEY_LEN} characters of [A-Za-z0-9_-./]"),
+                format!(
+                    "key {key:?} must be 1 to {MAX_LABEL_KEY_LEN} characters of [A-Za-z0-9_-./]"
+                ),
             );
         }
         if value.len() > MAX_LABEL_VALUE_LEN {
-            violation("labels", format!("value of {key:?} must be at most {MAX_LABEL_VALUE_LEN} bytes"));
+            violation(
+                "labels",
+                format!("value of {key:?} must be at most {MAX_LABEL_VALUE_LEN} bytes"),
+            );
         }
     }
 
     if !PRIORITY_RANGE.contains(&spec.priority) {
-        violation("priority", format!("must be between {} and {}", PRIORITY_RANGE.start(), PRIORITY_RANGE.end()));
+        violation(
+            "priority",
+            format!(
+                "must be between {} and {}",
+                PRIORITY_RANGE.start(),
+                PRIORITY_RANGE.end()
+            ),
+        );
     }
     if let Some(not_before) = spec.not_before
         && not_before > now + MAX_HORIZON
@@ -84,7 +111,10 @@ pub fn validate(
     if let Some(max_attempts) = retry.max_attempts
         && max_attempts > config.max_attempts_limit
     {
-        violation("retry.max_attempts", format!("must be at most {}", config.max_attempts_limit));
+        violation(
+            "retry.max_attempts",
+            format!("must be at most {}", config.max_attempts_limit),
+        );
     }
     for (field, backoff) in [
         ("retry.initial_backoff", retry.initial_backoff),
@@ -97,12 +127,18 @@ pub fn validate(
     if let (Some(initial), Some(max)) = (retry.initial_backoff, retry.max_backoff)
         && initial > max
     {
-        violation("retry.initial_backoff", "must not exceed retry.max_backoff".into());
+        violation(
+            "retry.initial_backoff",
+            "must not exceed retry.max_backoff".into(),
+        );
     }
     if let Some(multiplier) = retry.backoff_multiplier
         && !(1.0..=MAX_MULTIPLIER).contains(&multiplier)
     {
-        violation("retry.backoff_multiplier", format!("must be between 1 and {MAX_MULTIPLIER}"));
+        violation(
+            "retry.backoff_multiplier",
+            format!("must be between 1 and {MAX_MULTIPLIER}"),
+        );
     }
     if let Some(jitter) = retry.jitter
         && !(0.0..=1.0).contains(&jitter)
@@ -113,7 +149,10 @@ pub fn validate(
     if let Some(timeout) = spec.attempt_timeout
         && (timeout.is_zero() || timeout > MAX_HORIZON)
     {
-        violation("attempt_timeout", "must be positive and at most a year".into());
+        violation(
+            "attempt_timeout",
+            "must be positive and at most a year".into(),
+        );
     }
     match spec.deadline {
         Some(TaskDeadline::At(deadline)) if deadline <= now => {
@@ -130,7 +169,10 @@ pub fn validate(
     if let Some(key) = &spec.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
     {
-        violation("idempotency_key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"));
+        violation(
+            "idempotency_key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        );
     }
 
     if violations.is_empty() {

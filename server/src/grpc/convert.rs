@@ -15,8 +15,8 @@ use crate::{
         EngineError, FieldViolation,
         retry::RetryPolicy,
         task::{
-            Payload, PayloadData, Progress, RetryOverrides, SubmitSpec, TaskDeadline, TaskError, TaskId,
-            TaskRecord, TaskState,
+            Payload, PayloadData, Progress, RetryOverrides, SubmitSpec, TaskDeadline, TaskError,
+            TaskId, TaskRecord, TaskState,
         },
     },
     store::{ListCursor, ListQuery},
@@ -50,11 +50,17 @@ impl Violations {
 /// Parses a task id field.
 pub fn task_id(field: &str, text: &str) -> Result<TaskId, EngineError> {
     text.parse()
-        .map_err(|error: crate::engine::task::MalformedTaskId| EngineError::invalid(field, error.to_string()))
+        .map_err(|error: crate::engine::task::MalformedTaskId| {
+            EngineError::invalid(field, error.to_string())
+        })
 }
 
 /// A non-negative protobuf duration as a std duration.
-pub fn duration(field: &str, value: Option<prost_types::Duration>, violations: &mut Violations) -> Option<Duration> {
+pub fn duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+    violations: &mut Violations,
+) -> Option<Duration> {
     let value = value?;
     if !(0..1_000_000_000).contains(&value.nanos) {
         violations.add(field, "nanos must be between 0 and 999,999,999");
@@ -69,8 +75,11 @@ pub fn duration(field: &str, value: Option<prost_types::Duration>, violations: &
     }
 }
 
-
-fn timestamp(field: &str, value: Option<prost_types::Timestamp>, violations: &mut Violations) -> Option<SystemTime> {
+fn timestamp(
+    field: &str,
+    value: Option<prost_types::Timestamp>,
+    violations: &mut Violations,
+) -> Option<SystemTime> {
     let value = value?;
     if !(0..1_000_000_000).contains(&value.nanos) || value.seconds < 0 {
         violations.add(field, "must be a valid timestamp after 1970");
@@ -107,7 +116,11 @@ pub fn submit_spec(request: pb::SubmitRequest) -> Result<SubmitSpec, EngineError
         .retry
         .map(|retry| RetryOverrides {
             max_attempts: (retry.max_attempts > 0).then_some(retry.max_attempts),
-            initial_backoff: duration("retry.initial_backoff", retry.initial_backoff, &mut violations),
+            initial_backoff: duration(
+                "retry.initial_backoff",
+                retry.initial_backoff,
+                &mut violations,
+            ),
             max_backoff: duration("retry.max_backoff", retry.max_backoff, &mut violations),
             backoff_multiplier: retry.backoff_multiplier,
             jitter: retry.jitter,
@@ -119,7 +132,9 @@ pub fn submit_spec(request: pb::SubmitRequest) -> Result<SubmitSpec, EngineError
             violations.add("ttl", "set at most one of deadline and ttl");
             None
         }
-        (Some(deadline), None) => timestamp("deadline", Some(deadline), &mut violations).map(TaskDeadline::At),
+        (Some(deadline), None) => {
+            timestamp("deadline", Some(deadline), &mut violations).map(TaskDeadline::At)
+        }
         (None, ttl) => duration("ttl", ttl, &mut violations).map(TaskDeadline::After),
     };
     let spec = SubmitSpec {
@@ -192,7 +207,10 @@ fn json_from_value(value: prost_types::Value) -> Result<serde_json::Value, Strin
         Some(Kind::NumberValue(number)) => json_number(number).ok_or("numbers must be finite")?,
         Some(Kind::StringValue(text)) => serde_json::Value::String(text),
         Some(Kind::ListValue(list)) => serde_json::Value::Array(
-            list.values.into_iter().map(json_from_value).collect::<Result<_, _>>()?,
+            list.values
+                .into_iter()
+                .map(json_from_value)
+                .collect::<Result<_, _>>()?,
         ),
         Some(Kind::StructValue(object)) => serde_json::Value::Object(
             object
@@ -225,7 +243,10 @@ fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
             values: items.iter().map(json_to_value).collect(),
         }),
         serde_json::Value::Object(object) => Kind::StructValue(prost_types::Struct {
-            fields: object.iter().map(|(key, value)| (key.clone(), json_to_value(value))).collect(),
+            fields: object
+                .iter()
+                .map(|(key, value)| (key.clone(), json_to_value(value)))
+                .collect(),
         }),
     };
     prost_types::Value { kind: Some(kind) }
@@ -239,11 +260,18 @@ pub fn task_to_proto(task: &TaskRecord) -> pb::Task {
         state: state_to_proto(task.state) as i32,
         input: Some(payload_to_proto(&task.input)),
         output: task.output.as_ref().map(payload_to_proto),
-        error: task.error.as_ref().map(|error| error_to_status(error, task.trace_id())),
+        error: task
+            .error
+            .as_ref()
+            .map(|error| error_to_status(error, task.trace_id())),
         attempt: task.attempt,
         max_attempts: task.retry.max_attempts,
         progress: task.progress.as_ref().map(progress_to_proto),
-        labels: task.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+        labels: task
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
         priority: task.priority,
         trace_id: task.trace_id().unwrap_or_default().to_owned(),
         revision: task.revision,
@@ -283,8 +311,11 @@ fn retry_to_proto(retry: &RetryPolicy) -> pb::RetryPolicy {
 
 /// A task error as a `google.rpc.Status` carrying an `ErrorInfo`.
 fn error_to_status(error: &TaskError, trace_id: Option<&str>) -> tonic_types::pb::Status {
-    let mut metadata: std::collections::HashMap<String, String> =
-        error.metadata.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+    let mut metadata: std::collections::HashMap<String, String> = error
+        .metadata
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     if let Some(trace_id) = trace_id {
         metadata.insert("trace_id".into(), trace_id.to_owned());
     }
@@ -333,7 +364,10 @@ pub fn list_query(request: pb::ListRequest) -> Result<ListQuery, EngineError> {
         0 => DEFAULT_PAGE_SIZE,
         size if (1..=MAX_PAGE_SIZE).contains(&size) => size as usize,
         _ => {
-            violations.add("page_size", format!("must be between 0 and {MAX_PAGE_SIZE}"));
+            violations.add(
+                "page_size",
+                format!("must be between 0 and {MAX_PAGE_SIZE}"),
+            );
             DEFAULT_PAGE_SIZE
         }
     };
@@ -397,7 +431,9 @@ pub fn cancel_reason(reason: String) -> Result<String, EngineError> {
 }
 
 /// The optional `timeout` of an Await request.
-pub fn await_timeout(value: Option<prost_types::Duration>) -> Result<Option<Duration>, EngineError> {
+pub fn await_timeout(
+    value: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, EngineError> {
     let mut violations = Violations::default();
     let timeout = duration("timeout", value, &mut violations);
     violations.finish(timeout)
@@ -420,7 +456,12 @@ mod tests {
             id: TaskId::random(),
         };
         assert_eq!(decode_page_token(&encode_page_token(cursor)), Some(cursor));
-        for garbage in ["", "v1.", "v1.zz.00", "v2.1.00000000000000000000000000000001"] {
+        for garbage in [
+            "",
+            "v1.",
+            "v1.zz.00",
+            "v2.1.00000000000000000000000000000001",
+        ] {
             assert_eq!(decode_page_token(garbage), None, "{garbage:?}");
         }
     }
@@ -428,9 +469,18 @@ mod tests {
     #[test]
     fn negative_durations_are_field_violations() {
         let mut violations = Violations::default();
-        let parsed = duration("ttl", Some(prost_types::Duration { seconds: -1, nanos: 0 }), &mut violations);
+        let parsed = duration(
+            "ttl",
+            Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            &mut violations,
+        );
         assert_eq!(parsed, None);
-        let error = violations.finish(()).expect_err("a negative duration is invalid");
+        let error = violations
+            .finish(())
+            .expect_err("a negative duration is invalid");
         assert!(matches!(error, EngineError::InvalidArgument(ref v) if v[0].field == "ttl"));
     }
 
@@ -438,8 +488,14 @@ mod tests {
     fn deadline_and_ttl_are_mutually_exclusive() {
         let request = pb::SubmitRequest {
             kind: "echo".into(),
-            deadline: Some(prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 }),
-            ttl: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            deadline: Some(prost_types::Timestamp {
+                seconds: 4_000_000_000,
+                nanos: 0,
+            }),
+            ttl: Some(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
             ..Default::default()
         };
         assert!(submit_spec(request).is_err());

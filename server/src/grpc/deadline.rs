@@ -58,7 +58,11 @@ pub fn usable(call_timeout: Duration) -> Duration {
 
 /// How long an Await may wait: min(requested timeout, call deadline - margin,
 /// server maximum).
-pub fn await_bound(requested: Option<Duration>, call_timeout: Option<Duration>, server_max: Duration) -> Duration {
+pub fn await_bound(
+    requested: Option<Duration>,
+    call_timeout: Option<Duration>,
+    server_max: Duration,
+) -> Duration {
     [requested, call_timeout.map(usable), Some(server_max)]
         .into_iter()
         .flatten()
@@ -76,13 +80,26 @@ mod tests {
         assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
         assert_eq!(parse_grpc_timeout("4S"), Some(Duration::from_secs(4)));
         assert_eq!(parse_grpc_timeout("300m"), Some(Duration::from_millis(300)));
-        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         assert_eq!(parse_grpc_timeout("0n"), Some(Duration::ZERO));
     }
 
     #[test]
     fn refuses_malformed_values() {
-        for text in ["", "m", "10", "10x", "-1S", "123456789S", "1.5S", "1 S", "١S"] {
+        for text in [
+            "",
+            "m",
+            "10",
+            "10x",
+            "-1S",
+            "123456789S",
+            "1.5S",
+            "1 S",
+            "١S",
+        ] {
             assert_eq!(parse_grpc_timeout(text), None, "{text:?}");
         }
     }
@@ -91,18 +108,40 @@ mod tests {
     fn malformed_headers_are_invalid_arguments() {
         let mut metadata = MetadataMap::new();
         metadata.insert(HEADER, "soon".parse().expect("ascii"));
-        assert!(matches!(call_timeout(&metadata), Err(EngineError::InvalidArgument(_))));
+        assert!(matches!(
+            call_timeout(&metadata),
+            Err(EngineError::InvalidArgument(_))
+        ));
         assert_eq!(call_timeout(&MetadataMap::new()).ok(), Some(None));
     }
 
     #[test]
     fn waits_end_a_margin_before_the_call_deadline() {
         let max = Duration::from_secs(300);
-        assert_eq!(await_bound(None, Some(Duration::from_millis(300)), max), Duration::from_millis(270));
-        assert_eq!(await_bound(None, Some(Duration::from_secs(60)), max), Duration::from_millis(59_900));
-        assert_eq!(await_bound(None, Some(Duration::from_millis(20)), max), Duration::from_millis(15));
-        assert_eq!(await_bound(Some(Duration::from_millis(50)), Some(Duration::from_secs(1)), max), Duration::from_millis(50));
+        assert_eq!(
+            await_bound(None, Some(Duration::from_millis(300)), max),
+            Duration::from_millis(270)
+        );
+        assert_eq!(
+            await_bound(None, Some(Duration::from_secs(60)), max),
+            Duration::from_millis(59_900)
+        );
+        assert_eq!(
+            await_bound(None, Some(Duration::from_millis(20)), max),
+            Duration::from_millis(15)
+        );
+        assert_eq!(
+            await_bound(
+                Some(Duration::from_millis(50)),
+                Some(Duration::from_secs(1)),
+                max
+            ),
+            Duration::from_millis(50)
+        );
         assert_eq!(await_bound(None, None, max), max);
-        assert_eq!(await_bound(None, Some(Duration::from_millis(3)), max), Duration::ZERO);
+        assert_eq!(
+            await_bound(None, Some(Duration::from_millis(3)), max),
+            Duration::ZERO
+        );
     }
 }

@@ -32,7 +32,10 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
         EngineError::ShuttingDown | EngineError::StorageUnavailable(_) => Code::Unavailable,
         EngineError::StorageFailed(_) => Code::Internal,
     };
-    if matches!(error, EngineError::StorageFailed(_) | EngineError::StorageUnavailable(_)) {
+    if matches!(
+        error,
+        EngineError::StorageFailed(_) | EngineError::StorageUnavailable(_)
+    ) {
         // The client gets a plain message; the cause stays in the server log.
         tracing::error!(error = ?error, "storage error");
     }
@@ -40,7 +43,10 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
     match &error {
         EngineError::InvalidArgument(violations) => {
             for violation in violations {
-                details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+                details.add_bad_request_violation(
+                    violation.field.clone(),
+                    violation.description.clone(),
+                );
             }
         }
         EngineError::QueueFull { retry_after, .. } => {

@@ -43,13 +43,19 @@ async fn handle<T>(
 ) -> Result<Response<T>, Status> {
     match body.await {
         Ok(response) => Ok(Response::new(response)),
-        Err(error) => Err(engine_error_status(error, trace_context(metadata).trace_id())),
+        Err(error) => Err(engine_error_status(
+            error,
+            trace_context(metadata).trace_id(),
+        )),
     }
 }
 
 #[tonic::async_trait]
 impl TaskService for TaskServiceImpl {
-    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let spec = convert::submit_spec(request)?;
@@ -62,7 +68,10 @@ impl TaskService for TaskServiceImpl {
         .await
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let id = convert::task_id("id", &request.id)?;
@@ -74,13 +83,17 @@ impl TaskService for TaskServiceImpl {
         .await
     }
 
-    async fn r#await(&self, request: Request<pb::AwaitRequest>) -> Result<Response<pb::AwaitResponse>, Status> {
+    async fn r#await(
+        &self,
+        request: Request<pb::AwaitRequest>,
+    ) -> Result<Response<pb::AwaitResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let id = convert::task_id("id", &request.id)?;
             let requested = convert::await_timeout(request.timeout)?;
-            let wait = deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
+            let wait =
+                deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
             let awaited = self.engine.await_task(id, wait).await?;
             Ok(pb::AwaitResponse {
                 task: Some(convert::task_to_proto(&awaited.task)),
@@ -90,14 +103,18 @@ impl TaskService for TaskServiceImpl {
         .await
     }
 
-    async fn run(&self, request: Request<pb::RunRequest>) -> Result<Response<pb::RunResponse>, Status> {
+    async fn run(
+        &self,
+        request: Request<pb::RunRequest>,
+    ) -> Result<Response<pb::RunResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let spec = convert::submit_spec(convert::run_as_submit(request))?;
             // The task must end (and its end reach the caller) before the call does.
             let usable = call_timeout.map(deadline::usable);
-            let task_deadline = usable.map(|usable| SystemTime::now() + usable.saturating_sub(usable / 10));
+            let task_deadline =
+                usable.map(|usable| SystemTime::now() + usable.saturating_sub(usable / 10));
             let awaited = self
                 .engine
                 .run(spec, trace_context(&metadata), task_deadline, usable)
@@ -109,7 +126,10 @@ impl TaskService for TaskServiceImpl {
         .await
     }
 
-    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let id = convert::task_id("id", &request.id)?;
@@ -122,20 +142,29 @@ impl TaskService for TaskServiceImpl {
         .await
     }
 
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let query = convert::list_query(request)?;
             let page = self.engine.list(&query).await?;
             Ok(pb::ListResponse {
                 tasks: page.tasks.iter().map(convert::task_to_proto).collect(),
-                next_page_token: page.next.map(convert::encode_page_token).unwrap_or_default(),
+                next_page_token: page
+                    .next
+                    .map(convert::encode_page_token)
+                    .unwrap_or_default(),
             })
         })
         .await
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle(&metadata, async {
             let id = convert::task_id("id", &request.id)?;

@@ -22,7 +22,10 @@ struct FailPlan {
 
 impl FailHandler {
     fn plan(input: &Payload) -> Result<FailPlan, String> {
-        if !input.as_json().is_some_and(|value| value.is_object() || value.is_null()) {
+        if !input
+            .as_json()
+            .is_some_and(|value| value.is_object() || value.is_null())
+        {
             return Err("input must be a JSON object (or null)".into());
         }
         let code = match field(input, "code") {
@@ -34,7 +37,10 @@ impl FailHandler {
         };
         let message = match field(input, "message") {
             None => "failing on purpose".to_owned(),
-            Some(value) => value.as_str().ok_or("\"message\" must be a string")?.to_owned(),
+            Some(value) => value
+                .as_str()
+                .ok_or("\"message\" must be a string")?
+                .to_owned(),
         };
         let panic = match field(input, "panic") {
             None => false,
@@ -62,7 +68,9 @@ impl Handler for FailHandler {
         let plan = Self::plan(&context.input)
             .map_err(|message| TaskError::new(ErrorCode::InvalidArgument, message))?;
         if plan.succeed_on_attempt > 0 && context.attempt >= plan.succeed_on_attempt {
-            return Ok(Payload::json(json!({ "succeeded_on_attempt": context.attempt })));
+            return Ok(Payload::json(
+                json!({ "succeeded_on_attempt": context.attempt }),
+            ));
         }
         if plan.panic {
             panic!("{}", plan.message);

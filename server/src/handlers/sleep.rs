@@ -57,7 +57,9 @@ impl Handler for SleepHandler {
             let percent = (done * 100 / PROGRESS_STEPS) as f32;
             context.report_progress(percent, format!("slept {} ms", (step * done).as_millis()));
         }
-        Ok(Payload::json(json!({ "slept_ms": total.as_millis() as u64 })))
+        Ok(Payload::json(
+            json!({ "slept_ms": total.as_millis() as u64 }),
+        ))
     }
 
     fn validate_input(&self, input: &Payload) -> Result<(), String> {

@@ -29,7 +29,9 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Indexed> {
         // A panic while holding the lock leaves the indexes as they were at
         // the last completed operation, so the data is still usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -298,11 +300,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn expired_leases(
-        &self,
-        now: SystemTime,
-        limit: usize,
-    ) -> StoreResult<Vec<TaskRecord>> {
+    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>> {
         let indexed = self.lock();
         Ok(indexed
             .leases

@@ -98,8 +98,11 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a new task unless its idempotency key is taken. With the same
     /// fingerprint the existing task is returned; with another, the insert is
     /// refused. `max_queued` bounds the number of claimable tasks.
-    async fn create(&self, task: TaskRecord, max_queued: Option<usize>)
-    -> StoreResult<CreateOutcome>;
+    async fn create(
+        &self,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+    ) -> StoreResult<CreateOutcome>;
 
     /// Reads one task.
     async fn get(&self, id: TaskId) -> StoreResult<Option<TaskRecord>>;
@@ -131,8 +134,7 @@ pub trait Store: Send + Sync + 'static {
     async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>>;
 
     /// Running tasks whose lease expired before `now`, for reaping and recovery.
-    async fn expired_leases(&self, now: SystemTime, limit: usize)
-    -> StoreResult<Vec<TaskRecord>>;
+    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>>;
 
     /// Deletes up to `limit` finished tasks whose retention ended; returns their ids.
     async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>>;
