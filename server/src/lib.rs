@@ -14,8 +14,8 @@ pub mod store;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use vow_proto::v1::task_service_server::TaskServiceServer;
 
 pub use config::Config;
@@ -36,6 +36,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// Reflection over every service served, plus google.rpc's error details so
+/// that tools like grpcurl can decode the `ErrorInfo` inside task errors.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(vow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
 /// Serves the task service on `listener` until `shutdown` completes, then
 /// drains: health turns NOT_SERVING, new tasks are refused, running attempts
 /// get `--drain-timeout` to finish, the rest are handed back.
@@ -52,14 +64,8 @@ pub async fn serve(
     health_reporter
         .set_serving::<TaskServiceServer<TaskServiceImpl>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vow_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vow_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message = config.max_input_bytes as usize + REQUEST_OVERHEAD_BYTES;
     let task_service = TaskServiceServer::new(TaskServiceImpl::new(engine.clone()))
         .max_decoding_message_size(max_message)
@@ -72,7 +78,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(task_service)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Small request/response frames must not wait for Nagle's algorithm.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop_serving.clone().cancelled_owned(),
         );
     let mut server = tokio::spawn(server);
