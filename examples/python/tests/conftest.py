@@ -17,7 +17,8 @@ from vow_client import VowClient
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ANNOUNCEMENT = "vowd listening on "
 START_TIMEOUT_SECONDS = 20
-STOP_TIMEOUT_SECONDS = 30
+# Above vowd's default drain timeout (30 s), so a slow drain is reported, not cut short.
+STOP_TIMEOUT_SECONDS = 45
 
 
 def vowd_binary() -> Path:
