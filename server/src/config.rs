@@ -76,6 +76,10 @@ pub struct Config {
     #[arg(long, env = "VOW_PROGRESS_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
 
+    /// Changes kept per watched task, so a broken Watch resumes with `after_revision` without a gap.
+    #[arg(long, env = "VOW_EVENT_HISTORY", default_value_t = crate::engine::DEFAULT_EVENT_HISTORY as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub event_history: u64,
+
     /// Lease of a running attempt; renewed at a third of it, reaped when it lapses.
     #[arg(long, env = "VOW_LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,

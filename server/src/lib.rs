@@ -21,7 +21,11 @@ use vow_proto::v1::task_service_server::TaskServiceServer;
 pub use config::Config;
 pub use engine::{Engine, HandlerRegistry};
 
-use crate::{grpc::TaskServiceImpl, store::Store};
+use crate::{
+    engine::EventHub,
+    grpc::TaskServiceImpl,
+    store::{ChangeFeed, Store},
+};
 
 /// How long open connections (health watches, idle clients) may delay the
 /// exit once the engine has drained.
@@ -29,10 +33,13 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 /// Headroom over the input limit for the rest of a request.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
 
-/// Opens the configured store.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store, reporting its changes to `feed`.
+pub async fn open_store(
+    config: &Config,
+    feed: Arc<dyn ChangeFeed>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match config.store {
-        config::StoreKind::Memory => Ok(Arc::new(store::MemoryStore::new())),
+        config::StoreKind::Memory => Ok(Arc::new(store::MemoryStore::new(feed))),
     }
 }
 
@@ -57,8 +64,9 @@ pub async fn serve(
     handlers: HandlerRegistry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
-    let engine = Engine::start(config.engine_config(), store, handlers);
+    let hub = Arc::new(EventHub::new(config.event_history as usize));
+    let store = open_store(&config, hub.clone()).await?;
+    let engine = Engine::start(config.engine_config(), store, hub, handlers);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

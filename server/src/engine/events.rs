@@ -1,9 +1,15 @@
-//! The event path inside one process: after a change is stored, its snapshot
-//! is published here, to the waiters of that task and to filter subscribers.
-//! Topics exist only while someone listens, and end with the task.
+//! The event path inside one process. The store reports every committed
+//! change here in commit order; the hub fans it out to the waiters and
+//! watchers of that task and to filter subscribers.
+//!
+//! A task gets a topic when someone first listens to it. The topic keeps the
+//! last `history_len` changes, so a watcher that lost its stream can resume
+//! after the revision it saw without a gap. Topics of unfinished tasks stay
+//! until the task finishes or is deleted; a finished task's topic goes with
+//! its last listener.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -13,78 +19,78 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::task::{TaskId, TaskRecord};
+use crate::store::ChangeFeed;
 
-/// Snapshots kept per topic for a subscriber that is briefly behind; one who
+/// Changes buffered per topic for listeners that are briefly behind; one who
 /// falls further behind is told it lagged and re-reads the current state.
-const TOPIC_CAPACITY: usize = 16;
+const TOPIC_CAPACITY: usize = 32;
 /// Buffer of the all-tasks topic used by filter subscribers.
-const FIREHOSE_CAPACITY: usize = 1024;
+const FIREHOSE_CAPACITY: usize = 4096;
 
 /// A published change: the task as stored after it.
 pub type TaskEvent = Arc<TaskRecord>;
 
+struct Topic {
+    sender: broadcast::Sender<TaskEvent>,
+    /// The latest changes, contiguous in revision.
+    history: VecDeque<TaskEvent>,
+    finished: bool,
+}
+
 /// Fan-out of task changes to whoever listens in this process.
 pub struct EventHub {
-    topics: Mutex<HashMap<TaskId, broadcast::Sender<TaskEvent>>>,
+    topics: Mutex<HashMap<TaskId, Topic>>,
     firehose: broadcast::Sender<TaskEvent>,
+    history_len: usize,
     live_waiters: AtomicUsize,
     live_watchers: AtomicUsize,
 }
 
-impl Default for EventHub {
-    fn default() -> Self {
+impl EventHub {
+    /// A hub keeping up to `history_len` changes per watched task.
+    pub fn new(history_len: usize) -> Self {
         Self {
             topics: Mutex::default(),
             firehose: broadcast::channel(FIREHOSE_CAPACITY).0,
+            history_len: history_len.max(1),
             live_waiters: AtomicUsize::new(0),
             live_watchers: AtomicUsize::new(0),
         }
     }
-}
 
-impl EventHub {
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, broadcast::Sender<TaskEvent>>> {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Topic>> {
         self.topics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Delivers a stored change. A terminal change closes the task's topic
-    /// after delivery: nothing follows it but deletion.
-    pub fn publish(&self, task: TaskEvent) {
-        {
-            let mut topics = self.topics();
-            if let Some(sender) = topics.get(&task.id) {
-                // An error only means every receiver has gone.
-                let _ = sender.send(task.clone());
-                if task.is_terminal() || sender.receiver_count() == 0 {
-                    topics.remove(&task.id);
-                }
-            }
-        }
-        if self.firehose.receiver_count() > 0 {
-            let _ = self.firehose.send(task);
-        }
-    }
-
-    /// Tells the subscribers of a deleted task that it is gone.
-    pub fn forget(&self, id: TaskId) {
-        self.topics().remove(&id);
-    }
-
     /// Starts listening to one task. Subscribe before reading the store, so no
-    /// change made after the read can be missed.
+    /// change committed after the read can be missed.
     pub fn subscribe(self: &Arc<Self>, id: TaskId) -> TaskSubscription {
-        let receiver = self
-            .topics()
-            .entry(id)
-            .or_insert_with(|| broadcast::channel(TOPIC_CAPACITY).0)
-            .subscribe();
-        TaskSubscription {
+        self.subscribe_with_history(id).0
+    }
+
+    /// Starts listening to one task and returns the retained changes, taken
+    /// atomically with the subscription: every later change arrives on the
+    /// subscription, every earlier retained one is in the history.
+    pub fn subscribe_with_history(
+        self: &Arc<Self>,
+        id: TaskId,
+    ) -> (TaskSubscription, Vec<TaskEvent>) {
+        let mut topics = self.topics();
+        let topic = topics.entry(id).or_insert_with(|| Topic {
+            sender: broadcast::channel(TOPIC_CAPACITY).0,
+            history: VecDeque::new(),
+            finished: false,
+        });
+        let receiver = topic.sender.subscribe();
+        let history = topic.history.iter().cloned().collect();
+        let subscription = TaskSubscription {
             hub: self.clone(),
             id,
             receiver: Some(receiver),
-        }
+        };
+        (subscription, history)
     }
 
     /// Starts listening to every task's changes.
@@ -92,7 +98,7 @@ impl EventHub {
         self.firehose.subscribe()
     }
 
-    /// Counts a waiter (Await, Run) until the guard drops.
+    /// Counts a waiter (Await, Run, AwaitMany) until the guard drops.
     pub fn waiter_guard(self: &Arc<Self>) -> GaugeGuard {
         GaugeGuard::new(self.clone(), Gauge::Waiters)
     }
@@ -112,7 +118,7 @@ impl EventHub {
         self.live_watchers.load(Ordering::Relaxed)
     }
 
-    /// Topics currently open (one per task with listeners).
+    /// Topics open now (tasks with listeners or retained history).
     pub fn open_topics(&self) -> usize {
         self.topics().len()
     }
@@ -125,8 +131,44 @@ impl EventHub {
     }
 }
 
-/// A listener on one task's changes. Dropping it closes the topic when it was
-/// the last listener.
+impl ChangeFeed for EventHub {
+    fn changed(&self, task: &TaskEvent) {
+        {
+            let mut topics = self.topics();
+            if let Some(topic) = topics.get_mut(&task.id) {
+                let contiguous = topic
+                    .history
+                    .back()
+                    .is_none_or(|last| last.revision + 1 == task.revision);
+                if !contiguous {
+                    // Only contiguous runs can be replayed without a gap.
+                    topic.history.clear();
+                }
+                if topic.history.len() == self.history_len {
+                    topic.history.pop_front();
+                }
+                topic.history.push_back(task.clone());
+                // An error only means nobody listens right now.
+                let _ = topic.sender.send(task.clone());
+                topic.finished = task.is_terminal();
+                if topic.finished && topic.sender.receiver_count() == 0 {
+                    topics.remove(&task.id);
+                }
+            }
+        }
+        if self.firehose.receiver_count() > 0 {
+            let _ = self.firehose.send(task.clone());
+        }
+    }
+
+    fn deleted(&self, id: TaskId) {
+        // Dropping the sender ends every subscription to the task.
+        self.topics().remove(&id);
+    }
+}
+
+/// A listener on one task's changes. Dropping the last listener of a
+/// finished task closes its topic.
 pub struct TaskSubscription {
     hub: Arc<EventHub>,
     id: TaskId,
@@ -150,7 +192,7 @@ impl Drop for TaskSubscription {
         let mut topics = self.hub.topics();
         if topics
             .get(&self.id)
-            .is_some_and(|sender| sender.receiver_count() == 0)
+            .is_some_and(|topic| topic.finished && topic.sender.receiver_count() == 0)
         {
             topics.remove(&self.id);
         }

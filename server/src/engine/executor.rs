@@ -12,7 +12,7 @@ use futures::FutureExt;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
 use super::{
-    Engine, Mutation, RunningAttempt, StopReason,
+    Engine, Mutation, RunningAttempt, StopReason, TaskEvent,
     handler::{HandlerContext, ProgressReporter},
     sleep_until_opt,
     task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
@@ -89,7 +89,7 @@ pub(super) async fn dispatch_loop(engine: Engine) {
 async fn claim(
     engine: &Engine,
     limit: usize,
-) -> Result<Vec<(TaskRecord, Arc<RunningAttempt>)>, StoreError> {
+) -> Result<Vec<(TaskEvent, Arc<RunningAttempt>)>, StoreError> {
     let inner = &engine.inner;
     let request = ClaimRequest {
         now: SystemTime::now(),
@@ -107,7 +107,6 @@ async fn claim(
                 stop_reason: Mutex::new(None),
             });
             running.insert(task.id, attempt.clone());
-            inner.hub.publish(Arc::new(task.clone()));
             (task, attempt)
         })
         .collect())
@@ -123,7 +122,7 @@ enum Interruption {
 /// Runs one attempt of a claimed task and stores its outcome.
 async fn run_attempt(
     engine: Engine,
-    task: TaskRecord,
+    task: TaskEvent,
     attempt: Arc<RunningAttempt>,
     _slot: OwnedSemaphorePermit,
 ) {

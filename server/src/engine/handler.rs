@@ -29,7 +29,7 @@ pub trait Handler: Send + Sync + 'static {
 pub struct HandlerContext {
     pub task_id: TaskId,
     pub kind: String,
-    pub input: Payload,
+    pub input: Arc<Payload>,
     pub labels: BTreeMap<String, String>,
     /// 1-based number of this attempt.
     pub attempt: u32,
@@ -46,7 +46,7 @@ impl HandlerContext {
     pub(crate) fn new(
         task_id: TaskId,
         kind: String,
-        input: Payload,
+        input: Arc<Payload>,
         labels: BTreeMap<String, String>,
         attempt: u32,
         max_attempts: u32,

@@ -86,9 +86,6 @@ async fn delete_expired(engine: &Engine) -> Result<(), super::EngineError> {
             .store
             .delete_expired(SystemTime::now(), SWEEP_BATCH)
             .await?;
-        for id in &deleted {
-            engine.inner.hub.forget(*id);
-        }
         if deleted.len() < SWEEP_BATCH {
             return Ok(());
         }

@@ -36,6 +36,9 @@ use task::{SubmitSpec, TaskDeadline, TaskId, TaskRecord, TaskState, TraceContext
 
 use crate::store::{CreateOutcome, ListPage, ListQuery, Store, StoreError};
 
+/// Changes retained per watched task for resuming watchers, by default.
+pub const DEFAULT_EVENT_HISTORY: usize = 256;
+
 /// Tunables of the engine; `vowd` fills them from flags.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -149,15 +152,20 @@ struct Inner {
 }
 
 impl Engine {
-    /// Starts an engine with its dispatcher and maintenance loops. Must be
-    /// called inside a tokio runtime.
-    pub fn start(config: EngineConfig, store: Arc<dyn Store>, handlers: HandlerRegistry) -> Self {
+    /// Starts an engine with its dispatcher and maintenance loops over a store
+    /// that reports its changes to `hub`. Must be called inside a tokio runtime.
+    pub fn start(
+        config: EngineConfig,
+        store: Arc<dyn Store>,
+        hub: Arc<EventHub>,
+        handlers: HandlerRegistry,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1)));
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
-                hub: Arc::new(EventHub::default()),
+                hub,
                 handlers,
                 dispatch_wakeup: Notify::new(),
                 claim_gate: tokio::sync::Mutex::new(()),
@@ -236,18 +244,16 @@ impl Engine {
                 other => other.into(),
             })?;
         match outcome {
-            CreateOutcome::Created(record) => {
-                let task = Arc::new(record);
+            CreateOutcome::Created(task) => {
                 tracing::debug!(task.id = %task.id, task.kind = %task.kind, "task submitted");
-                self.inner.hub.publish(task.clone());
                 self.inner.dispatch_wakeup.notify_one();
                 Ok(Submitted {
                     task,
                     deduplicated: false,
                 })
             }
-            CreateOutcome::Existing(record) => Ok(Submitted {
-                task: Arc::new(record),
+            CreateOutcome::Existing(task) => Ok(Submitted {
+                task,
                 deduplicated: true,
             }),
         }
@@ -274,7 +280,7 @@ impl Engine {
             id: TaskId::random(),
             kind: spec.kind,
             state: TaskState::Queued,
-            input: spec.input,
+            input: Arc::new(spec.input),
             output: None,
             error: None,
             attempt: 0,
@@ -316,7 +322,6 @@ impl Engine {
             .store
             .get(id)
             .await?
-            .map(Arc::new)
             .ok_or(EngineError::NotFound(id))
     }
 
@@ -436,7 +441,6 @@ impl Engine {
         if !self.inner.store.delete(id).await? {
             return Err(EngineError::NotFound(id));
         }
-        self.inner.hub.forget(id);
         Ok(())
     }
 
@@ -500,28 +504,24 @@ impl Engine {
     }
 
     /// Read-modify-write of one task with compare-and-set on its revision,
-    /// retried on conflict; publishes what it wrote.
+    /// retried on conflict. The store publishes what it commits.
     async fn update_task(
         &self,
         id: TaskId,
         mut mutate: impl FnMut(&mut TaskRecord) -> Mutation,
     ) -> Result<TaskEvent, EngineError> {
         loop {
-            let Some(mut task) = self.inner.store.get(id).await? else {
+            let Some(stored) = self.inner.store.get(id).await? else {
                 return Err(EngineError::NotFound(id));
             };
-            let expected_revision = task.revision;
+            let mut task = TaskRecord::clone(&stored);
             if let Mutation::Keep = mutate(&mut task) {
-                return Ok(Arc::new(task));
+                return Ok(stored);
             }
             task.revision += 1;
             task.updated_at = SystemTime::now();
-            match self.inner.store.update(&task, expected_revision).await {
-                Ok(()) => {
-                    let task = Arc::new(task);
-                    self.inner.hub.publish(task.clone());
-                    return Ok(task);
-                }
+            match self.inner.store.update(task, stored.revision).await {
+                Ok(task) => return Ok(task),
                 Err(StoreError::RevisionConflict) => continue,
                 Err(StoreError::NotFound) => return Err(EngineError::NotFound(id)),
                 Err(error) => return Err(error.into()),

@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     str::FromStr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -346,8 +347,9 @@ pub struct TaskRecord {
     pub id: TaskId,
     pub kind: String,
     pub state: TaskState,
-    pub input: Payload,
-    pub output: Option<Payload>,
+    /// Shared, so copies of the record for updates and events stay cheap.
+    pub input: Arc<Payload>,
+    pub output: Option<Arc<Payload>>,
     pub error: Option<TaskError>,
     pub attempt: u32,
     pub retry: RetryPolicy,

@@ -38,7 +38,7 @@ pub fn finish_attempt(
     task.lease = None;
     match outcome {
         AttemptOutcome::Succeeded(output) => {
-            task.output = Some(output);
+            task.output = Some(std::sync::Arc::new(output));
             task.error = None;
             end(task, TaskState::Succeeded, now);
         }
@@ -180,7 +180,7 @@ mod tests {
             id: TaskId::random(),
             kind: "fail".into(),
             state: TaskState::Running,
-            input: Payload::default(),
+            input: Default::default(),
             output: None,
             error: None,
             attempt,

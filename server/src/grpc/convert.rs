@@ -259,7 +259,7 @@ pub fn task_to_proto(task: &TaskRecord) -> pb::Task {
         kind: task.kind.clone(),
         state: state_to_proto(task.state) as i32,
         input: Some(payload_to_proto(&task.input)),
-        output: task.output.as_ref().map(payload_to_proto),
+        output: task.output.as_deref().map(payload_to_proto),
         error: task
             .error
             .as_ref()

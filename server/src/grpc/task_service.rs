@@ -151,7 +151,11 @@ impl TaskService for TaskServiceImpl {
             let query = convert::list_query(request)?;
             let page = self.engine.list(&query).await?;
             Ok(pb::ListResponse {
-                tasks: page.tasks.iter().map(convert::task_to_proto).collect(),
+                tasks: page
+                    .tasks
+                    .iter()
+                    .map(|task| convert::task_to_proto(task))
+                    .collect(),
                 next_page_token: page
                     .next
                     .map(convert::encode_page_token)

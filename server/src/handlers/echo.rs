@@ -11,6 +11,6 @@ pub struct EchoHandler;
 #[async_trait]
 impl Handler for EchoHandler {
     async fn run(&self, context: HandlerContext) -> Result<Payload, TaskError> {
-        Ok(context.input)
+        Ok(Payload::clone(&context.input))
     }
 }

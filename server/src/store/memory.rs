@@ -1,34 +1,39 @@
-//! In-memory store for tests and throwaway runs: a map of records plus ordered
-//! indexes, all under one mutex that is never held across an `.await`.
+//! In-memory store for tests and throwaway runs: a map of shared records plus
+//! ordered indexes, all under one mutex that is never held across an `.await`.
+//! Changes reach the feed inside the lock, so the feed sees commit order.
 
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
 use async_trait::async_trait;
 
 use super::{
-    ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, Store, StoreError, StoreResult,
+    ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, SharedTask, Store,
+    StoreError, StoreResult,
 };
 use crate::engine::task::{Lease, TaskId, TaskRecord, TaskState};
 
-/// The memory backend. Cheap to create; everything is lost with the process.
-#[derive(Default)]
+/// The memory backend. Everything is lost with the process.
 pub struct MemoryStore {
     inner: Mutex<Indexed>,
+    feed: Arc<dyn ChangeFeed>,
 }
 
 impl MemoryStore {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(feed: Arc<dyn ChangeFeed>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            feed,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Indexed> {
-        // A panic while holding the lock leaves the indexes as they were at
-        // the last completed operation, so the data is still usable.
+        // Every operation leaves the indexes consistent before it can panic,
+        // so a poisoned lock still guards usable data.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -40,7 +45,7 @@ type ReadyKey = (Reverse<i32>, SystemTime, TaskId);
 
 #[derive(Default)]
 struct Indexed {
-    tasks: HashMap<TaskId, TaskRecord>,
+    tasks: HashMap<TaskId, SharedTask>,
     idempotency_keys: HashMap<String, TaskId>,
     /// Claimable tasks that were due when indexed.
     ready: BTreeSet<ReadyKey>,
@@ -58,7 +63,7 @@ struct Indexed {
 }
 
 impl Indexed {
-    fn insert(&mut self, task: TaskRecord, now: SystemTime) {
+    fn insert(&mut self, task: SharedTask, now: SystemTime) {
         self.index(&task, now);
         if let Some(key) = &task.idempotency_key {
             self.idempotency_keys.insert(key.clone(), task.id);
@@ -66,7 +71,7 @@ impl Indexed {
         self.tasks.insert(task.id, task);
     }
 
-    fn remove(&mut self, id: TaskId) -> Option<TaskRecord> {
+    fn remove(&mut self, id: TaskId) -> Option<SharedTask> {
         let task = self.tasks.remove(&id)?;
         self.unindex(&task);
         if let Some(key) = &task.idempotency_key
@@ -121,7 +126,7 @@ impl Indexed {
         }
     }
 
-    fn replace(&mut self, mut task: TaskRecord, now: SystemTime) {
+    fn replace(&mut self, mut task: TaskRecord, now: SystemTime) -> SharedTask {
         if let Some(old) = self.tasks.remove(&task.id) {
             self.unindex(&old);
             if let (Some(old_lease), Some(new_lease)) = (&old.lease, &mut task.lease)
@@ -131,7 +136,9 @@ impl Indexed {
             }
         }
         self.index(&task, now);
-        self.tasks.insert(task.id, task);
+        let task = Arc::new(task);
+        self.tasks.insert(task.id, task.clone());
+        task
     }
 
     fn queued(&self) -> usize {
@@ -180,16 +187,17 @@ impl Store for MemoryStore {
         {
             return Err(StoreError::QueueFull { limit });
         }
-        let now = SystemTime::now();
-        indexed.insert(task.clone(), now);
+        let task = Arc::new(task);
+        indexed.insert(task.clone(), SystemTime::now());
+        self.feed.changed(&task);
         Ok(CreateOutcome::Created(task))
     }
 
-    async fn get(&self, id: TaskId) -> StoreResult<Option<TaskRecord>> {
+    async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>> {
         Ok(self.lock().tasks.get(&id).cloned())
     }
 
-    async fn update(&self, task: &TaskRecord, expected_revision: u64) -> StoreResult<()> {
+    async fn update(&self, task: TaskRecord, expected_revision: u64) -> StoreResult<SharedTask> {
         let mut indexed = self.lock();
         let Some(stored) = indexed.tasks.get(&task.id) else {
             return Err(StoreError::NotFound);
@@ -197,12 +205,17 @@ impl Store for MemoryStore {
         if stored.revision != expected_revision || task.revision <= expected_revision {
             return Err(StoreError::RevisionConflict);
         }
-        indexed.replace(task.clone(), SystemTime::now());
-        Ok(())
+        let task = indexed.replace(task, SystemTime::now());
+        self.feed.changed(&task);
+        Ok(task)
     }
 
     async fn delete(&self, id: TaskId) -> StoreResult<bool> {
-        Ok(self.lock().remove(id).is_some())
+        let removed = self.lock().remove(id).is_some();
+        if removed {
+            self.feed.deleted(id);
+        }
+        Ok(removed)
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
@@ -212,7 +225,7 @@ impl Store for MemoryStore {
             None => indexed.by_creation.range(..),
         }
         .rev();
-        let mut tasks = Vec::with_capacity(query.page_size.min(1_000));
+        let mut tasks: Vec<SharedTask> = Vec::with_capacity(query.page_size.min(1_000));
         let mut next = None;
         for (_, id) in newest_first {
             let task = &indexed.tasks[id];
@@ -220,7 +233,7 @@ impl Store for MemoryStore {
                 continue;
             }
             if tasks.len() == query.page_size {
-                next = tasks.last().map(|last: &TaskRecord| ListCursor {
+                next = tasks.last().map(|last| ListCursor {
                     created_at: last.created_at,
                     id: last.id,
                 });
@@ -231,7 +244,7 @@ impl Store for MemoryStore {
         Ok(ListPage { tasks, next })
     }
 
-    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<TaskRecord>> {
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
         let mut indexed = self.lock();
         indexed.promote_due(request.now);
         let mut claimed = Vec::new();
@@ -239,10 +252,11 @@ impl Store for MemoryStore {
             let Some(&(_, _, id)) = indexed.ready.first() else {
                 break;
             };
-            let Some(mut task) = indexed.tasks.get(&id).cloned() else {
+            let Some(stored) = indexed.tasks.get(&id) else {
                 indexed.ready.pop_first();
                 continue;
             };
+            let mut task = TaskRecord::clone(stored);
             indexed.last_fencing_token += 1;
             task.state = TaskState::Running;
             task.attempt += 1;
@@ -250,12 +264,14 @@ impl Store for MemoryStore {
             task.started_at = Some(request.now);
             task.updated_at = request.now;
             task.next_attempt_at = None;
+            task.progress = None;
             task.lease = Some(Lease {
                 owner: request.owner.clone(),
                 token: indexed.last_fencing_token,
                 expires_at: request.now + request.lease_duration,
             });
-            indexed.replace(task.clone(), request.now);
+            let task = indexed.replace(task, request.now);
+            self.feed.changed(&task);
             claimed.push(task);
         }
         Ok(claimed)
@@ -264,7 +280,7 @@ impl Store for MemoryStore {
     async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
         let indexed = self.lock();
         if let Some(&(_, _, id)) = indexed.ready.first() {
-            return Ok(indexed.tasks.get(&id).and_then(TaskRecord::due_at));
+            return Ok(indexed.tasks.get(&id).and_then(|task| task.due_at()));
         }
         Ok(indexed.waiting.first().map(|&(due, _)| due))
     }
@@ -280,16 +296,26 @@ impl Store for MemoryStore {
         let Some(task) = indexed.tasks.get_mut(&id) else {
             return Err(StoreError::NotFound);
         };
-        let Some(lease) = task.lease.as_mut().filter(|lease| lease.token == token) else {
+        let Some(previous) = task
+            .lease
+            .as_ref()
+            .filter(|lease| lease.token == token)
+            .map(|lease| lease.expires_at)
+        else {
             return Err(StoreError::StaleLease);
         };
-        let previous = std::mem::replace(&mut lease.expires_at, expires_at);
+        // The revision stays: a lease renewal is not a change anyone watches.
+        let mut renewed = TaskRecord::clone(task);
+        if let Some(lease) = renewed.lease.as_mut() {
+            lease.expires_at = expires_at;
+        }
+        *task = Arc::new(renewed);
         indexed.leases.remove(&(previous, id));
         indexed.leases.insert((expires_at, id));
         Ok(())
     }
 
-    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>> {
+    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
         let indexed = self.lock();
         Ok(indexed
             .deadlines
@@ -300,7 +326,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>> {
+    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
         let indexed = self.lock();
         Ok(indexed
             .leases
@@ -322,6 +348,7 @@ impl Store for MemoryStore {
             .collect();
         for &id in &expired {
             indexed.remove(id);
+            self.feed.deleted(id);
         }
         Ok(expired)
     }

@@ -8,6 +8,7 @@ mod memory;
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -38,12 +39,24 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A task as stored, shared between the store, readers and watchers.
+pub type SharedTask = Arc<TaskRecord>;
+
+/// Receives every committed change, per task in revision order, right after
+/// it is durable. The engine's event hub implements it.
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// A task was created or changed.
+    fn changed(&self, task: &SharedTask);
+    /// A task was deleted.
+    fn deleted(&self, id: TaskId);
+}
+
 /// Result of an insert that honours idempotency keys.
 #[derive(Debug)]
 pub enum CreateOutcome {
-    Created(TaskRecord),
+    Created(SharedTask),
     /// A task with the same idempotency key and the same request fingerprint.
-    Existing(TaskRecord),
+    Existing(SharedTask),
 }
 
 /// Position in the newest-first listing order; a page starts strictly after it.
@@ -78,7 +91,7 @@ impl ListQuery {
 /// One page of a listing, newest first.
 #[derive(Debug)]
 pub struct ListPage {
-    pub tasks: Vec<TaskRecord>,
+    pub tasks: Vec<SharedTask>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<ListCursor>,
 }
@@ -92,7 +105,8 @@ pub struct ClaimRequest {
     pub lease_duration: Duration,
 }
 
-/// Persistence of task records. Implementations must be linearizable per task.
+/// Persistence of task records. Implementations must be linearizable per task
+/// and report every committed change to their [`ChangeFeed`] in commit order.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new task unless its idempotency key is taken. With the same
@@ -105,12 +119,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<CreateOutcome>;
 
     /// Reads one task.
-    async fn get(&self, id: TaskId) -> StoreResult<Option<TaskRecord>>;
+    async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>>;
 
     /// Replaces a task if its stored revision is `expected_revision`. The new
     /// record must carry a higher revision. A lease whose token is unchanged
     /// keeps the stored expiry, which only `extend_lease` moves.
-    async fn update(&self, task: &TaskRecord, expected_revision: u64) -> StoreResult<()>;
+    async fn update(&self, task: TaskRecord, expected_revision: u64) -> StoreResult<SharedTask>;
 
     /// Removes a task and its idempotency key; false if it did not exist.
     async fn delete(&self, id: TaskId) -> StoreResult<bool>;
@@ -121,7 +135,7 @@ pub trait Store: Send + Sync + 'static {
     /// Moves up to `limit` due tasks (QUEUED or RETRY_WAIT, due by `now`), highest
     /// priority then oldest first, to RUNNING: attempt + 1, a fresh lease with a
     /// new fencing token, revision + 1. Returns them as stored.
-    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<TaskRecord>>;
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>>;
 
     /// When the earliest claimable task becomes due, if any task is claimable.
     async fn next_due_at(&self) -> StoreResult<Option<SystemTime>>;
@@ -131,10 +145,10 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<()>;
 
     /// Claimable tasks whose deadline has passed, oldest deadline first.
-    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>>;
+    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>>;
 
     /// Running tasks whose lease expired before `now`, for reaping and recovery.
-    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskRecord>>;
+    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>>;
 
     /// Deletes up to `limit` finished tasks whose retention ended; returns their ids.
     async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>>;
