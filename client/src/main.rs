@@ -1,1 +1,33 @@
-fn main() {}
+//! `vow`: the command-line client of the Vow task service. Parses the command
+//! line, runs one command and turns its outcome into the documented exit code.
+
+mod bench;
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let arguments = cli::Cli::parse();
+    // The bench drives load from every core; one-shot commands need only one
+    // thread, which also keeps their start-up cheap.
+    let runtime = if arguments.needs_all_cores() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("vow: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = runtime.block_on(cli::run(arguments));
+    ExitCode::from(status as u8)
+}

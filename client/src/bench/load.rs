@@ -1,0 +1,369 @@
+//! The load generator: `concurrency` callers spread over `connections`
+//! HTTP/2 connections, each looping on one iteration (Submit+Await, Run or
+//! Submit) as fast as the server answers. It talks to the raw tonic stub, not
+//! the retrying `Client`, so the only per-request work beyond tonic's own is
+//! one clone of a prepared request. Each caller records into its own
+//! histogram (no shared lock on the hot path); they are merged at the end.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use tokio::{task::JoinSet, time::Instant};
+use tonic::{Code, transport::Channel};
+use vow_client::{
+    Error,
+    proto::{self, TaskState, task_service_client::TaskServiceClient},
+};
+
+use super::Mode;
+use crate::cli::{json::code_name, render::human_duration};
+
+/// Largest latency recorded exactly; slower iterations count as this.
+const MAX_RECORDED_MICROS: u64 = 60_000_000;
+
+/// How long one Await may wait on the server.
+const AWAIT_TIMEOUT: prost_types::Duration = prost_types::Duration {
+    seconds: 30,
+    nanos: 0,
+};
+
+/// How long in-flight iterations may take to finish once the window closed.
+const DRAIN_GRACE: Duration = Duration::from_secs(40);
+
+/// What to send, how hard, for how long.
+#[derive(Clone, Debug)]
+pub struct LoadPlan {
+    pub mode: Mode,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// The task submitted by every iteration (Run sends the same fields).
+    pub request: proto::SubmitRequest,
+}
+
+/// What one load run measured, over the window after the warmup.
+pub struct LoadReport {
+    /// Iterations that completed successfully inside the window.
+    pub completed: u64,
+    /// Length of the measured window.
+    pub window: Duration,
+    /// Latency of successful iterations, in microseconds.
+    pub latency: Histogram<u64>,
+    /// Failed iterations inside the window, by gRPC code or task state.
+    pub errors: BTreeMap<String, u64>,
+    /// The first error seen, to explain the counts.
+    pub first_error: Option<String>,
+}
+
+impl LoadReport {
+    /// Successful iterations per second.
+    pub fn throughput(&self) -> f64 {
+        self.completed as f64 / self.window.as_secs_f64()
+    }
+}
+
+/// Why one iteration did not succeed.
+enum IterationError {
+    Rpc(tonic::Status),
+    /// The task ended in another state than SUCCEEDED (or Await gave up).
+    Task(&'static str),
+}
+
+/// Connects and runs `plan` against `url`, showing progress on `progress`.
+pub async fn drive(
+    url: &str,
+    plan: &LoadPlan,
+    progress: &ProgressBar,
+) -> Result<LoadReport, Error> {
+    let channels = connect(url, plan.connections).await?;
+    let started = Instant::now();
+    let window_start = started + plan.warmup;
+    let window_end = window_start + plan.duration;
+    let iterations = Arc::new(AtomicU64::new(0));
+
+    let mut callers = JoinSet::new();
+    for index in 0..plan.concurrency {
+        let caller = Caller {
+            client: TaskServiceClient::new(channels[index % channels.len()].clone()),
+            mode: plan.mode,
+            submit: plan.request.clone(),
+            run: run_request(&plan.request),
+            window_start,
+            window_end,
+            iterations: Arc::clone(&iterations),
+        };
+        callers.spawn(caller.run());
+    }
+
+    let ticker = tokio::spawn(show_progress(
+        progress.clone(),
+        Arc::clone(&iterations),
+        started,
+        window_start,
+        window_end,
+    ));
+    let mut report = LoadReport {
+        completed: 0,
+        window: plan.duration,
+        latency: new_histogram(),
+        errors: BTreeMap::new(),
+        first_error: None,
+    };
+    let drained = tokio::time::timeout(window_end - Instant::now() + DRAIN_GRACE, async {
+        while let Some(result) = callers.join_next().await {
+            let Ok(tally) = result else { continue };
+            report.completed += tally.completed;
+            // Both histograms share bounds, so adding cannot fail.
+            let _ = report.latency.add(&tally.latency);
+            for (key, count) in tally.errors {
+                *report.errors.entry(key).or_default() += count;
+            }
+            if report.first_error.is_none() {
+                report.first_error = tally.first_error;
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        callers.abort_all();
+        *report
+            .errors
+            .entry("STUCK_AFTER_WINDOW".into())
+            .or_default() += callers.len() as u64;
+    }
+    ticker.abort();
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+/// Opens `count` separate HTTP/2 connections (a tonic `Channel` is one).
+async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|error| Error::InvalidEndpoint {
+            endpoint: url.to_owned(),
+            reason: error.to_string(),
+        })?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| Error::Unreachable {
+                endpoint: url.to_owned(),
+                reason: error.to_string(),
+            })?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+fn run_request(request: &proto::SubmitRequest) -> proto::RunRequest {
+    proto::RunRequest {
+        kind: request.kind.clone(),
+        input: request.input.clone(),
+        labels: request.labels.clone(),
+        priority: request.priority,
+        not_before: request.not_before,
+        retry: request.retry.clone(),
+        attempt_timeout: request.attempt_timeout,
+        deadline: request.deadline,
+        ttl: request.ttl,
+        retention: request.retention,
+        idempotency_key: request.idempotency_key.clone(),
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_RECORDED_MICROS, 3)
+        .expect("1 µs to 60 s at 3 significant figures is a valid histogram")
+}
+
+/// One simulated caller.
+struct Caller {
+    client: TaskServiceClient<Channel>,
+    mode: Mode,
+    submit: proto::SubmitRequest,
+    run: proto::RunRequest,
+    window_start: Instant,
+    window_end: Instant,
+    iterations: Arc<AtomicU64>,
+}
+
+/// What one caller counted.
+struct Tally {
+    completed: u64,
+    latency: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    first_error: Option<String>,
+}
+
+impl Caller {
+    async fn run(mut self) -> Tally {
+        let mut tally = Tally {
+            completed: 0,
+            latency: new_histogram(),
+            errors: BTreeMap::new(),
+            first_error: None,
+        };
+        loop {
+            let started = Instant::now();
+            if started >= self.window_end {
+                return tally;
+            }
+            let outcome = self.iterate().await;
+            let finished = Instant::now();
+            self.iterations.fetch_add(1, Ordering::Relaxed);
+            // An iteration counts where it ends: inside the window or not at all.
+            let counted = finished >= self.window_start && finished <= self.window_end;
+            match outcome {
+                Ok(()) if counted => {
+                    tally.completed += 1;
+                    let micros = (finished - started).as_micros() as u64;
+                    tally
+                        .latency
+                        .saturating_record(micros.clamp(1, MAX_RECORDED_MICROS));
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    let pause = backoff(&error);
+                    if counted {
+                        tally.record_error(error);
+                    }
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn iterate(&mut self) -> Result<(), IterationError> {
+        match self.mode {
+            Mode::SubmitAwait => {
+                let submitted = self.client.submit(self.submit.clone()).await;
+                let id = submitted
+                    .map_err(IterationError::Rpc)?
+                    .into_inner()
+                    .task
+                    .map(|task| task.id)
+                    .unwrap_or_default();
+                let request = proto::AwaitRequest {
+                    id,
+                    timeout: Some(AWAIT_TIMEOUT),
+                };
+                let awaited = self
+                    .client
+                    .r#await(request)
+                    .await
+                    .map_err(IterationError::Rpc)?
+                    .into_inner();
+                if !awaited.done {
+                    return Err(IterationError::Task("AWAIT_NOT_DONE"));
+                }
+                succeeded(awaited.task.as_ref())
+            }
+            Mode::Run => {
+                let response = self.client.run(self.run.clone()).await;
+                let task = response.map_err(IterationError::Rpc)?.into_inner().task;
+                succeeded(task.as_ref())
+            }
+            Mode::SubmitOnly => {
+                self.client
+                    .submit(self.submit.clone())
+                    .await
+                    .map_err(IterationError::Rpc)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn succeeded(task: Option<&proto::Task>) -> Result<(), IterationError> {
+    match task.map(|task| task.state()) {
+        Some(TaskState::Succeeded) => Ok(()),
+        Some(TaskState::Failed) => Err(IterationError::Task("TASK_FAILED")),
+        Some(TaskState::Cancelled) => Err(IterationError::Task("TASK_CANCELLED")),
+        _ => Err(IterationError::Task("TASK_NOT_FINISHED")),
+    }
+}
+
+/// How long a caller pauses after an error, so an overloaded or absent
+/// server is not hammered in a tight loop.
+fn backoff(error: &IterationError) -> Option<Duration> {
+    let IterationError::Rpc(status) = error else {
+        return None;
+    };
+    match status.code() {
+        Code::ResourceExhausted => Some(
+            match Error::from(status.clone()) {
+                Error::Rpc {
+                    retry_after: Some(delay),
+                    ..
+                } => delay,
+                _ => Duration::from_millis(10),
+            }
+            .min(Duration::from_secs(1)),
+        ),
+        Code::Unavailable => Some(Duration::from_millis(10)),
+        _ => None,
+    }
+}
+
+impl Tally {
+    fn record_error(&mut self, error: IterationError) {
+        let (key, text) = match error {
+            IterationError::Rpc(status) => (
+                code_name(status.code() as i32),
+                format!("{:?}: {}", status.code(), status.message()),
+            ),
+            IterationError::Task(what) => (what.to_owned(), what.to_lowercase().replace('_', " ")),
+        };
+        *self.errors.entry(key).or_default() += 1;
+        self.first_error.get_or_insert(text);
+    }
+}
+
+/// Redraws the progress line a few times a second.
+async fn show_progress(
+    progress: ProgressBar,
+    iterations: Arc<AtomicU64>,
+    started: Instant,
+    window_start: Instant,
+    window_end: Instant,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    let mut last = (Instant::now(), 0_u64);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let count = iterations.load(Ordering::Relaxed);
+        let rate = (count - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+        last = (now, count);
+        let phase = if now < window_start {
+            format!(
+                "warming up {} / {}",
+                human_duration(now - started),
+                human_duration(window_start - started)
+            )
+        } else {
+            format!(
+                "measuring {} / {}",
+                human_duration(now.min(window_end) - window_start),
+                human_duration(window_end - window_start)
+            )
+        };
+        progress.set_message(format!("{phase}  ·  {rate:>9.0} iterations/s"));
+        progress.tick();
+    }
+}
