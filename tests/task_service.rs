@@ -30,15 +30,10 @@ async fn raw(vowd: &Vowd) -> TaskServiceClient<tonic::transport::Channel> {
 }
 
 fn rpc_error(error: Error) -> (Code, Option<String>, Vec<(String, String)>) {
-    match error {
-        Error::Rpc {
-            code,
-            reason,
-            violations,
-            ..
-        } => (code, reason, violations),
-        other => panic!("expected an RPC error, got {other:?}"),
-    }
+    let Some(rpc) = error.rpc() else {
+        panic!("expected an RPC error, got {error:?}");
+    };
+    (rpc.code, rpc.reason.clone(), rpc.violations.clone())
 }
 
 fn error_code(task: &proto::Task) -> i32 {
@@ -343,8 +338,7 @@ async fn cancel_stops_a_running_sleep_promptly_and_is_idempotent() {
     let awaited = client.await_task(&id, BOUND).await.expect("await");
     assert_eq!(awaited.task.state(), TaskState::Cancelled);
     let requested = SystemTime::try_from(after_cancel.update_time.expect("time")).expect("valid");
-    let ended =
-        SystemTime::try_from(awaited.task.end_time.clone().expect("end time")).expect("valid");
+    let ended = SystemTime::try_from(awaited.task.end_time.expect("end time")).expect("valid");
     let took = ended.duration_since(requested).unwrap_or_default();
     assert!(
         took < Duration::from_millis(100),
@@ -474,19 +468,13 @@ async fn a_full_queue_answers_resource_exhausted_with_retry_info() {
         .send()
         .await
         .expect_err("the queue is full");
-    match error {
-        Error::Rpc {
-            code,
-            reason,
-            retry_after,
-            ..
-        } => {
-            assert_eq!(code, Code::ResourceExhausted);
-            assert_eq!(reason.as_deref(), Some("QUEUE_FULL"));
-            assert!(retry_after.is_some_and(|delay| delay > Duration::ZERO));
-        }
-        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
-    }
+    assert_eq!(error.code(), Some(Code::ResourceExhausted), "{error:?}");
+    assert_eq!(error.reason(), Some("QUEUE_FULL"));
+    assert!(
+        error
+            .retry_after()
+            .is_some_and(|delay| delay > Duration::ZERO)
+    );
 }
 
 #[tokio::test]

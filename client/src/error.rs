@@ -1,7 +1,7 @@
 //! The client's error type: an RPC status decoded into the rich error model
 //! (ErrorInfo reason, RetryInfo delay, BadRequest violations).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -16,37 +16,56 @@ pub enum Error {
     #[error("cannot reach {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
     /// The server answered with an error status.
-    #[error("{}: {message}", code_name(*.code))]
-    Rpc {
-        code: Code,
-        message: String,
-        /// `ErrorInfo.reason`, a stable UPPER_SNAKE_CASE identifier.
-        reason: Option<String>,
-        /// `ErrorInfo.metadata` (task_id, trace_id, …).
-        metadata: std::collections::HashMap<String, String>,
-        /// `RetryInfo.retry_delay`: when to try again.
-        retry_after: Option<Duration>,
-        /// `BadRequest` field violations as (field, description).
-        violations: Vec<(String, String)>,
-    },
+    #[error("{}: {}", code_name(.0.code), .0.message)]
+    Rpc(Box<RpcError>),
+}
+
+/// An error status with its rich details.
+#[derive(Debug, Clone)]
+pub struct RpcError {
+    pub code: Code,
+    pub message: String,
+    /// `ErrorInfo.reason`, a stable UPPER_SNAKE_CASE identifier.
+    pub reason: Option<String>,
+    /// `ErrorInfo.metadata` (task_id, trace_id, …).
+    pub metadata: HashMap<String, String>,
+    /// `RetryInfo.retry_delay`: when to try again.
+    pub retry_after: Option<Duration>,
+    /// `BadRequest` field violations as (field, description).
+    pub violations: Vec<(String, String)>,
 }
 
 impl Error {
-    /// The gRPC code, if the server answered.
+    /// The gRPC code: the server's, or UNAVAILABLE when it could not be reached.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Self::Rpc { code, .. } => Some(*code),
+            Self::Rpc(rpc) => Some(rpc.code),
             Self::Unreachable { .. } => Some(Code::Unavailable),
             Self::InvalidEndpoint { .. } => None,
         }
     }
 
-    /// The `ErrorInfo.reason`, if any.
-    pub fn reason(&self) -> Option<&str> {
+    /// The rich details of a server error.
+    pub fn rpc(&self) -> Option<&RpcError> {
         match self {
-            Self::Rpc { reason, .. } => reason.as_deref(),
+            Self::Rpc(rpc) => Some(rpc),
             _ => None,
         }
+    }
+
+    /// The `ErrorInfo.reason`, if any.
+    pub fn reason(&self) -> Option<&str> {
+        self.rpc().and_then(|rpc| rpc.reason.as_deref())
+    }
+
+    /// The `RetryInfo` delay, if the server gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.rpc().and_then(|rpc| rpc.retry_after)
+    }
+
+    /// The `BadRequest` field violations as (field, description).
+    pub fn violations(&self) -> &[(String, String)] {
+        self.rpc().map_or(&[], |rpc| rpc.violations.as_slice())
     }
 
     /// Whether a retry of the same call may succeed (AIP-194: only UNAVAILABLE).
@@ -73,14 +92,14 @@ impl From<tonic::Status> for Error {
                     .collect()
             })
             .unwrap_or_default();
-        Self::Rpc {
+        Self::Rpc(Box::new(RpcError {
             code: status.code(),
             message: status.message().to_owned(),
             reason,
             metadata,
             retry_after,
             violations,
-        }
+        }))
     }
 }
 

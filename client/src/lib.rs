@@ -21,6 +21,7 @@
 
 mod error;
 mod submit;
+mod watch;
 
 use std::time::Duration;
 
@@ -29,9 +30,10 @@ use tonic::transport::{Channel, Endpoint};
 pub use vow_proto::v1 as proto;
 use vow_proto::v1::task_service_client::TaskServiceClient;
 
-pub use error::Error;
+pub use error::{Error, RpcError};
 pub use proto::{Task, TaskState};
 pub use submit::{SubmitBuilder, Submitted};
+pub use watch::{AwaitManySummary, AwaitMode, AwaitedMany, WatchEvent, WatchEventType};
 
 /// Extra time given to the transport beyond a server-side wait, so the
 /// server's own answer (`done = false`) arrives before the call deadline.
@@ -294,13 +296,9 @@ impl Client {
                     if !error.is_retryable() || attempt >= self.retry.max_attempts {
                         return Err(error);
                     }
-                    let wait = match &error {
-                        Error::Rpc {
-                            retry_after: Some(delay),
-                            ..
-                        } => *delay,
-                        _ => backoff.mul_f64(rand::random::<f64>()),
-                    };
+                    let wait = error
+                        .retry_after()
+                        .unwrap_or_else(|| backoff.mul_f64(rand::random::<f64>()));
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                     attempt += 1;

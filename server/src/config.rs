@@ -80,6 +80,14 @@ pub struct Config {
     #[arg(long, env = "VOW_EVENT_HISTORY", default_value_t = crate::engine::DEFAULT_EVENT_HISTORY as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub event_history: u64,
 
+    /// Idle time after which a Watch stream gets a heartbeat message (keeps proxies from closing it).
+    #[arg(long, env = "VOW_WATCH_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub watch_heartbeat: Duration,
+
+    /// Most task ids one AwaitMany may name.
+    #[arg(long, env = "VOW_AWAIT_MANY_LIMIT", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub await_many_limit: u64,
+
     /// Lease of a running attempt; renewed at a third of it, reaped when it lapses.
     #[arg(long, env = "VOW_LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
@@ -115,6 +123,7 @@ impl Config {
             ("--lease-duration", self.lease_duration),
             ("--max-await", self.max_await),
             ("--progress-interval", self.progress_interval),
+            ("--watch-heartbeat", self.watch_heartbeat),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{flag} must be positive"));
@@ -146,6 +155,8 @@ impl Config {
             lease_duration: self.lease_duration,
             cancel_grace: self.cancel_grace,
             progress_interval: self.progress_interval,
+            watch_heartbeat: self.watch_heartbeat,
+            await_many_limit: self.await_many_limit as usize,
             ..EngineConfig::default()
         }
     }

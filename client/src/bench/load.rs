@@ -306,14 +306,10 @@ fn backoff(error: &IterationError) -> Option<Duration> {
     };
     match status.code() {
         Code::ResourceExhausted => Some(
-            match Error::from(status.clone()) {
-                Error::Rpc {
-                    retry_after: Some(delay),
-                    ..
-                } => delay,
-                _ => Duration::from_millis(10),
-            }
-            .min(Duration::from_secs(1)),
+            Error::from(status.clone())
+                .retry_after()
+                .unwrap_or(Duration::from_millis(10))
+                .min(Duration::from_secs(1)),
         ),
         Code::Unavailable => Some(Duration::from_millis(10)),
         _ => None,

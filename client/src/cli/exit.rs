@@ -47,7 +47,7 @@ impl ExitStatus {
         match error {
             Error::InvalidEndpoint { .. } => Self::Usage,
             Error::Unreachable { .. } => Self::Unreachable,
-            Error::Rpc { code, .. } => match code {
+            Error::Rpc(rpc) => match rpc.code {
                 Code::Unavailable => Self::Unreachable,
                 Code::InvalidArgument | Code::OutOfRange => Self::Usage,
                 Code::DeadlineExceeded => Self::TimedOut,

@@ -44,14 +44,14 @@ pub fn error(code: &str, message: &str, error: Option<&Error>) -> Value {
     let mut fields = Map::new();
     fields.insert("code".into(), code.into());
     fields.insert("message".into(), message.into());
-    if let Some(Error::Rpc {
-        reason,
-        metadata,
-        violations,
-        retry_after,
-        ..
-    }) = error
-    {
+    if let Some(crate_error_rpc) = error.and_then(Error::rpc) {
+        let vow_client::RpcError {
+            reason,
+            metadata,
+            violations,
+            retry_after,
+            ..
+        } = crate_error_rpc;
         fields.insert("reason".into(), json!(reason));
         fields.insert("metadata".into(), json!(metadata));
         let violations: Vec<_> = violations

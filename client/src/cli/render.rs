@@ -171,8 +171,8 @@ impl Output {
             return status;
         }
         eprintln!("vow: {message}");
-        if let Some(Error::Rpc { violations, .. }) = error {
-            for (field, description) in violations {
+        if let Some(error) = error {
+            for (field, description) in error.violations() {
                 eprintln!("  {field}: {description}");
             }
         }

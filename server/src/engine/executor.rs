@@ -159,17 +159,17 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
         (timeout, deadline) => timeout.map(|timeout| now + timeout).or(deadline),
     };
     let (progress, mut progress_updates) = ProgressReporter::channel();
-    let context = HandlerContext::new(
-        task.id,
-        task.kind.clone(),
-        task.input.clone(),
-        task.labels.clone(),
-        task.attempt,
-        task.retry.max_attempts,
-        handler_deadline,
-        attempt.cancellation.clone(),
+    let context = HandlerContext {
+        task_id: task.id,
+        kind: task.kind.clone(),
+        input: task.input.clone(),
+        labels: task.labels.clone(),
+        attempt: task.attempt,
+        max_attempts: task.retry.max_attempts,
+        deadline: handler_deadline,
+        cancellation: attempt.cancellation.clone(),
         progress,
-    );
+    };
     let mut handler_run = AssertUnwindSafe(handler.run(context)).catch_unwind();
     let lease_token = task.lease.as_ref().map_or(0, |lease| lease.token);
     let mut heartbeat = tokio::time::interval_at(

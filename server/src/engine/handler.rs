@@ -39,34 +39,10 @@ pub struct HandlerContext {
     pub deadline: Option<SystemTime>,
     /// Fires when the attempt must stop: cancel, timeout, deadline or shutdown.
     pub cancellation: CancellationToken,
-    progress: ProgressReporter,
+    pub(crate) progress: ProgressReporter,
 }
 
 impl HandlerContext {
-    pub(crate) fn new(
-        task_id: TaskId,
-        kind: String,
-        input: Arc<Payload>,
-        labels: BTreeMap<String, String>,
-        attempt: u32,
-        max_attempts: u32,
-        deadline: Option<SystemTime>,
-        cancellation: CancellationToken,
-        progress: ProgressReporter,
-    ) -> Self {
-        Self {
-            task_id,
-            kind,
-            input,
-            labels,
-            attempt,
-            max_attempts,
-            deadline,
-            cancellation,
-            progress,
-        }
-    }
-
     /// Reports progress. Cheap: reports are coalesced, and watchers see at
     /// most one per progress interval.
     pub fn report_progress(&self, percent: f32, message: impl Into<String>) {

@@ -15,6 +15,7 @@ pub mod transitions;
 mod executor;
 mod maintenance;
 mod validate;
+pub mod watch;
 
 use std::{
     collections::HashMap,
@@ -68,6 +69,10 @@ pub struct EngineConfig {
     pub progress_interval: Duration,
     /// Period of the deadline, lease and retention sweeps.
     pub sweep_interval: Duration,
+    /// Idle time after which a watch stream gets a heartbeat.
+    pub watch_heartbeat: Duration,
+    /// Most ids one AwaitMany may name.
+    pub await_many_limit: usize,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +91,8 @@ impl Default for EngineConfig {
             cancel_grace: Duration::from_secs(5),
             progress_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_millis(200),
+            watch_heartbeat: Duration::from_secs(15),
+            await_many_limit: 1_000,
         }
     }
 }

@@ -11,6 +11,7 @@ use prost::Message;
 use vow_proto::v1 as pb;
 
 use crate::{
+    engine::watch::{AwaitMode, AwaitedMany, WatchEvent, WatchFilter},
     engine::{
         EngineError, FieldViolation,
         retry::RetryPolicy,
@@ -417,6 +418,109 @@ fn decode_page_token(token: &str) -> Option<ListCursor> {
         created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
         id: id.parse().ok()?,
     })
+}
+
+/// A watch filter from the filter fields of a Watch request.
+pub fn watch_filter(request: &pb::WatchRequest) -> Result<WatchFilter, EngineError> {
+    let mut violations = Violations::default();
+    let mut states = Vec::with_capacity(request.states.len());
+    for &value in &request.states {
+        match state_from_proto(value) {
+            Some(state) => states.push(state),
+            None => violations.add("states", format!("{value} is not a task state")),
+        }
+    }
+    if request.after_revision != 0 {
+        violations.add("after_revision", "applies to a single-task watch; set id");
+    }
+    let filter = WatchFilter {
+        kinds: request.kinds.clone(),
+        labels: request
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        states,
+    };
+    violations.finish(filter)
+}
+
+/// The ids and mode of an AwaitMany request.
+pub fn await_many(
+    request: &pb::AwaitManyRequest,
+    limit: usize,
+) -> Result<(Vec<TaskId>, AwaitMode), EngineError> {
+    let mut violations = Violations::default();
+    if request.ids.is_empty() {
+        violations.add("ids", "name at least one task");
+    }
+    if request.ids.len() > limit {
+        violations.add("ids", format!("at most {limit} ids per call"));
+    }
+    let mut ids = Vec::with_capacity(request.ids.len());
+    for (index, text) in request.ids.iter().enumerate() {
+        match text.parse::<TaskId>() {
+            Ok(id) => ids.push(id),
+            Err(error) => violations.add(&format!("ids[{index}]"), error.to_string()),
+        }
+    }
+    let mode = match pb::AwaitMode::try_from(request.mode) {
+        Ok(pb::AwaitMode::Unspecified | pb::AwaitMode::All) => AwaitMode::All,
+        Ok(pb::AwaitMode::Any) => AwaitMode::Any,
+        Err(_) => {
+            violations.add("mode", format!("{} is not an await mode", request.mode));
+            AwaitMode::All
+        }
+    };
+    violations.finish((ids, mode))
+}
+
+/// The response of an AwaitMany, with its summary.
+pub fn await_many_response(awaited: AwaitedMany) -> pb::AwaitManyResponse {
+    let mut summary = pb::AwaitManySummary {
+        unfinished: awaited.unfinished.len() as u32,
+        not_found: awaited.not_found.len() as u32,
+        ..Default::default()
+    };
+    for task in &awaited.finished {
+        match task.state {
+            TaskState::Succeeded => summary.succeeded += 1,
+            TaskState::Failed => {
+                summary.failed += 1;
+                let code = task
+                    .error
+                    .as_ref()
+                    .map_or("UNKNOWN", |error| error.code.as_str());
+                *summary.failed_by_code.entry(code.to_owned()).or_default() += 1;
+            }
+            TaskState::Cancelled => summary.cancelled += 1,
+            TaskState::Queued | TaskState::Running | TaskState::RetryWait => {}
+        }
+    }
+    pb::AwaitManyResponse {
+        done: awaited.done,
+        finished: awaited
+            .finished
+            .iter()
+            .map(|task| task_to_proto(task))
+            .collect(),
+        not_found_ids: awaited.not_found.iter().map(ToString::to_string).collect(),
+        summary: Some(summary),
+    }
+}
+
+/// A watch event as a Watch message.
+pub fn watch_response(event: WatchEvent) -> pb::WatchResponse {
+    let (event_type, task) = match event {
+        WatchEvent::Snapshot(task) => (pb::WatchEventType::Snapshot, Some(task)),
+        WatchEvent::Change(task) => (pb::WatchEventType::Change, Some(task)),
+        WatchEvent::Resync(task) => (pb::WatchEventType::Resync, task),
+        WatchEvent::Heartbeat => (pb::WatchEventType::Heartbeat, None),
+    };
+    pb::WatchResponse {
+        r#type: event_type as i32,
+        task: task.map(|task| task_to_proto(&task)),
+    }
 }
 
 /// Checks a cancel reason.

@@ -1,13 +1,16 @@
 //! `vow.v1.TaskService`: converts and validates requests, calls the engine,
 //! converts results, maps errors. No storage calls, no spawning.
 
-use std::time::SystemTime;
+use std::{pin::Pin, time::SystemTime};
 
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use vow_proto::v1::{self as pb, task_service_server::TaskService};
 
 use super::{convert, deadline, status::engine_error_status};
-use crate::engine::{Engine, EngineError, task::TraceContext};
+use crate::engine::{Engine, EngineError, task::TraceContext, watch::WatchLimits};
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 /// The gRPC face of the engine.
 pub struct TaskServiceImpl {
@@ -34,6 +37,15 @@ fn trace_context(metadata: &MetadataMap) -> TraceContext {
         tracestate: header("tracestate"),
         baggage: header("baggage"),
     }
+}
+
+fn to_watch_message(
+    event: Result<crate::engine::watch::WatchEvent, EngineError>,
+    trace_id: Option<&str>,
+) -> Result<pb::WatchResponse, Status> {
+    event
+        .map(convert::watch_response)
+        .map_err(|error| engine_error_status(error, trace_id))
 }
 
 /// Runs an RPC body, mapping its engine error with the call's trace id.
@@ -99,6 +111,55 @@ impl TaskService for TaskServiceImpl {
                 task: Some(convert::task_to_proto(&awaited.task)),
                 done: awaited.done,
             })
+        })
+        .await
+    }
+
+    async fn await_many(
+        &self,
+        request: Request<pb::AwaitManyRequest>,
+    ) -> Result<Response<pb::AwaitManyResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        handle(&metadata, async {
+            let call_timeout = deadline::call_timeout(&metadata)?;
+            let (ids, mode) = convert::await_many(&request, self.engine.config().await_many_limit)?;
+            let requested = convert::await_timeout(request.timeout)?;
+            let wait =
+                deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
+            let awaited = self.engine.await_many(&ids, mode, wait).await?;
+            Ok(convert::await_many_response(awaited))
+        })
+        .await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let trace_id = trace_context(&metadata).trace_id().map(str::to_owned);
+        handle(&metadata, async {
+            let call_timeout = deadline::call_timeout(&metadata)?;
+            let limits = WatchLimits {
+                heartbeat: self.engine.config().watch_heartbeat,
+                until: call_timeout
+                    .map(|timeout| tokio::time::Instant::now() + deadline::usable(timeout)),
+            };
+            let events: WatchStream = if request.id.is_empty() {
+                let filter = convert::watch_filter(&request)?;
+                let events = self.engine.watch_filtered(filter, limits).await?;
+                Box::pin(events.map(move |event| to_watch_message(event, trace_id.as_deref())))
+            } else {
+                let id = convert::task_id("id", &request.id)?;
+                let events = self
+                    .engine
+                    .watch_task(id, request.after_revision, limits)
+                    .await?;
+                Box::pin(events.map(move |event| to_watch_message(event, trace_id.as_deref())))
+            };
+            Ok(events)
         })
         .await
     }

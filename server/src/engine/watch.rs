@@ -1,0 +1,300 @@
+//! Watching: streams of a task's changes (or of every task matching a
+//! filter), and waiting for many tasks at once. Both read the store once and
+//! then follow the event hub, so nothing committed after the read is missed.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
+
+use futures::Stream;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
+
+use super::{
+    Engine, EngineError, TaskEvent, sleep_until_opt,
+    task::{TaskId, TaskState},
+};
+use crate::store::ListQuery;
+
+/// Most unfinished tasks a filter watch sends as its opening snapshot.
+const FILTER_SNAPSHOT_LIMIT: usize = 1_000;
+
+/// One message of a watch stream.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// The state when the watch started.
+    Snapshot(TaskEvent),
+    /// One change, in revision order.
+    Change(TaskEvent),
+    /// Changes were missed; the current state if known (single-task watches).
+    Resync(Option<TaskEvent>),
+    /// Nothing happened for a heartbeat period.
+    Heartbeat,
+}
+
+/// Bounds of a watch stream.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchLimits {
+    /// Idle time before a heartbeat.
+    pub heartbeat: Duration,
+    /// When the stream ends cleanly (the caller's deadline, less a margin).
+    pub until: Option<Instant>,
+}
+
+/// Which tasks a filter watch follows.
+#[derive(Clone, Debug, Default)]
+pub struct WatchFilter {
+    pub kinds: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub states: Vec<TaskState>,
+}
+
+impl WatchFilter {
+    fn matches(&self, task: &TaskEvent) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&task.kind))
+            && (self.states.is_empty() || self.states.contains(&task.state))
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| task.labels.get(key) == Some(value))
+    }
+}
+
+/// What woke a watch loop; `select!` only picks, the stream body acts
+/// (async-stream cannot yield from inside another macro).
+enum Step {
+    Event(Result<TaskEvent, RecvError>),
+    Heartbeat,
+    Deadline,
+    Shutdown,
+}
+
+/// How AwaitMany decides it is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwaitMode {
+    All,
+    Any,
+}
+
+/// Result of an AwaitMany.
+#[derive(Debug)]
+pub struct AwaitedMany {
+    pub done: bool,
+    /// Requested tasks that are terminal, in request order.
+    pub finished: Vec<TaskEvent>,
+    /// Requested tasks not yet terminal.
+    pub unfinished: Vec<TaskEvent>,
+    pub not_found: Vec<TaskId>,
+}
+
+impl Engine {
+    /// Streams one task's changes. `after_revision = 0` opens with a snapshot;
+    /// otherwise the changes after it are replayed from the retained history,
+    /// or a resync carries the current state when they are gone. The stream
+    /// ends after the terminal change, or at `limits.until`; it fails with
+    /// `ShuttingDown` when the server drains and `NotFound` if the task is deleted.
+    pub async fn watch_task(
+        &self,
+        id: TaskId,
+        after_revision: u64,
+        limits: WatchLimits,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, EngineError>> + Send + 'static, EngineError>
+    {
+        let engine = self.clone();
+        let watcher = self.inner.hub.watcher_guard();
+        let (mut subscription, history) = self.inner.hub.subscribe_with_history(id);
+        let current = self.get(id).await?;
+        Ok(async_stream::try_stream! {
+            let _watcher = watcher;
+            let mut last = current.clone();
+            if after_revision == 0 {
+                yield WatchEvent::Snapshot(current);
+            } else if after_revision < current.revision {
+                let replay: Vec<TaskEvent> =
+                    history.into_iter().filter(|task| task.revision > after_revision).collect();
+                if replay.first().is_some_and(|first| first.revision == after_revision + 1) {
+                    for task in replay {
+                        last = task.clone();
+                        yield WatchEvent::Change(task);
+                    }
+                } else {
+                    yield WatchEvent::Resync(Some(current));
+                }
+            } else if after_revision > current.revision {
+                // The client holds a revision this task never had.
+                yield WatchEvent::Resync(Some(current));
+            }
+
+            let mut heartbeat_at = Instant::now() + limits.heartbeat;
+            while !last.is_terminal() {
+                let step = tokio::select! {
+                    event = subscription.recv() => Step::Event(event),
+                    () = tokio::time::sleep_until(heartbeat_at) => Step::Heartbeat,
+                    () = sleep_until_opt(limits.until) => Step::Deadline,
+                    () = engine.inner.shutdown.cancelled() => Step::Shutdown,
+                };
+                heartbeat_at = Instant::now() + limits.heartbeat;
+                match step {
+                    Step::Event(Ok(task)) if task.revision <= last.revision => {}
+                    Step::Event(Ok(task)) if task.revision == last.revision + 1 => {
+                        last = task.clone();
+                        yield WatchEvent::Change(task);
+                    }
+                    // Behind, out of step, or closed (deleted): the store decides.
+                    Step::Event(_) => {
+                        subscription = engine.inner.hub.subscribe(id);
+                        let current = engine.get(id).await?;
+                        if current.revision != last.revision {
+                            last = current.clone();
+                            yield WatchEvent::Resync(Some(current));
+                        }
+                    }
+                    Step::Heartbeat => yield WatchEvent::Heartbeat,
+                    Step::Deadline => break,
+                    Step::Shutdown => Err(EngineError::ShuttingDown)?,
+                }
+            }
+        })
+    }
+
+    /// Streams the changes of every task matching `filter`, opening with a
+    /// snapshot of the matching unfinished tasks. Ends at `limits.until`.
+    pub async fn watch_filtered(
+        &self,
+        filter: WatchFilter,
+        limits: WatchLimits,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, EngineError>> + Send + 'static, EngineError>
+    {
+        let engine = self.clone();
+        let watcher = self.inner.hub.watcher_guard();
+        let mut changes = self.inner.hub.subscribe_all();
+        let unfinished = [TaskState::Queued, TaskState::Running, TaskState::RetryWait];
+        let query = ListQuery {
+            states: if filter.states.is_empty() {
+                unfinished.to_vec()
+            } else {
+                filter
+                    .states
+                    .iter()
+                    .copied()
+                    .filter(|state| unfinished.contains(state))
+                    .collect()
+            },
+            kinds: filter.kinds.clone(),
+            labels: filter.labels.clone(),
+            page_size: FILTER_SNAPSHOT_LIMIT,
+            after: None,
+        };
+        let opening = if query.states.is_empty() {
+            Vec::new()
+        } else {
+            self.list(&query).await?.tasks
+        };
+        Ok(async_stream::try_stream! {
+            let _watcher = watcher;
+            // Changes already covered by the opening snapshot are skipped.
+            let mut snapshot_revisions: HashMap<TaskId, u64> =
+                opening.iter().map(|task| (task.id, task.revision)).collect();
+            for task in opening {
+                yield WatchEvent::Snapshot(task);
+            }
+            let mut heartbeat_at = Instant::now() + limits.heartbeat;
+            loop {
+                let step = tokio::select! {
+                    event = changes.recv() => Step::Event(event),
+                    () = tokio::time::sleep_until(heartbeat_at) => Step::Heartbeat,
+                    () = sleep_until_opt(limits.until) => Step::Deadline,
+                    () = engine.inner.shutdown.cancelled() => Step::Shutdown,
+                };
+                heartbeat_at = Instant::now() + limits.heartbeat;
+                match step {
+                    Step::Event(Ok(task)) => {
+                        if let Some(seen) = snapshot_revisions.get(&task.id) {
+                            if task.revision <= *seen {
+                                continue;
+                            }
+                            snapshot_revisions.remove(&task.id);
+                        }
+                        if filter.matches(&task) {
+                            yield WatchEvent::Change(task);
+                        }
+                    }
+                    Step::Event(Err(RecvError::Lagged(_))) => {
+                        snapshot_revisions.clear();
+                        yield WatchEvent::Resync(None);
+                    }
+                    Step::Event(Err(RecvError::Closed)) | Step::Shutdown => Err(EngineError::ShuttingDown)?,
+                    Step::Heartbeat => yield WatchEvent::Heartbeat,
+                    Step::Deadline => break,
+                }
+            }
+        })
+    }
+
+    /// Waits until all (or any) of `ids` are terminal, for at most `wait`
+    /// (capped by the server's max wait).
+    pub async fn await_many(
+        &self,
+        ids: &[TaskId],
+        mode: AwaitMode,
+        wait: Duration,
+    ) -> Result<AwaitedMany, EngineError> {
+        let _waiter = self.inner.hub.waiter_guard();
+        let wait_until = Instant::now() + wait.min(self.inner.config.max_await);
+        let mut changes = self.inner.hub.subscribe_all();
+        let mut latest: HashMap<TaskId, TaskEvent> = HashMap::with_capacity(ids.len());
+        let mut not_found = Vec::new();
+        let mut seen = HashSet::with_capacity(ids.len());
+        let requested: Vec<TaskId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        for &id in &requested {
+            match self.inner.store.get(id).await? {
+                Some(task) => {
+                    latest.insert(id, task);
+                }
+                None => not_found.push(id),
+            }
+        }
+        let is_done = |latest: &HashMap<TaskId, TaskEvent>| {
+            let mut tasks = latest.values();
+            match mode {
+                AwaitMode::All => tasks.all(|task| task.is_terminal()),
+                AwaitMode::Any => tasks.any(|task| task.is_terminal()),
+            }
+        };
+        let mut done = is_done(&latest);
+        while !done && !latest.is_empty() {
+            tokio::select! {
+                event = changes.recv() => match event {
+                    Ok(task) => {
+                        if let Some(known) = latest.get_mut(&task.id)
+                            && task.revision > known.revision
+                        {
+                            *known = task;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        for (id, known) in latest.iter_mut() {
+                            if let Some(task) = self.inner.store.get(*id).await? {
+                                *known = task;
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                () = tokio::time::sleep_until(wait_until) => break,
+                () = self.inner.shutdown.cancelled() => break,
+            }
+            done = is_done(&latest);
+        }
+        let (finished, unfinished) = requested
+            .iter()
+            .filter_map(|id| latest.remove(id))
+            .partition(|task| task.is_terminal());
+        Ok(AwaitedMany {
+            done,
+            finished,
+            unfinished,
+            not_found,
+        })
+    }
+}
