@@ -258,9 +258,7 @@ pub async fn run(cli: Cli) -> ExitStatus {
             );
             Ok(ExitStatus::Succeeded)
         }
-        Command::Bench(args) => crate::bench::run(&connection.server, cli.output, args)
-            .await
-            .map_err(commands::Failure::from),
+        Command::Bench(args) => crate::bench::run(&connection.server, cli.output, args).await,
         Command::CeilingServer {
             listen,
             exit_on_stdin_close,

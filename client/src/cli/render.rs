@@ -162,7 +162,7 @@ impl Output {
     pub fn failure(&self, failure: &Failure) -> ExitStatus {
         let status = failure.exit_status();
         let (code, message, error) = match failure {
-            Failure::Client(error) => (error_code(error), error.to_string(), Some(error)),
+            Failure::Client(error) => (error_code(error), error_message(error), Some(error)),
             Failure::Usage(message) => ("INVALID_ARGUMENT".to_owned(), message.clone(), None),
             Failure::Other(message) => ("UNKNOWN".to_owned(), message.clone(), None),
         };
@@ -213,6 +213,18 @@ pub fn print_table(table: &mut Table) {
     for line in table.lines() {
         println!("{}", line.trim_end());
     }
+}
+
+/// `NOT_FOUND: no task abc [TASK_NOT_FOUND]` for server errors, the error itself otherwise.
+fn error_message(error: &Error) -> String {
+    let Some(rpc) = error.rpc() else {
+        return error.to_string();
+    };
+    let mut message = format!("{}: {}", json::code_name(rpc.code as i32), rpc.message);
+    if let Some(reason) = &rpc.reason {
+        message.push_str(&format!(" [{reason}]"));
+    }
+    message
 }
 
 fn error_code(error: &Error) -> String {
