@@ -292,7 +292,7 @@ impl Client {
             match result {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
-                    let error = Error::from(status);
+                    let error = Error::from(unavailable_if_connection_lost(status));
                     if !error.is_retryable() || attempt >= self.retry.max_attempts {
                         return Err(error);
                     }
@@ -305,6 +305,23 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// tonic reports a connection that broke under a call as UNKNOWN "transport
+/// error" (hyperium/tonic#628) where gRPC says UNAVAILABLE. Such a call may or
+/// may not have reached the server: exactly the lost reply that retrying with
+/// the same idempotency key makes safe, so it is retried like UNAVAILABLE.
+fn unavailable_if_connection_lost(status: tonic::Status) -> tonic::Status {
+    use std::error::Error as _;
+    let transport_failure = status.code() == tonic::Code::Unknown
+        && status
+            .source()
+            .is_some_and(|source| source.is::<tonic::transport::Error>());
+    if transport_failure {
+        tonic::Status::unavailable(format!("connection lost: {}", source_chain(&status)))
+    } else {
+        status
     }
 }
 
