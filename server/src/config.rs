@@ -16,6 +16,10 @@ pub struct Config {
     #[arg(long, env = "VOW_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus `/metrics` endpoint (its own port); off when unset.
+    #[arg(long, env = "VOW_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Where tasks are kept: `memory` keeps them in this process only.
     #[arg(long, env = "VOW_STORE", value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod grpc;
 pub mod handlers;
 pub mod store;
+pub mod telemetry;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -55,15 +56,46 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
-/// Serves the task service on `listener` until `shutdown` completes, then
-/// drains: health turns NOT_SERVING, new tasks are refused, running attempts
-/// get `--drain-timeout` to finish, the rest are handed back.
+/// The sockets `vowd` serves on, bound before serving so that port 0 works
+/// and the caller knows the addresses.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// The Prometheus `/metrics` endpoint, if enabled.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses the configuration names.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let grpc = TcpListener::bind(config.listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
+        Ok(Self { grpc, metrics })
+    }
+}
+
+/// Serves the task service until `shutdown` completes, then drains: health
+/// turns NOT_SERVING, new tasks are refused, running attempts get
+/// `--drain-timeout` to finish, the rest are handed back.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     handlers: HandlerRegistry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let stop_metrics = CancellationToken::new();
+    if let Some(listener) = listeners.metrics {
+        telemetry::metrics_handle();
+        let stop = stop_metrics.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(error) = telemetry::serve_metrics(listener, stop).await {
+                tracing::error!(%error, "the metrics endpoint failed");
+            }
+        });
+    }
+    let listener = listeners.grpc;
     let hub = Arc::new(EventHub::new(config.event_history as usize));
     let store = open_store(&config, hub.clone()).await?;
     let engine = Engine::start(config.engine_config(), store, hub, handlers);
@@ -116,6 +148,7 @@ pub async fn serve(
             server.abort();
         }
     }
+    stop_metrics.cancel();
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vow_server::{Config, config::LogFormat, handlers::builtin_registry};
+use vow_server::{Config, Listeners, config::LogFormat, handlers::builtin_registry};
 
 fn init_logging(format: LogFormat) {
     let filter = std::env::var("VOW_LOG")
@@ -48,20 +48,32 @@ async fn main() -> ExitCode {
         eprintln!("vowd: invalid configuration: {problem}");
         return ExitCode::from(2);
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
+    let listeners = match Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
         Err(error) => {
-            eprintln!("vowd: cannot listen on {}: {error}", config.listen);
+            eprintln!(
+                "vowd: cannot listen on {} (or the metrics address): {error}",
+                config.listen
+            );
             return ExitCode::FAILURE;
         }
     };
-    let address = listener
+    // Tests and scripts read the bound addresses (port 0 picks one) from
+    // stdout; the listening line comes last and means "ready".
+    if let Some(metrics) = listeners
+        .metrics
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok())
+    {
+        println!("vowd metrics on {metrics}");
+    }
+    let address = listeners
+        .grpc
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |address| address.to_string());
-    // Tests and scripts read the bound address (port 0 picks one) from stdout.
     println!("vowd listening on {address}");
     tracing::info!(listen = %address, store = ?config.store, "vowd started");
-    match vow_server::serve(config, listener, builtin_registry(), shutdown_signal()).await {
+    match vow_server::serve(config, listeners, builtin_registry(), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "vowd failed");

@@ -43,6 +43,8 @@ pub struct Vowd {
     pub child: Child,
     /// `host:port` it listens on.
     pub address: String,
+    /// `host:port` of its `/metrics` endpoint, when started with `--metrics-listen`.
+    pub metrics_address: Option<String>,
     stderr_log: PathBuf,
 }
 
@@ -73,16 +75,24 @@ impl Vowd {
         }
         let mut child = command.spawn().expect("spawn vowd");
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read vowd's stdout");
-        let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
-            let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-            panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
+        let mut stdout = BufReader::new(stdout);
+        let mut metrics_address = None;
+        let address = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read vowd's stdout");
+            if let Some(address) = line.trim().strip_prefix("vowd metrics on ") {
+                metrics_address = Some(address.to_owned());
+                continue;
+            }
+            let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
+            };
+            break address.to_owned();
         };
         Self {
-            address: address.to_owned(),
+            address,
+            metrics_address,
             child,
             stderr_log,
         }
@@ -192,4 +202,46 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Fetches `http://{address}/metrics` (plain HTTP/1.1, no client library needed).
+pub fn scrape_metrics(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(address).expect("connect to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a read timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "metrics answered {head}");
+    body.to_owned()
+}
+
+/// The value of an unlabelled gauge or counter in a Prometheus text body.
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (metric, value) = line.rsplit_once(' ')?;
+            (metric == name).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
 }

@@ -64,10 +64,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let mut handlers = builtin_registry();
     handlers.register("wordcount", WordCount);
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    println!("vowd listening on {}", listener.local_addr()?);
+    let listeners = vow_server::Listeners::bind(&config).await?;
+    println!("vowd listening on {}", listeners.grpc.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    vow_server::serve(config, listener, handlers, shutdown).await
+    vow_server::serve(config, listeners, handlers, shutdown).await
 }

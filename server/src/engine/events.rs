@@ -211,9 +211,19 @@ pub struct GaugeGuard {
     gauge: Gauge,
 }
 
+impl Gauge {
+    fn metric_name(self) -> &'static str {
+        match self {
+            Gauge::Waiters => "vow_live_waiters",
+            Gauge::Watchers => "vow_live_watchers",
+        }
+    }
+}
+
 impl GaugeGuard {
     fn new(hub: Arc<EventHub>, gauge: Gauge) -> Self {
         hub.gauge(gauge).fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(gauge.metric_name()).increment(1.0);
         Self { hub, gauge }
     }
 }
@@ -221,5 +231,6 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.hub.gauge(self.gauge).fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(self.gauge.metric_name()).decrement(1.0);
     }
 }

@@ -202,16 +202,20 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
             }
             () = sleep_until_opt(grace_end), if stopping => break None,
             Ok(()) = progress_updates.changed(), if progress_due.is_none() => {
-                let earliest = last_progress_write.map(|last| last + config.progress_interval);
-                progress_due = Some(earliest.unwrap_or_else(Instant::now).max(Instant::now()));
+                let now = Instant::now();
+                match last_progress_write.map(|last| last + config.progress_interval) {
+                    // Too soon after the last write: coalesce until the interval ends.
+                    Some(earliest) if earliest > now => progress_due = Some(earliest),
+                    _ => {
+                        last_progress_write = Some(now);
+                        flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                    }
+                }
             }
             () = sleep_until_opt(progress_due) => {
                 progress_due = None;
                 last_progress_write = Some(Instant::now());
-                let report = progress_updates.borrow_and_update().clone();
-                if let Some(report) = report {
-                    write_progress(engine, task, lease_token, report.percent, report.message).await;
-                }
+                flush_progress(engine, task, lease_token, &mut progress_updates).await;
             }
             _ = heartbeat.tick() => {
                 let expires_at = SystemTime::now() + config.lease_duration;
@@ -291,6 +295,19 @@ async fn store_outcome(engine: &Engine, claimed: &TaskRecord, outcome: AttemptOu
         Err(error) => {
             tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome")
         }
+    }
+}
+
+/// Writes the latest progress report, if there is one not yet written.
+async fn flush_progress(
+    engine: &Engine,
+    task: &TaskRecord,
+    lease_token: u64,
+    updates: &mut tokio::sync::watch::Receiver<Option<super::handler::ProgressReport>>,
+) {
+    let report = updates.borrow_and_update().clone();
+    if let Some(report) = report {
+        write_progress(engine, task, lease_token, report.percent, report.message).await;
     }
 }
 

@@ -149,7 +149,8 @@ struct Inner {
     claim_gate: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<TaskId, Arc<RunningAttempt>>>,
     accepting: AtomicBool,
-    /// Stops claiming new work; fired first at shutdown.
+    /// Fired when draining starts: stops claiming new work and ends watch
+    /// streams (UNAVAILABLE) so their clients resume on another replica.
     stop_dispatch: CancellationToken,
     /// Ends waits and background loops; fired last at shutdown.
     shutdown: CancellationToken,

@@ -131,7 +131,7 @@ impl Engine {
                     event = subscription.recv() => Step::Event(event),
                     () = tokio::time::sleep_until(heartbeat_at) => Step::Heartbeat,
                     () = sleep_until_opt(limits.until) => Step::Deadline,
-                    () = engine.inner.shutdown.cancelled() => Step::Shutdown,
+                    () = engine.inner.stop_dispatch.cancelled() => Step::Shutdown,
                 };
                 heartbeat_at = Instant::now() + limits.heartbeat;
                 match step {
@@ -204,7 +204,7 @@ impl Engine {
                     event = changes.recv() => Step::Event(event),
                     () = tokio::time::sleep_until(heartbeat_at) => Step::Heartbeat,
                     () = sleep_until_opt(limits.until) => Step::Deadline,
-                    () = engine.inner.shutdown.cancelled() => Step::Shutdown,
+                    () = engine.inner.stop_dispatch.cancelled() => Step::Shutdown,
                 };
                 heartbeat_at = Instant::now() + limits.heartbeat;
                 match step {

@@ -11,14 +11,29 @@ use crate::engine::{
 
 /// Longest sleep accepted, so a typo cannot park an executor slot for years.
 const MAX_SLEEP: Duration = Duration::from_secs(24 * 60 * 60);
-/// Progress reports per sleep.
-const PROGRESS_STEPS: u32 = 10;
+/// Progress reports per sleep unless the input says otherwise.
+const DEFAULT_STEPS: u32 = 10;
+const MAX_STEPS: u64 = 1_000_000;
 
-/// Sleeps `{"ms": N}` milliseconds, reporting progress in ten steps, and stops
-/// at once when cancelled.
+/// Sleeps `{"ms": N}` milliseconds, reporting progress in `"steps"` equal
+/// steps (10 by default), and stops at once when cancelled.
 pub struct SleepHandler;
 
 impl SleepHandler {
+    fn plan(input: &Payload) -> Result<(Duration, u32), String> {
+        let duration = Self::duration(input)?;
+        let steps = match field(input, "steps") {
+            None => DEFAULT_STEPS,
+            Some(value) => value
+                .as_u64()
+                .filter(|steps| (1..=MAX_STEPS).contains(steps))
+                .ok_or(format!(
+                    "\"steps\" must be an integer from 1 to {MAX_STEPS}"
+                ))? as u32,
+        };
+        Ok((duration, steps))
+    }
+
     fn duration(input: &Payload) -> Result<Duration, String> {
         let Some(value) = field(input, "ms") else {
             return Err("input must be a JSON object like {\"ms\": 250}".into());
@@ -37,11 +52,11 @@ impl SleepHandler {
 #[async_trait]
 impl Handler for SleepHandler {
     async fn run(&self, context: HandlerContext) -> Result<Payload, TaskError> {
-        let total = Self::duration(&context.input)
+        let (total, steps) = Self::plan(&context.input)
             .map_err(|message| TaskError::new(ErrorCode::InvalidArgument, message))?;
-        let step = total / PROGRESS_STEPS;
+        let step = total / steps;
         let started = tokio::time::Instant::now();
-        for done in 1..=PROGRESS_STEPS {
+        for done in 1..=steps {
             let step_end = started + step * done;
             tokio::select! {
                 () = tokio::time::sleep_until(step_end) => {}
@@ -54,8 +69,10 @@ impl Handler for SleepHandler {
                     .with_reason("SLEEP_INTERRUPTED"));
                 }
             }
-            let percent = (done * 100 / PROGRESS_STEPS) as f32;
+            let percent = (u64::from(done) * 100 / u64::from(steps)) as f32;
             context.report_progress(percent, format!("slept {} ms", (step * done).as_millis()));
+            // Let the attempt loop see each report, even when steps are due at once.
+            tokio::task::yield_now().await;
         }
         Ok(Payload::json(
             json!({ "slept_ms": total.as_millis() as u64 }),
@@ -63,6 +80,6 @@ impl Handler for SleepHandler {
     }
 
     fn validate_input(&self, input: &Payload) -> Result<(), String> {
-        Self::duration(input).map(drop)
+        Self::plan(input).map(drop)
     }
 }
