@@ -35,6 +35,11 @@ FAILED = task_pb2.TASK_STATE_FAILED
 CANCELLED = task_pb2.TASK_STATE_CANCELLED
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
+SNAPSHOT = task_service_pb2.WATCH_EVENT_TYPE_SNAPSHOT
+CHANGE = task_service_pb2.WATCH_EVENT_TYPE_CHANGE
+RESYNC = task_service_pb2.WATCH_EVENT_TYPE_RESYNC
+HEARTBEAT = task_service_pb2.WATCH_EVENT_TYPE_HEARTBEAT
+
 
 class VowClient:
     """Typed calls over one channel. `timeout` arguments are seconds.
@@ -95,6 +100,35 @@ class VowClient:
         """Submits and awaits in one call; the call's `timeout` is the task's deadline."""
         request = task_service_pb2.RunRequest(kind=kind, input=to_payload(input), **options)
         return self.stub.Run(request, timeout=timeout).task
+
+    def watch(
+        self,
+        task_id: str = "",
+        *,
+        after_revision: int = 0,
+        kinds: Iterable[str] = (),
+        labels: dict[str, str] | None = None,
+        states: Iterable[int] = (),
+        timeout: float | None = None,
+    ) -> Any:
+        """Streams the changes of one task (or, without `task_id`, of every task matching the filter).
+
+        Returns the call itself: iterating it yields WatchResponse messages
+        (`.type` is SNAPSHOT, CHANGE, RESYNC or HEARTBEAT; `.task` the task after
+        the change). A single-task watch opens with a SNAPSHOT, or with the changes
+        after `after_revision` when resuming (a RESYNC if the server no longer has
+        them), and ends after the terminal change; the iteration then stops and
+        `.code()` is OK. Otherwise the iteration raises grpc.RpcError. `.cancel()`
+        stops the stream. `timeout` bounds the watching, never the task.
+
+            for event in client.watch(task.id, timeout=60):
+                if event.type != HEARTBEAT:
+                    print(event.task.revision, event.task.state, event.task.progress.percent)
+        """
+        request = task_service_pb2.WatchRequest(
+            id=task_id, after_revision=after_revision, kinds=kinds, labels=labels, states=states
+        )
+        return self.stub.Watch(request, timeout=timeout)
 
     def cancel(self, task_id: str, reason: str = "", *, timeout: float | None = 10.0) -> task_pb2.Task:
         """Asks the task to stop; idempotent. A running task may still show RUNNING with cancel_requested."""
