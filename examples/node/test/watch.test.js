@@ -4,7 +4,8 @@
  * client of ../client.js and the watch.js script, over a real connection.
  *
  * VOWD names the binary; by default the debug build that
- * `cargo build --workspace --bins` leaves in ../../../target/debug/vowd.
+ * `cargo build --workspace --bins` leaves in target/debug/vowd (under
+ * CARGO_TARGET_DIR when set).
  */
 
 const assert = require('node:assert/strict');
@@ -16,7 +17,8 @@ const { promisify } = require('node:util');
 
 const { VowClient, TERMINAL_STATES } = require('../client');
 
-const VOWD = process.env.VOWD ?? path.resolve(__dirname, '..', '..', '..', 'target', 'debug', 'vowd');
+const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
+const VOWD = process.env.VOWD ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(REPO_ROOT, 'target'), 'debug', 'vowd');
 const WATCH_SCRIPT = path.resolve(__dirname, '..', 'watch.js');
 // Generous bounds for a loaded 2-core CI machine; each only turns a hang into a failure.
 const START_TIMEOUT_MS = 20_000;
