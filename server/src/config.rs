@@ -20,13 +20,18 @@ pub struct Config {
     #[arg(long, env = "VOW_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Where tasks are kept: `memory` keeps them in this process only.
-    #[arg(long, env = "VOW_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    /// Where tasks are kept: `embedded` in one durable file under --data-dir; `memory` in this process only.
+    #[arg(long, env = "VOW_STORE", value_enum, default_value_t = StoreKind::Embedded)]
     pub store: StoreKind,
 
-    /// Directory of the embedded store's files.
+    /// Directory of the embedded store (created if its parent exists).
     #[arg(long, env = "VOW_DATA_DIR", default_value = "./vow-data")]
     pub data_dir: PathBuf,
+
+    /// What an acknowledged write survives: `full` fsyncs every commit (process, OS and power crashes);
+    /// `normal` survives a process crash but may lose the last commits on an OS crash or power loss.
+    #[arg(long, env = "VOW_DURABILITY", value_enum, default_value_t = DurabilityMode::Full)]
+    pub durability: DurabilityMode,
 
     /// Log format on stderr: human-readable `text` or one JSON object per line.
     #[arg(long, env = "VOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -100,8 +105,19 @@ pub struct Config {
 /// Storage backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
+    /// One SQLite file under --data-dir; survives crashes and restarts.
+    Embedded,
     /// In this process only; everything is lost when it exits.
     Memory,
+}
+
+/// Commit durability of the embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityMode {
+    /// fsync every commit: survives process, OS and power crashes.
+    Full,
+    /// fsync at checkpoints: survives a process crash only.
+    Normal,
 }
 
 /// Log line formats.

@@ -34,6 +34,21 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 /// Headroom over the input limit for the rest of a request.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
 
+/// The opened store and the event hub it reports its changes to.
+pub struct Storage {
+    pub hub: Arc<EventHub>,
+    pub store: Arc<dyn Store>,
+}
+
+impl Storage {
+    /// Opens the configured store (recovering what a previous process left).
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let hub = Arc::new(EventHub::new(config.event_history as usize));
+        let store = open_store(config, hub.clone()).await?;
+        Ok(Self { hub, store })
+    }
+}
+
 /// Opens the configured store, reporting its changes to `feed`.
 pub async fn open_store(
     config: &Config,
@@ -41,6 +56,19 @@ pub async fn open_store(
 ) -> anyhow::Result<Arc<dyn Store>> {
     match config.store {
         config::StoreKind::Memory => Ok(Arc::new(store::MemoryStore::new(feed))),
+        config::StoreKind::Embedded => {
+            let durability = match config.durability {
+                config::DurabilityMode::Full => store::Durability::Full,
+                config::DurabilityMode::Normal => store::Durability::Normal,
+            };
+            let data_dir = config.data_dir.clone();
+            // Opening may migrate and recover a large file: keep it off the runtime threads.
+            let store = tokio::task::spawn_blocking(move || {
+                store::EmbeddedStore::open(&data_dir, durability, feed)
+            })
+            .await??;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -82,6 +110,7 @@ impl Listeners {
 pub async fn serve(
     config: Config,
     listeners: Listeners,
+    storage: Storage,
     handlers: HandlerRegistry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -96,9 +125,7 @@ pub async fn serve(
         });
     }
     let listener = listeners.grpc;
-    let hub = Arc::new(EventHub::new(config.event_history as usize));
-    let store = open_store(&config, hub.clone()).await?;
-    let engine = Engine::start(config.engine_config(), store, hub, handlers);
+    let engine = Engine::start(config.engine_config(), storage.store, storage.hub, handlers);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

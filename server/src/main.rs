@@ -22,22 +22,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Registers SIGTERM and SIGINT handlers now (so a signal that arrives before
+/// serving starts is not fatal) and resolves when either arrives.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
-    }
+    })
 }
 
 #[tokio::main]
@@ -58,6 +54,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("vowd: cannot listen for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let storage = match vow_server::Storage::open(&config).await {
+        Ok(storage) => storage,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot open the store");
+            eprintln!("vowd: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Tests and scripts read the bound addresses (port 0 picks one) from
     // stdout; the listening line comes last and means "ready".
     if let Some(metrics) = listeners
@@ -73,7 +84,7 @@ async fn main() -> ExitCode {
         .map_or_else(|_| config.listen.to_string(), |address| address.to_string());
     println!("vowd listening on {address}");
     tracing::info!(listen = %address, store = ?config.store, "vowd started");
-    match vow_server::serve(config, listeners, builtin_registry(), shutdown_signal()).await {
+    match vow_server::serve(config, listeners, storage, builtin_registry(), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "vowd failed");

@@ -65,9 +65,10 @@ async fn main() -> anyhow::Result<()> {
     let mut handlers = builtin_registry();
     handlers.register("wordcount", WordCount);
     let listeners = vow_server::Listeners::bind(&config).await?;
+    let storage = vow_server::Storage::open(&config).await?;
     println!("vowd listening on {}", listeners.grpc.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    vow_server::serve(config, listeners, handlers, shutdown).await
+    vow_server::serve(config, listeners, storage, handlers, shutdown).await
 }

@@ -359,6 +359,8 @@ impl Engine {
                 });
             }
             tokio::select! {
+                // A change that is already there beats a deadline reached at the same moment.
+                biased;
                 event = subscription.recv() => match event {
                     Ok(task) => {
                         if task.revision > latest.revision {

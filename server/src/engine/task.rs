@@ -23,6 +23,16 @@ impl TaskId {
         Self(rand::random())
     }
 
+    /// The id as 16 big-endian bytes (byte order keeps id order).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// An id from its 16 big-endian bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(u128::from_be_bytes(bytes))
+    }
+
     /// The smallest id, for range bounds.
     pub const MIN: TaskId = TaskId(0);
     /// The largest id, for range bounds.

@@ -4,6 +4,7 @@
 //! `revision`, and every lease change (claim, reap, release) bumps the revision
 //! too, so the compare-and-set also fences writers whose lease was taken over.
 
+mod embedded;
 mod memory;
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 
+pub use embedded::{Durability, EmbeddedStore, OpenError};
 pub use memory::MemoryStore;
 
 use crate::engine::task::{TaskId, TaskRecord, TaskState};

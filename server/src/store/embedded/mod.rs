@@ -1,0 +1,484 @@
+//! The embedded durable store: one SQLite file (WAL) under `--data-dir`.
+//!
+//! One writer thread owns the only writing connection and group-commits every
+//! write waiting in its queue into one transaction, so a burst of RPCs costs
+//! one fsync, and a change is published only once it is durable. Reads run on
+//! a small pool of reader connections, which WAL lets proceed during writes.
+//! A lock file keeps a second `vowd` off the same directory.
+
+mod schema;
+mod writer;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, params_from_iter};
+use tokio::sync::{mpsc, oneshot};
+
+use self::{
+    schema::{MIGRATIONS, micros, record_of, state_code},
+    writer::{Op, QueueDepth, Writer},
+};
+use super::{
+    ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, SharedTask, Store,
+    StoreError, StoreResult,
+};
+use crate::engine::task::{TaskId, TaskRecord};
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "vow.db";
+const LOCK_FILE: &str = "vowd.lock";
+/// Writes waiting for the writer at most; further writers wait their turn.
+const WRITE_QUEUE: usize = 16_384;
+/// Reader connections kept open between reads.
+const IDLE_READERS: usize = 8;
+/// The WAL is truncated back to this size after checkpoints.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// How much a commit survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: survives a crash of the process, the OS or the power.
+    Full,
+    /// fsync at WAL checkpoints only: survives a crash of the process; an OS
+    /// crash or power loss may lose the last commits.
+    Normal,
+}
+
+/// Why the store could not open; each names the remedy.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the parent directory of the data directory {0} does not exist; create it or choose another --data-dir"
+    )]
+    MissingParent(PathBuf),
+    #[error("cannot use the data directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the data directory {0} is in use by another running vowd (its lock is held)")]
+    Locked(PathBuf),
+    #[error("{path} is not a Vow database or is corrupt ({reason}); it was left untouched")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{0} was written by a newer version of vowd; upgrade vowd to open it")]
+    TooNew(PathBuf),
+    #[error("cannot open {path}: {reason}")]
+    Database { path: PathBuf, reason: String },
+}
+
+/// The embedded durable store.
+pub struct EmbeddedStore {
+    writes: mpsc::Sender<Op>,
+    readers: Arc<ReaderPool>,
+    queue_depth: QueueDepth,
+    /// Held for the life of the store: the directory's exclusive lock.
+    _lock: File,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(connection)
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `data_dir`, reporting changes to `feed`.
+    /// Leases left by a previous process are voided, so its unfinished
+    /// attempts are reaped (and re-run if attempts remain) right away.
+    pub fn open(
+        data_dir: &Path,
+        durability: Durability,
+        feed: Arc<dyn ChangeFeed>,
+    ) -> Result<Self, OpenError> {
+        prepare_directory(data_dir)?;
+        let lock = lock_directory(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut connection = open_writer(&path, durability)?;
+        let (queue_depth, fencing_token) = recover(&mut connection, &path)?;
+        let queue_depth: QueueDepth = Arc::new(Mutex::new(queue_depth));
+
+        let (writes, ops) = mpsc::channel(WRITE_QUEUE);
+        let writer = Writer {
+            connection,
+            feed,
+            queue_depth: queue_depth.clone(),
+            fencing_token,
+        };
+        std::thread::Builder::new()
+            .name("vow-store-writer".into())
+            .spawn(move || writer.run(ops))
+            .map_err(|source| OpenError::Directory {
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            writes,
+            readers: Arc::new(ReaderPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            queue_depth,
+            _lock: lock,
+        })
+    }
+
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op,
+    ) -> StoreResult<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers
+                .idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop();
+            let connection = match pooled {
+                Some(connection) => connection,
+                None => readers.open().map_err(schema::classify)?,
+            };
+            let result = query(&connection).map_err(schema::classify);
+            let mut idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if idle.len() < IDLE_READERS {
+                idle.push(connection);
+            }
+            result
+        })
+        .await
+        .map_err(|error| StoreError::Internal(format!("a store read panicked: {error}")))?
+    }
+}
+
+fn prepare_directory(data_dir: &Path) -> Result<(), OpenError> {
+    if data_dir.is_dir() {
+        return Ok(());
+    }
+    let parent = data_dir
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(OpenError::MissingParent(data_dir.to_owned()));
+    }
+    std::fs::create_dir(data_dir).map_err(|source| OpenError::Directory {
+        path: data_dir.to_owned(),
+        source,
+    })
+}
+
+fn lock_directory(data_dir: &Path) -> Result<File, OpenError> {
+    let directory_error = |source| OpenError::Directory {
+        path: data_dir.to_owned(),
+        source,
+    };
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join(LOCK_FILE))
+        .map_err(directory_error)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(data_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(directory_error(source)),
+    }
+}
+
+fn open_writer(path: &Path, durability: Durability) -> Result<Connection, OpenError> {
+    let database_error = |error: rusqlite::Error| {
+        let reason = error.to_string();
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason,
+                }
+            }
+            _ => OpenError::Database {
+                path: path.to_owned(),
+                reason,
+            },
+        }
+    };
+    let connection = Connection::open(path).map_err(database_error)?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    // auto_vacuum only takes effect on a new file, before its first table.
+    connection
+        .execute_batch(&format!(
+            "PRAGMA auto_vacuum = INCREMENTAL;
+             PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {synchronous};
+             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};
+             PRAGMA busy_timeout = 5000;"
+        ))
+        .map_err(database_error)?;
+    Ok(connection)
+}
+
+/// Migrates the schema, voids leases of the previous process, and loads the
+/// writer's counters.
+fn recover(
+    connection: &mut Connection,
+    path: &Path,
+) -> Result<(BTreeMap<String, usize>, u64), OpenError> {
+    MIGRATIONS
+        .to_latest(connection)
+        .map_err(|error| match error {
+            rusqlite_migration::Error::MigrationDefinition(
+                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+            ) => OpenError::TooNew(path.to_owned()),
+            rusqlite_migration::Error::RusqliteError { err, .. }
+                if matches!(
+                    err.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+                ) =>
+            {
+                OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason: err.to_string(),
+                }
+            }
+            other => OpenError::Database {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
+    let database_error = |error: rusqlite::Error| OpenError::Database {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    };
+    let transaction = connection.transaction().map_err(database_error)?;
+    let interrupted: Vec<TaskRecord> = transaction
+        .prepare("SELECT record FROM tasks WHERE lease_expires_at IS NOT NULL")
+        .and_then(|mut statement| statement.query_map([], |row| record_of(row, 0))?.collect())
+        .map_err(database_error)?;
+    for mut task in interrupted {
+        if let Some(lease) = task.lease.as_mut() {
+            lease.expires_at = SystemTime::UNIX_EPOCH;
+        }
+        schema::Columns::of(&task)
+            .map_err(|error| {
+                database_error(rusqlite::Error::ToSqlConversionFailure(Box::new(error)))
+            })?
+            .upsert(&transaction)
+            .map_err(database_error)?;
+    }
+    let depth = transaction
+        .prepare("SELECT kind, COUNT(*) FROM tasks WHERE due_at IS NOT NULL GROUP BY kind")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as usize))
+                })?
+                .collect::<rusqlite::Result<BTreeMap<_, _>>>()
+        })
+        .map_err(database_error)?;
+    let fencing_token: i64 = transaction
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'fencing_token'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(database_error)?;
+    transaction.commit().map_err(database_error)?;
+    Ok((depth, fencing_token as u64))
+}
+
+fn records(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<SharedTask>> {
+    let mut statement = connection.prepare_cached(sql)?;
+    statement
+        .query_map(params, |row| record_of(row, 0).map(Arc::new))?
+        .collect()
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create(
+        &self,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+    ) -> StoreResult<CreateOutcome> {
+        self.write(|reply| Op::Create {
+            task,
+            max_queued,
+            reply,
+        })
+        .await
+    }
+
+    async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>> {
+        self.read(move |connection| Ok(schema::get(connection, id)?.map(Arc::new)))
+            .await
+    }
+
+    async fn update(&self, task: TaskRecord, expected_revision: u64) -> StoreResult<SharedTask> {
+        self.write(|reply| Op::Update {
+            task,
+            expected_revision,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete(&self, id: TaskId) -> StoreResult<bool> {
+        self.write(|reply| Op::Delete { id, reply }).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
+        let query = query.clone();
+        self.read(move |connection| {
+            let mut sql = String::from("SELECT record FROM tasks WHERE 1 = 1");
+            let mut values: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(cursor) = query.after {
+                sql.push_str(" AND (created_at, id) < (?, ?)");
+                values.push(micros(cursor.created_at).into());
+                values.push(cursor.id.to_bytes().to_vec().into());
+            }
+            if !query.states.is_empty() {
+                sql.push_str(&format!(
+                    " AND state IN ({})",
+                    vec!["?"; query.states.len()].join(", ")
+                ));
+                values.extend(query.states.iter().map(|state| state_code(*state).into()));
+            }
+            if !query.kinds.is_empty() {
+                sql.push_str(&format!(
+                    " AND kind IN ({})",
+                    vec!["?"; query.kinds.len()].join(", ")
+                ));
+                values.extend(query.kinds.iter().map(|kind| kind.clone().into()));
+            }
+            sql.push_str(" ORDER BY created_at DESC, id DESC");
+            let mut statement = connection.prepare(&sql)?;
+            let mut rows = statement.query(params_from_iter(values))?;
+            let mut tasks: Vec<SharedTask> = Vec::new();
+            let mut next = None;
+            // Labels live inside the record, so they filter here.
+            while let Some(row) = rows.next()? {
+                let task = record_of(row, 0)?;
+                if !query.matches(&task) {
+                    continue;
+                }
+                if tasks.len() == query.page_size {
+                    next = tasks.last().map(|last| ListCursor {
+                        created_at: last.created_at,
+                        id: last.id,
+                    });
+                    break;
+                }
+                tasks.push(Arc::new(task));
+            }
+            Ok(ListPage { tasks, next })
+        })
+        .await
+    }
+
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
+        let request = request.clone();
+        self.write(|reply| Op::Claim { request, reply }).await
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
+        self.read(|connection| {
+            let due: Option<i64> = connection.query_row(
+                "SELECT MIN(due_at) FROM tasks WHERE due_at IS NOT NULL",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(due.map(schema::from_micros))
+        })
+        .await
+    }
+
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        token: u64,
+        expires_at: SystemTime,
+    ) -> StoreResult<()> {
+        self.write(|reply| Op::ExtendLease {
+            id,
+            token,
+            expires_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
+        self.read(move |connection| {
+            records(
+                connection,
+                "SELECT record FROM tasks WHERE deadline IS NOT NULL AND deadline <= ?1 ORDER BY deadline LIMIT ?2",
+                rusqlite::params![micros(now), limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
+        self.read(move |connection| {
+            records(
+                connection,
+                "SELECT record FROM tasks WHERE lease_expires_at IS NOT NULL AND lease_expires_at <= ?1
+                 ORDER BY lease_expires_at LIMIT ?2",
+                rusqlite::params![micros(now), limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>> {
+        self.write(|reply| Op::DeleteExpired { now, limit, reply })
+            .await
+    }
+
+    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {
+        Ok(self
+            .queue_depth
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone())
+    }
+}

@@ -1,0 +1,178 @@
+//! The embedded store's schema and how a task record maps onto a row: the
+//! whole record as JSON, plus the columns that indexes need.
+
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, Row, params};
+use rusqlite_migration::{M, Migrations};
+
+use crate::{
+    engine::task::{TaskId, TaskRecord, TaskState},
+    store::{StoreError, StoreResult},
+};
+
+/// Versioned schema; `PRAGMA user_version` records how far a file is.
+/// A file from a newer build (a higher version) is refused.
+const MIGRATION_STEPS: &[M<'static>] = &[M::up(
+    "CREATE TABLE tasks (
+        id BLOB PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        -- set while claimable (QUEUED, RETRY_WAIT): when it may be claimed
+        due_at INTEGER,
+        -- set while claimable and bounded
+        deadline INTEGER,
+        -- set while RUNNING
+        lease_expires_at INTEGER,
+        lease_token INTEGER,
+        -- set once terminal: when retention ends
+        expires_at INTEGER,
+        revision INTEGER NOT NULL,
+        idempotency_key TEXT UNIQUE,
+        record BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tasks_claim_order ON tasks (priority DESC, created_at, id) WHERE due_at IS NOT NULL;
+    CREATE INDEX tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX tasks_deadline ON tasks (deadline) WHERE deadline IS NOT NULL;
+    CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX tasks_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX tasks_newest ON tasks (created_at DESC, id DESC);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters (name, value) VALUES ('fencing_token', 0);",
+)];
+
+pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
+
+/// Microseconds since the epoch, the unit of every time column.
+pub fn micros(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+/// The inverse of [`micros`].
+pub fn from_micros(value: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_micros(value.max(0) as u64)
+}
+
+pub fn state_code(state: TaskState) -> i64 {
+    match state {
+        TaskState::Queued => 1,
+        TaskState::Running => 2,
+        TaskState::RetryWait => 3,
+        TaskState::Succeeded => 4,
+        TaskState::Failed => 5,
+        TaskState::Cancelled => 6,
+    }
+}
+
+/// The indexed columns of a record, derived from it.
+pub struct Columns {
+    pub id: [u8; 16],
+    pub kind: String,
+    pub state: i64,
+    pub priority: i64,
+    pub created_at: i64,
+    pub due_at: Option<i64>,
+    pub deadline: Option<i64>,
+    pub lease_expires_at: Option<i64>,
+    pub lease_token: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revision: i64,
+    pub idempotency_key: Option<String>,
+    pub record: Vec<u8>,
+}
+
+impl Columns {
+    pub fn of(task: &TaskRecord) -> StoreResult<Self> {
+        let running_lease = task
+            .lease
+            .as_ref()
+            .filter(|_| task.state == TaskState::Running);
+        Ok(Self {
+            id: task.id.to_bytes(),
+            kind: task.kind.clone(),
+            state: state_code(task.state),
+            priority: i64::from(task.priority),
+            created_at: micros(task.created_at),
+            due_at: task.due_at().map(micros),
+            deadline: task
+                .deadline
+                .filter(|_| task.state.is_claimable())
+                .map(micros),
+            lease_expires_at: running_lease.map(|lease| micros(lease.expires_at)),
+            lease_token: running_lease.map(|lease| lease.token as i64),
+            expires_at: task.expires_at.filter(|_| task.is_terminal()).map(micros),
+            revision: task.revision as i64,
+            idempotency_key: task.idempotency_key.clone(),
+            record: serde_json::to_vec(task)
+                .map_err(|error| StoreError::Internal(format!("encode a task: {error}")))?,
+        })
+    }
+
+    /// Inserts the row, or replaces it wholesale.
+    pub fn upsert(&self, connection: &Connection) -> rusqlite::Result<()> {
+        connection
+            .prepare_cached(
+                "INSERT OR REPLACE INTO tasks (id, kind, state, priority, created_at, due_at, deadline,
+                    lease_expires_at, lease_token, expires_at, revision, idempotency_key, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                self.id,
+                self.kind,
+                self.state,
+                self.priority,
+                self.created_at,
+                self.due_at,
+                self.deadline,
+                self.lease_expires_at,
+                self.lease_token,
+                self.expires_at,
+                self.revision,
+                self.idempotency_key,
+                self.record,
+            ])
+            .map(drop)
+    }
+}
+
+/// Decodes the `record` column of a row.
+pub fn record_of(row: &Row<'_>, column: usize) -> rusqlite::Result<TaskRecord> {
+    let bytes: Vec<u8> = row.get(column)?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            Box::new(error),
+        )
+    })
+}
+
+/// Reads one task by id.
+pub fn get(connection: &Connection, id: TaskId) -> rusqlite::Result<Option<TaskRecord>> {
+    let mut statement = connection.prepare_cached("SELECT record FROM tasks WHERE id = ?1")?;
+    let mut rows = statement.query([id.to_bytes()])?;
+    match rows.next()? {
+        Some(row) => record_of(row, 0).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Classifies a SQLite error once: busy/locked/full/I/O are conditions the
+/// caller may retry; anything else is a failure.
+pub fn classify(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match error.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure,
+        ) => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}

@@ -1,0 +1,410 @@
+//! The single writer of the embedded store: a thread that drains every
+//! pending write into one transaction (group commit: one fsync for many
+//! RPCs), then publishes the committed changes in order and answers.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::schema::{self, Columns, micros};
+use crate::{
+    engine::task::{Lease, TaskId, TaskRecord, TaskState},
+    store::{ChangeFeed, ClaimRequest, CreateOutcome, SharedTask, StoreError, StoreResult},
+};
+
+/// Writes committed together at most; bounds the latency one batch adds.
+const MAX_BATCH: usize = 512;
+
+pub type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// A write request and where its answer goes.
+pub enum Op {
+    Create {
+        task: TaskRecord,
+        max_queued: Option<usize>,
+        reply: Reply<CreateOutcome>,
+    },
+    Update {
+        task: TaskRecord,
+        expected_revision: u64,
+        reply: Reply<SharedTask>,
+    },
+    Delete {
+        id: TaskId,
+        reply: Reply<bool>,
+    },
+    Claim {
+        request: ClaimRequest,
+        reply: Reply<Vec<SharedTask>>,
+    },
+    ExtendLease {
+        id: TaskId,
+        token: u64,
+        expires_at: SystemTime,
+        reply: Reply<()>,
+    },
+    DeleteExpired {
+        now: SystemTime,
+        limit: usize,
+        reply: Reply<Vec<TaskId>>,
+    },
+}
+
+enum Change {
+    Changed(SharedTask),
+    Deleted(TaskId),
+}
+
+/// Claimable tasks per kind, shared with readers for the queue depth.
+pub type QueueDepth = Arc<Mutex<BTreeMap<String, usize>>>;
+
+pub struct Writer {
+    pub connection: Connection,
+    pub feed: Arc<dyn ChangeFeed>,
+    pub queue_depth: QueueDepth,
+    pub fencing_token: u64,
+}
+
+/// The outcome of one op inside a batch, delivered once the batch commits.
+struct Applied {
+    changes: Vec<Change>,
+    answer: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+impl Applied {
+    fn new<T: Send + 'static>(
+        reply: Reply<T>,
+        result: StoreResult<T>,
+        changes: Vec<Change>,
+    ) -> Self {
+        Self {
+            changes,
+            answer: Box::new(move |commit_error| {
+                let _ = reply.send(match commit_error {
+                    Some(error) => Err(error),
+                    None => result,
+                });
+            }),
+        }
+    }
+}
+
+/// Working state of one batch, kept only if the batch commits.
+struct Batch {
+    depth: BTreeMap<String, usize>,
+    fencing_token: u64,
+}
+
+impl Batch {
+    fn queued(&self) -> usize {
+        self.depth.values().sum()
+    }
+
+    fn count(&mut self, before: Option<&TaskRecord>, after: Option<&TaskRecord>) {
+        if let Some(task) = before.filter(|task| task.state.is_claimable())
+            && let Some(count) = self.depth.get_mut(&task.kind)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.depth.remove(&task.kind);
+            }
+        }
+        if let Some(task) = after.filter(|task| task.state.is_claimable()) {
+            *self.depth.entry(task.kind.clone()).or_default() += 1;
+        }
+    }
+}
+
+impl Writer {
+    /// Serves writes until every sender is gone.
+    pub fn run(mut self, mut ops: mpsc::Receiver<Op>) {
+        while let Some(first) = ops.blocking_recv() {
+            let mut batch = Vec::with_capacity(16);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, ops: Vec<Op>) {
+        let mut batch = Batch {
+            depth: self
+                .queue_depth
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+            fencing_token: self.fencing_token,
+        };
+        let mut applied = Vec::with_capacity(ops.len());
+        let mut failure = self.connection.execute_batch("BEGIN IMMEDIATE").err();
+        let mut ops = ops.into_iter();
+        if failure.is_none() {
+            for op in ops.by_ref() {
+                match self.apply(op, &mut batch) {
+                    Ok(done) => applied.push(done),
+                    Err((error, op_reply)) => {
+                        applied.push(op_reply);
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+        }
+        if failure.is_none() {
+            failure = self.connection.execute_batch("COMMIT").err();
+        }
+        if let Some(error) = failure {
+            let _ = self.connection.execute_batch("ROLLBACK");
+            tracing::error!(%error, "the embedded store could not commit a batch of writes");
+            let error = schema::classify(error);
+            for done in applied {
+                (done.answer)(Some(clone_error(&error)));
+            }
+            for op in ops {
+                answer_unapplied(op, &error);
+            }
+            return;
+        }
+        self.fencing_token = batch.fencing_token;
+        *self
+            .queue_depth
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = batch.depth;
+        // Durable now: publish in commit order, then answer.
+        for done in applied {
+            for change in &done.changes {
+                match change {
+                    Change::Changed(task) => self.feed.changed(task),
+                    Change::Deleted(id) => self.feed.deleted(*id),
+                }
+            }
+            (done.answer)(None);
+        }
+    }
+
+    /// Applies one op inside the open transaction. A SQL error aborts the batch.
+    fn apply(&mut self, op: Op, batch: &mut Batch) -> Result<Applied, (rusqlite::Error, Applied)> {
+        macro_rules! sql {
+            ($reply:expr, $result:expr) => {
+                match $result {
+                    Ok(value) => value,
+                    Err(error) => {
+                        let placeholder = StoreError::Internal(String::new());
+                        return Err((error, Applied::new($reply, Err(placeholder), Vec::new())));
+                    }
+                }
+            };
+        }
+        Ok(match op {
+            Op::Create {
+                task,
+                max_queued,
+                reply,
+            } => {
+                if let Some(key) = &task.idempotency_key {
+                    let existing = sql!(reply, self.by_idempotency_key(key));
+                    if let Some(existing) = existing {
+                        let result = if existing.request_fingerprint == task.request_fingerprint {
+                            Ok(CreateOutcome::Existing(Arc::new(existing)))
+                        } else {
+                            Err(StoreError::IdempotencyMismatch {
+                                existing: existing.id,
+                            })
+                        };
+                        return Ok(Applied::new(reply, result, Vec::new()));
+                    }
+                }
+                if let Some(limit) = max_queued
+                    && task.state.is_claimable()
+                    && batch.queued() >= limit
+                {
+                    return Ok(Applied::new(
+                        reply,
+                        Err(StoreError::QueueFull { limit }),
+                        Vec::new(),
+                    ));
+                }
+                let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
+                sql!(reply, columns.upsert(&self.connection));
+                batch.count(None, Some(&task));
+                let task = Arc::new(task);
+                Applied::new(
+                    reply,
+                    Ok(CreateOutcome::Created(task.clone())),
+                    vec![Change::Changed(task)],
+                )
+            }
+            Op::Update {
+                mut task,
+                expected_revision,
+                reply,
+            } => {
+                let stored = sql!(reply, schema::get(&self.connection, task.id));
+                let Some(stored) = stored else {
+                    return Ok(Applied::new(reply, Err(StoreError::NotFound), Vec::new()));
+                };
+                if stored.revision != expected_revision || task.revision <= expected_revision {
+                    return Ok(Applied::new(
+                        reply,
+                        Err(StoreError::RevisionConflict),
+                        Vec::new(),
+                    ));
+                }
+                if let (Some(stored_lease), Some(lease)) = (&stored.lease, &mut task.lease)
+                    && stored_lease.token == lease.token
+                {
+                    lease.expires_at = stored_lease.expires_at;
+                }
+                let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
+                sql!(reply, columns.upsert(&self.connection));
+                batch.count(Some(&stored), Some(&task));
+                let task = Arc::new(task);
+                Applied::new(reply, Ok(task.clone()), vec![Change::Changed(task)])
+            }
+            Op::Delete { id, reply } => {
+                let stored = sql!(reply, schema::get(&self.connection, id));
+                let Some(stored) = stored else {
+                    return Ok(Applied::new(reply, Ok(false), Vec::new()));
+                };
+                sql!(
+                    reply,
+                    self.connection
+                        .prepare_cached("DELETE FROM tasks WHERE id = ?1")
+                        .and_then(|mut statement| statement.execute([id.to_bytes()]))
+                );
+                batch.count(Some(&stored), None);
+                Applied::new(reply, Ok(true), vec![Change::Deleted(id)])
+            }
+            Op::Claim { request, reply } => {
+                let due = sql!(reply, self.due_tasks(&request));
+                let mut claimed = Vec::with_capacity(due.len());
+                let mut changes = Vec::with_capacity(due.len());
+                for stored in due {
+                    let mut task = stored.clone();
+                    batch.fencing_token += 1;
+                    task.state = TaskState::Running;
+                    task.attempt += 1;
+                    task.revision += 1;
+                    task.started_at = Some(request.now);
+                    task.updated_at = request.now;
+                    task.next_attempt_at = None;
+                    task.progress = None;
+                    task.lease = Some(Lease {
+                        owner: request.owner.clone(),
+                        token: batch.fencing_token,
+                        expires_at: request.now + request.lease_duration,
+                    });
+                    let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
+                    sql!(reply, columns.upsert(&self.connection));
+                    batch.count(Some(&stored), Some(&task));
+                    let task = Arc::new(task);
+                    changes.push(Change::Changed(task.clone()));
+                    claimed.push(task);
+                }
+                if !claimed.is_empty() {
+                    sql!(
+                        reply,
+                        self.connection
+                            .prepare_cached(
+                                "UPDATE counters SET value = ?1 WHERE name = 'fencing_token'"
+                            )
+                            .and_then(
+                                |mut statement| statement.execute([batch.fencing_token as i64])
+                            )
+                    );
+                }
+                Applied::new(reply, Ok(claimed), changes)
+            }
+            Op::ExtendLease {
+                id,
+                token,
+                expires_at,
+                reply,
+            } => {
+                let stored = sql!(reply, schema::get(&self.connection, id));
+                let Some(mut task) = stored else {
+                    return Ok(Applied::new(reply, Err(StoreError::NotFound), Vec::new()));
+                };
+                let Some(lease) = task.lease.as_mut().filter(|lease| lease.token == token) else {
+                    return Ok(Applied::new(reply, Err(StoreError::StaleLease), Vec::new()));
+                };
+                lease.expires_at = expires_at;
+                // The revision stays: a lease renewal is not a change anyone watches.
+                let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
+                sql!(reply, columns.upsert(&self.connection));
+                Applied::new(reply, Ok(()), Vec::new())
+            }
+            Op::DeleteExpired { now, limit, reply } => {
+                let deleted: Vec<TaskId> = sql!(reply, self.connection
+                    .prepare_cached(
+                        "DELETE FROM tasks WHERE id IN
+                            (SELECT id FROM tasks WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)
+                         RETURNING id",
+                    )
+                    .and_then(|mut statement| {
+                        statement
+                            .query_map(params![micros(now), limit as i64], |row| row.get::<_, [u8; 16]>(0))?
+                            .map(|bytes| bytes.map(TaskId::from_bytes))
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    }));
+                let changes = deleted.iter().map(|id| Change::Deleted(*id)).collect();
+                Applied::new(reply, Ok(deleted), changes)
+            }
+        })
+    }
+
+    fn by_idempotency_key(&self, key: &str) -> rusqlite::Result<Option<TaskRecord>> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT record FROM tasks WHERE idempotency_key = ?1")?;
+        let mut rows = statement.query([key])?;
+        match rows.next()? {
+            Some(row) => schema::record_of(row, 0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn due_tasks(&self, request: &ClaimRequest) -> rusqlite::Result<Vec<TaskRecord>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT record FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1
+             ORDER BY priority DESC, created_at, id LIMIT ?2",
+        )?;
+        statement
+            .query_map(params![micros(request.now), request.limit as i64], |row| {
+                schema::record_of(row, 0)
+            })?
+            .collect()
+    }
+}
+
+fn to_sql_error(error: StoreError) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(error.to_string())))
+}
+
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+fn answer_unapplied(op: Op, error: &StoreError) {
+    match op {
+        Op::Create { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::Update { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::Delete { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::Claim { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::ExtendLease { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::DeleteExpired { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+    }
+}
