@@ -47,9 +47,9 @@ type ReadyKey = (Reverse<i32>, SystemTime, TaskId);
 struct Indexed {
     tasks: HashMap<TaskId, SharedTask>,
     idempotency_keys: HashMap<String, TaskId>,
-    /// Claimable tasks that were due when indexed.
+    /// Claimable tasks found due by a claim, in claim order.
     ready: BTreeSet<ReadyKey>,
-    /// Claimable tasks that were not yet due when indexed.
+    /// Claimable tasks not yet promoted to `ready`, by due time.
     waiting: BTreeSet<(SystemTime, TaskId)>,
     /// Claimable tasks with a deadline.
     deadlines: BTreeSet<(SystemTime, TaskId)>,
@@ -63,8 +63,8 @@ struct Indexed {
 }
 
 impl Indexed {
-    fn insert(&mut self, task: SharedTask, now: SystemTime) {
-        self.index(&task, now);
+    fn insert(&mut self, task: SharedTask) {
+        self.index(&task);
         if let Some(key) = &task.idempotency_key {
             self.idempotency_keys.insert(key.clone(), task.id);
         }
@@ -82,14 +82,11 @@ impl Indexed {
         Some(task)
     }
 
-    fn index(&mut self, task: &TaskRecord, now: SystemTime) {
+    fn index(&mut self, task: &TaskRecord) {
         self.by_creation.insert((task.created_at, task.id));
         if let Some(due) = task.due_at() {
-            if due <= now {
-                self.ready.insert(ready_key(task));
-            } else {
-                self.waiting.insert((due, task.id));
-            }
+            // Claims promote what is due by their own clock.
+            self.waiting.insert((due, task.id));
             if let Some(deadline) = task.deadline {
                 self.deadlines.insert((deadline, task.id));
             }
@@ -126,7 +123,7 @@ impl Indexed {
         }
     }
 
-    fn replace(&mut self, mut task: TaskRecord, now: SystemTime) -> SharedTask {
+    fn replace(&mut self, mut task: TaskRecord) -> SharedTask {
         if let Some(old) = self.tasks.remove(&task.id) {
             self.unindex(&old);
             if let (Some(old_lease), Some(new_lease)) = (&old.lease, &mut task.lease)
@@ -135,7 +132,7 @@ impl Indexed {
                 new_lease.expires_at = old_lease.expires_at;
             }
         }
-        self.index(&task, now);
+        self.index(&task);
         let task = Arc::new(task);
         self.tasks.insert(task.id, task.clone());
         task
@@ -188,7 +185,7 @@ impl Store for MemoryStore {
             return Err(StoreError::QueueFull { limit });
         }
         let task = Arc::new(task);
-        indexed.insert(task.clone(), SystemTime::now());
+        indexed.insert(task.clone());
         self.feed.changed(&task);
         Ok(CreateOutcome::Created(task))
     }
@@ -205,7 +202,7 @@ impl Store for MemoryStore {
         if stored.revision != expected_revision || task.revision <= expected_revision {
             return Err(StoreError::RevisionConflict);
         }
-        let task = indexed.replace(task, SystemTime::now());
+        let task = indexed.replace(task);
         self.feed.changed(&task);
         Ok(task)
     }
@@ -270,7 +267,7 @@ impl Store for MemoryStore {
                 token: indexed.last_fencing_token,
                 expires_at: request.now + request.lease_duration,
             });
-            let task = indexed.replace(task, request.now);
+            let task = indexed.replace(task);
             self.feed.changed(&task);
             claimed.push(task);
         }

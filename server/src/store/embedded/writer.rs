@@ -181,6 +181,11 @@ impl Writer {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = batch.depth;
         // Durable now: publish in commit order, then answer.
+        let deleted_any = applied.iter().any(|done| {
+            done.changes
+                .iter()
+                .any(|change| matches!(change, Change::Deleted(_)))
+        });
         for done in applied {
             for change in &done.changes {
                 match change {
@@ -189,6 +194,36 @@ impl Writer {
                 }
             }
             (done.answer)(None);
+        }
+        if deleted_any {
+            self.return_free_pages();
+        }
+    }
+
+    /// Gives free pages back to the file system once they are a large share
+    /// of the file, so the file shrinks after a burst instead of only being
+    /// reused. Small free lists are left for new rows to reuse.
+    fn return_free_pages(&self) {
+        const MIN_FREE_PAGES: i64 = 1024;
+        let pages = |pragma: &str| {
+            self.connection
+                .query_row(pragma, [], |row| row.get::<_, i64>(0))
+        };
+        let (Ok(free), Ok(total)) = (pages("PRAGMA freelist_count"), pages("PRAGMA page_count"))
+        else {
+            return;
+        };
+        if free >= MIN_FREE_PAGES && free * 4 >= total {
+            let result = self.connection.query_row(
+                &format!("PRAGMA incremental_vacuum({})", free / 2),
+                [],
+                |_| Ok(()),
+            );
+            if let Err(error) = result
+                && !matches!(error, rusqlite::Error::QueryReturnedNoRows)
+            {
+                tracing::warn!(%error, "incremental vacuum failed");
+            }
         }
     }
 
@@ -345,22 +380,32 @@ impl Writer {
                 Applied::new(reply, Ok(()), Vec::new())
             }
             Op::DeleteExpired { now, limit, reply } => {
-                let deleted: Vec<TaskId> = sql!(reply, self.connection
-                    .prepare_cached(
-                        "DELETE FROM tasks WHERE id IN
-                            (SELECT id FROM tasks WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)
-                         RETURNING id",
-                    )
-                    .and_then(|mut statement| {
-                        statement
-                            .query_map(params![micros(now), limit as i64], |row| row.get::<_, [u8; 16]>(0))?
-                            .map(|bytes| bytes.map(TaskId::from_bytes))
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    }));
+                let deleted = sql!(reply, self.delete_expired(now, limit));
                 let changes = deleted.iter().map(|id| Change::Deleted(*id)).collect();
                 Applied::new(reply, Ok(deleted), changes)
             }
         })
+    }
+
+    /// Deletes up to `limit` expired tasks, oldest expiry first.
+    fn delete_expired(&self, now: SystemTime, limit: usize) -> rusqlite::Result<Vec<TaskId>> {
+        let expired: Vec<TaskId> = self
+            .connection
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE expires_at <= ?1 ORDER BY expires_at, id LIMIT ?2",
+            )?
+            .query_map(params![micros(now), limit as i64], |row| {
+                row.get::<_, [u8; 16]>(0)
+            })?
+            .map(|bytes| bytes.map(TaskId::from_bytes))
+            .collect::<rusqlite::Result<_>>()?;
+        let mut delete = self
+            .connection
+            .prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
+        for id in &expired {
+            delete.execute([id.to_bytes()])?;
+        }
+        Ok(expired)
     }
 
     fn by_idempotency_key(&self, key: &str) -> rusqlite::Result<Option<TaskRecord>> {

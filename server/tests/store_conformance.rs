@@ -1,0 +1,708 @@
+//! One conformance suite for every `Store` backend: each case is written once
+//! and instantiated per backend by `conformance!`. A backend passes when it
+//! behaves exactly like the others, down to the order of its change feed.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use vow_server::{
+    engine::{
+        retry::RetryPolicy,
+        task::{Lease, Payload, TaskId, TaskRecord, TaskState, TraceContext},
+    },
+    store::{
+        ChangeFeed, ClaimRequest, CreateOutcome, Durability, EmbeddedStore, ListQuery, MemoryStore,
+        SharedTask, Store, StoreError,
+    },
+};
+
+/// Records what a store publishes, in order.
+#[derive(Default)]
+struct RecordingFeed {
+    events: Mutex<Vec<(TaskId, Option<u64>)>>,
+}
+
+impl RecordingFeed {
+    fn events(&self) -> Vec<(TaskId, Option<u64>)> {
+        self.events.lock().expect("not poisoned").clone()
+    }
+}
+
+impl ChangeFeed for RecordingFeed {
+    fn changed(&self, task: &SharedTask) {
+        self.events
+            .lock()
+            .expect("not poisoned")
+            .push((task.id, Some(task.revision)));
+    }
+
+    fn deleted(&self, id: TaskId) {
+        self.events.lock().expect("not poisoned").push((id, None));
+    }
+}
+
+/// A backend under test, with whatever it must keep alive.
+struct Backend {
+    store: Arc<dyn Store>,
+    feed: Arc<RecordingFeed>,
+    _data_dir: Option<TempDir>,
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("vow-conformance-{}", TaskId::random()));
+        std::fs::create_dir(&path).expect("create a temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn memory() -> Backend {
+    let feed = Arc::new(RecordingFeed::default());
+    Backend {
+        store: Arc::new(MemoryStore::new(feed.clone())),
+        feed,
+        _data_dir: None,
+    }
+}
+
+fn embedded() -> Backend {
+    let data_dir = TempDir::new();
+    let feed = Arc::new(RecordingFeed::default());
+    let store = EmbeddedStore::open(&data_dir.0, Durability::Normal, feed.clone())
+        .expect("open the embedded store");
+    Backend {
+        store: Arc::new(store),
+        feed,
+        _data_dir: Some(data_dir),
+    }
+}
+
+fn at(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+}
+
+fn task(kind: &str) -> TaskRecord {
+    TaskRecord {
+        id: TaskId::random(),
+        kind: kind.into(),
+        state: TaskState::Queued,
+        input: Arc::new(Payload::json(serde_json::json!({"n": 1}))),
+        output: None,
+        error: None,
+        attempt: 0,
+        retry: RetryPolicy::default(),
+        progress: None,
+        labels: BTreeMap::new(),
+        priority: 0,
+        trace: TraceContext::default(),
+        revision: 1,
+        created_at: at(0),
+        updated_at: at(0),
+        started_at: None,
+        ended_at: None,
+        next_attempt_at: None,
+        expires_at: None,
+        deadline: None,
+        attempt_timeout: None,
+        retention: Duration::from_secs(60),
+        idempotency_key: None,
+        request_fingerprint: "fingerprint".into(),
+        cancel_requested: false,
+        cancel_reason: String::new(),
+        lease: None,
+    }
+}
+
+async fn create(store: &Arc<dyn Store>, task: TaskRecord) -> SharedTask {
+    match store.create(task, None).await.expect("create") {
+        CreateOutcome::Created(task) => task,
+        CreateOutcome::Existing(task) => panic!("expected a new task, got existing {}", task.id),
+    }
+}
+
+fn claim_request(now: SystemTime, limit: usize) -> ClaimRequest {
+    ClaimRequest {
+        now,
+        limit,
+        owner: "node-a".into(),
+        lease_duration: Duration::from_secs(30),
+    }
+}
+
+/// The next version of a record, as the engine writes it.
+fn next(task: &TaskRecord, change: impl FnOnce(&mut TaskRecord)) -> TaskRecord {
+    let mut next = task.clone();
+    change(&mut next);
+    next.revision += 1;
+    next
+}
+
+async fn creates_and_reads_back(backend: Backend) {
+    let store = backend.store;
+    let mut original = task("echo");
+    original.labels.insert("team".into(), "a".into());
+    original.trace.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+    let created = create(&store, original.clone()).await;
+    assert_eq!(*created, original);
+    let read = store.get(original.id).await.expect("get").expect("stored");
+    assert_eq!(
+        *read, original,
+        "every field survives, trace context included"
+    );
+    assert!(store.get(TaskId::random()).await.expect("get").is_none());
+    assert_eq!(backend.feed.events(), vec![(original.id, Some(1))]);
+}
+
+async fn idempotency_keys_deduplicate_or_refuse(backend: Backend) {
+    let store = backend.store;
+    let first = TaskRecord {
+        idempotency_key: Some("k1".into()),
+        ..task("echo")
+    };
+    create(&store, first.clone()).await;
+    let retry = TaskRecord {
+        idempotency_key: Some("k1".into()),
+        ..task("echo")
+    };
+    match store.create(retry, None).await.expect("a retry") {
+        CreateOutcome::Existing(existing) => assert_eq!(existing.id, first.id),
+        CreateOutcome::Created(_) => panic!("the same key and request must deduplicate"),
+    }
+    let different = TaskRecord {
+        idempotency_key: Some("k1".into()),
+        request_fingerprint: "another request".into(),
+        ..task("echo")
+    };
+    match store.create(different, None).await {
+        Err(StoreError::IdempotencyMismatch { existing }) => assert_eq!(existing, first.id),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    // Deleting the task frees its key.
+    assert!(store.delete(first.id).await.expect("delete"));
+    let reused = TaskRecord {
+        idempotency_key: Some("k1".into()),
+        ..task("echo")
+    };
+    create(&store, reused).await;
+}
+
+async fn admission_is_bounded(backend: Backend) {
+    let store = backend.store;
+    for _ in 0..2 {
+        store.create(task("echo"), Some(2)).await.expect("room");
+    }
+    assert!(matches!(
+        store.create(task("echo"), Some(2)).await,
+        Err(StoreError::QueueFull { limit: 2 })
+    ));
+    let depth = store.queue_depth().await.expect("depth");
+    assert_eq!(depth.get("echo"), Some(&2));
+}
+
+async fn updates_are_compare_and_set_on_revision(backend: Backend) {
+    let store = backend.store;
+    let created = create(&store, task("echo")).await;
+    let changed = next(&created, |task| task.priority = 5);
+    let stored = store
+        .update(changed.clone(), 1)
+        .await
+        .expect("update at the current revision");
+    assert_eq!(stored.revision, 2);
+    assert!(
+        matches!(
+            store.update(next(&created, |_| {}), 1).await,
+            Err(StoreError::RevisionConflict)
+        ),
+        "stale"
+    );
+    let not_newer = TaskRecord {
+        revision: 2,
+        ..changed.clone()
+    };
+    assert!(
+        matches!(
+            store.update(not_newer, 2).await,
+            Err(StoreError::RevisionConflict)
+        ),
+        "revision must grow"
+    );
+    assert!(matches!(
+        store.update(task("echo"), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store
+            .get(created.id)
+            .await
+            .expect("get")
+            .expect("stored")
+            .priority,
+        5
+    );
+    assert_eq!(
+        backend.feed.events(),
+        vec![(created.id, Some(1)), (created.id, Some(2))]
+    );
+}
+
+async fn claims_follow_priority_then_age_and_honour_not_before(backend: Backend) {
+    let store = backend.store;
+    let old_low = create(
+        &store,
+        TaskRecord {
+            created_at: at(1),
+            ..task("echo")
+        },
+    )
+    .await;
+    let new_high = create(
+        &store,
+        TaskRecord {
+            created_at: at(3),
+            priority: 10,
+            ..task("echo")
+        },
+    )
+    .await;
+    let old_high = create(
+        &store,
+        TaskRecord {
+            created_at: at(2),
+            priority: 10,
+            ..task("echo")
+        },
+    )
+    .await;
+    let later = create(
+        &store,
+        TaskRecord {
+            created_at: at(0),
+            priority: 99,
+            next_attempt_at: Some(at(100)),
+            ..task("echo")
+        },
+    )
+    .await;
+    assert_eq!(
+        store.next_due_at().await.expect("next due"),
+        Some(at(1)),
+        "the earliest due task"
+    );
+
+    let claimed = store
+        .claim_due(&claim_request(at(50), 2))
+        .await
+        .expect("claim");
+    let ids: Vec<TaskId> = claimed.iter().map(|task| task.id).collect();
+    assert_eq!(
+        ids,
+        vec![old_high.id, new_high.id],
+        "priority first, then age"
+    );
+    for task in &claimed {
+        assert_eq!(task.state, TaskState::Running);
+        assert_eq!(task.attempt, 1);
+        assert_eq!(task.revision, 2);
+        let lease = task.lease.as_ref().expect("a lease");
+        assert_eq!(lease.owner, "node-a");
+        assert_eq!(lease.expires_at, at(80));
+    }
+    assert!(
+        claimed[0].lease.as_ref().unwrap().token < claimed[1].lease.as_ref().unwrap().token,
+        "tokens grow"
+    );
+
+    let rest = store
+        .claim_due(&claim_request(at(50), 10))
+        .await
+        .expect("claim");
+    assert_eq!(
+        rest.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![old_low.id],
+        "not_before holds back the rest"
+    );
+    assert_eq!(store.next_due_at().await.expect("next due"), Some(at(100)));
+    let due_later = store
+        .claim_due(&claim_request(at(100), 10))
+        .await
+        .expect("claim");
+    assert_eq!(
+        due_later.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![later.id]
+    );
+    assert!(store.queue_depth().await.expect("depth").is_empty());
+    assert_eq!(store.next_due_at().await.expect("next due"), None);
+}
+
+async fn leases_extend_fence_and_expire(backend: Backend) {
+    let store = backend.store;
+    let created = create(&store, task("sleep")).await;
+    let claimed = store
+        .claim_due(&claim_request(at(10), 1))
+        .await
+        .expect("claim")
+        .remove(0);
+    let token = claimed.lease.as_ref().expect("lease").token;
+
+    store
+        .extend_lease(created.id, token, at(100))
+        .await
+        .expect("extend with the right token");
+    assert!(matches!(
+        store.extend_lease(created.id, token + 1, at(200)).await,
+        Err(StoreError::StaleLease)
+    ));
+    let extended = store.get(created.id).await.expect("get").expect("stored");
+    assert_eq!(extended.lease.as_ref().expect("lease").expires_at, at(100));
+    assert_eq!(
+        extended.revision, claimed.revision,
+        "a renewal is not a revision"
+    );
+
+    // A write that keeps the token keeps the renewed expiry, whatever expiry it carries.
+    let progress = next(&claimed, |task| task.priority = 1);
+    let written = store
+        .update(progress, claimed.revision)
+        .await
+        .expect("update");
+    assert_eq!(written.lease.as_ref().expect("lease").expires_at, at(100));
+
+    assert!(
+        store
+            .expired_leases(at(99), 10)
+            .await
+            .expect("expired")
+            .is_empty()
+    );
+    let expired = store.expired_leases(at(100), 10).await.expect("expired");
+    assert_eq!(
+        expired.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![created.id]
+    );
+
+    // Reaped and claimed again: a new token, and the stale holder's write is refused.
+    let requeued = next(&written, |task| {
+        task.state = TaskState::Queued;
+        task.lease = None;
+    });
+    store
+        .update(requeued, written.revision)
+        .await
+        .expect("requeue");
+    let reclaimed = store
+        .claim_due(&claim_request(at(101), 1))
+        .await
+        .expect("claim")
+        .remove(0);
+    assert!(reclaimed.lease.as_ref().expect("lease").token > token);
+    assert_eq!(reclaimed.attempt, 2);
+    let stale_result = next(&written, |task| task.state = TaskState::Succeeded);
+    assert!(matches!(
+        store.update(stale_result, written.revision).await,
+        Err(StoreError::RevisionConflict)
+    ));
+    assert!(matches!(
+        store.extend_lease(created.id, token, at(300)).await,
+        Err(StoreError::StaleLease)
+    ));
+}
+
+async fn overdue_lists_waiting_tasks_past_their_deadline(backend: Backend) {
+    let store = backend.store;
+    let bounded = create(
+        &store,
+        TaskRecord {
+            deadline: Some(at(10)),
+            ..task("echo")
+        },
+    )
+    .await;
+    create(
+        &store,
+        TaskRecord {
+            deadline: Some(at(20)),
+            ..task("echo")
+        },
+    )
+    .await;
+    create(&store, task("echo")).await;
+    assert!(store.overdue(at(9), 10).await.expect("overdue").is_empty());
+    let overdue = store.overdue(at(10), 10).await.expect("overdue");
+    assert_eq!(
+        overdue.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![bounded.id]
+    );
+    // A running task is the executor's to bound, not the sweep's.
+    store
+        .claim_due(&claim_request(at(5), 10))
+        .await
+        .expect("claim all");
+    assert!(store.overdue(at(30), 10).await.expect("overdue").is_empty());
+}
+
+async fn lists_filter_and_page_newest_first(backend: Backend) {
+    let store = backend.store;
+    let mut ids = Vec::new();
+    for index in 0..7u64 {
+        let mut record = TaskRecord {
+            created_at: at(index),
+            ..task(if index % 2 == 0 { "even" } else { "odd" })
+        };
+        record.labels.insert(
+            "batch".into(),
+            if index < 5 {
+                "one".into()
+            } else {
+                "two".into()
+            },
+        );
+        ids.push(create(&store, record).await.id);
+    }
+    let query = |page_size, after| ListQuery {
+        kinds: vec!["even".into()],
+        labels: [("batch".to_owned(), "one".to_owned())].into(),
+        page_size,
+        after,
+        ..ListQuery::default()
+    };
+    let first = store.list(&query(2, None)).await.expect("list");
+    assert_eq!(
+        first.tasks.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[2]]
+    );
+    let second = store.list(&query(2, first.next)).await.expect("list");
+    assert_eq!(
+        second.tasks.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    assert!(second.next.is_none());
+
+    store
+        .claim_due(&claim_request(at(100), 1))
+        .await
+        .expect("claim one");
+    let running = ListQuery {
+        states: vec![TaskState::Running],
+        page_size: 10,
+        ..ListQuery::default()
+    };
+    assert_eq!(store.list(&running).await.expect("list").tasks.len(), 1);
+    let everything = ListQuery {
+        page_size: 100,
+        ..ListQuery::default()
+    };
+    let all = store.list(&everything).await.expect("list");
+    assert_eq!(
+        all.tasks.iter().map(|task| task.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
+}
+
+async fn deletes_and_sweeps_expired_tasks_in_batches(backend: Backend) {
+    let store = backend.store;
+    let mut finished = Vec::new();
+    for index in 0..5 {
+        let created = create(&store, task("echo")).await;
+        let done = next(&created, |task| {
+            task.state = TaskState::Succeeded;
+            task.ended_at = Some(at(index));
+            task.expires_at = Some(at(10 + index));
+        });
+        store.update(done, 1).await.expect("finish");
+        finished.push(created.id);
+    }
+    let unfinished = create(&store, task("echo")).await;
+    assert!(
+        store
+            .delete_expired(at(9), 10)
+            .await
+            .expect("sweep")
+            .is_empty()
+    );
+    let swept = store.delete_expired(at(100), 2).await.expect("sweep");
+    assert_eq!(
+        swept,
+        finished[..2].to_vec(),
+        "oldest first, at most the batch"
+    );
+    let swept = store.delete_expired(at(100), 10).await.expect("sweep");
+    assert_eq!(swept, finished[2..].to_vec());
+    assert!(store.get(finished[0]).await.expect("get").is_none());
+    assert!(
+        store.get(unfinished.id).await.expect("get").is_some(),
+        "unfinished tasks never expire"
+    );
+    assert!(store.delete(unfinished.id).await.expect("delete"));
+    assert!(!store.delete(unfinished.id).await.expect("delete again"));
+    let deletions: Vec<TaskId> = backend
+        .feed
+        .events()
+        .into_iter()
+        .filter(|(_, revision)| revision.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    let mut expected = finished.clone();
+    expected.push(unfinished.id);
+    assert_eq!(deletions, expected, "every deletion reaches the feed");
+}
+
+async fn the_feed_sees_every_change_in_commit_order(backend: Backend) {
+    let store = backend.store;
+    let first = create(&store, task("echo")).await;
+    let second = create(&store, task("echo")).await;
+    let claimed = store
+        .claim_due(&claim_request(at(10), 2))
+        .await
+        .expect("claim");
+    let finished = next(&claimed[0], |task| task.state = TaskState::Succeeded);
+    store
+        .update(finished, claimed[0].revision)
+        .await
+        .expect("finish");
+    let expected = vec![
+        (first.id, Some(1)),
+        (second.id, Some(1)),
+        (claimed[0].id, Some(2)),
+        (claimed[1].id, Some(2)),
+        (claimed[0].id, Some(3)),
+    ];
+    assert_eq!(backend.feed.events(), expected);
+}
+
+async fn concurrent_writers_lose_no_update(backend: Backend) {
+    let store = backend.store;
+    let id = create(&store, task("echo")).await.id;
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < 10 {
+                let current = store.get(id).await.expect("get").expect("stored");
+                let bumped = next(&current, |task| task.priority += 1);
+                match store.update(bumped, current.revision).await {
+                    Ok(_) => done += 1,
+                    Err(StoreError::RevisionConflict) => continue,
+                    Err(error) => panic!("unexpected {error}"),
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let last = store.get(id).await.expect("get").expect("stored");
+    assert_eq!(last.priority, 160);
+    assert_eq!(last.revision, 161);
+}
+
+macro_rules! conformance {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::$backend()).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_cases {
+    ($backend:ident) => {
+        conformance!($backend:
+            creates_and_reads_back,
+            idempotency_keys_deduplicate_or_refuse,
+            admission_is_bounded,
+            updates_are_compare_and_set_on_revision,
+            claims_follow_priority_then_age_and_honour_not_before,
+            leases_extend_fence_and_expire,
+            overdue_lists_waiting_tasks_past_their_deadline,
+            lists_filter_and_page_newest_first,
+            deletes_and_sweeps_expired_tasks_in_batches,
+            the_feed_sees_every_change_in_commit_order,
+            concurrent_writers_lose_no_update,
+        );
+    };
+}
+
+all_cases!(memory);
+all_cases!(embedded);
+
+/// Reopening the embedded file keeps every record and voids the leases of
+/// the process that wrote them, so they are reaped at once.
+#[tokio::test]
+async fn embedded_reopen_keeps_records_and_voids_leases() {
+    let data_dir = TempDir::new();
+    let feed = Arc::new(RecordingFeed::default());
+    let (running_id, queued_id, token) = {
+        let store = EmbeddedStore::open(&data_dir.0, Durability::Full, feed.clone()).expect("open");
+        let running = store.create(task("sleep"), None).await.expect("create");
+        let CreateOutcome::Created(running) = running else {
+            panic!("created")
+        };
+        let claimed = store
+            .claim_due(&claim_request(SystemTime::now(), 1))
+            .await
+            .expect("claim")
+            .remove(0);
+        let token = claimed
+            .lease
+            .as_ref()
+            .map(|lease: &Lease| lease.token)
+            .expect("lease");
+        let CreateOutcome::Created(queued) =
+            store.create(task("echo"), None).await.expect("create")
+        else {
+            panic!("created")
+        };
+        assert!(matches!(
+            EmbeddedStore::open(&data_dir.0, Durability::Full, feed.clone()),
+            Err(vow_server::store::OpenError::Locked(_))
+        ));
+        (running.id, queued.id, token)
+    };
+    // The writer thread lets go of the file once the store is dropped.
+    let reopened =
+        vow_server::store::EmbeddedStore::open(&data_dir.0, Durability::Full, feed.clone());
+    let store = match reopened {
+        Ok(store) => store,
+        Err(error) => panic!("reopen: {error}"),
+    };
+    let queued = store.get(queued_id).await.expect("get").expect("kept");
+    assert_eq!(queued.state, TaskState::Queued);
+    let expired = store
+        .expired_leases(SystemTime::now(), 10)
+        .await
+        .expect("expired");
+    assert_eq!(
+        expired.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![running_id]
+    );
+    let CreateOutcome::Created(_) = store.create(task("echo"), None).await.expect("create") else {
+        panic!("created")
+    };
+    let claimed = store
+        .claim_due(&claim_request(SystemTime::now(), 10))
+        .await
+        .expect("claim");
+    assert!(
+        claimed
+            .iter()
+            .all(|task| task.lease.as_ref().is_some_and(|lease| lease.token > token)),
+        "tokens keep growing across restarts"
+    );
+}
