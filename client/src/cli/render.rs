@@ -167,13 +167,20 @@ impl Output {
             Failure::Other(message) => ("UNKNOWN".to_owned(), message.clone(), None),
         };
         if self.format == OutputFormat::Json {
-            eprintln!("{}", json::error(&code, &message, error));
+            // The server's own message; code and reason have fields of their own.
+            let raw = error
+                .and_then(Error::rpc)
+                .map_or(message, |rpc| rpc.message.clone());
+            eprintln!("{}", json::error(&code, &raw, error));
             return status;
         }
         eprintln!("vow: {message}");
         if let Some(error) = error {
             for (field, description) in error.violations() {
                 eprintln!("  {field}: {description}");
+            }
+            if error.reason() == Some("TASK_NOT_FINISHED") {
+                eprintln!("  `vow rm --force` cancels it first.");
             }
         }
         if status == ExitStatus::Unreachable {
