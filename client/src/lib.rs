@@ -96,6 +96,12 @@ pub fn endpoint_url(endpoint: &str) -> String {
 impl Client {
     /// Connects to `endpoint` (`host:port` or an `http://`/`https://` URL).
     /// Fails with [`Error::Unreachable`] if no connection can be made now.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), vow_client::Error> {
+    /// let client = vow_client::Client::connect("127.0.0.1:50051").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(endpoint: &str) -> Result<Self, Error> {
         let url = endpoint_url(endpoint);
         let channel =
@@ -111,6 +117,14 @@ impl Client {
 
     /// Prepares a client that connects on first use, so calls made while the
     /// server is still starting are retried instead of failing at once.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), vow_client::Error> {
+    /// // No connection yet: the first call connects, retrying while the server starts.
+    /// let client = vow_client::Client::connect_lazy("http://127.0.0.1:50051")?;
+    /// let task = client.get("0123456789abcdef0123456789abcdef").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect_lazy(endpoint: &str) -> Result<Self, Error> {
         let url = endpoint_url(endpoint);
         Ok(Self::from_channel(Self::endpoint(&url)?.connect_lazy()))
@@ -139,6 +153,17 @@ impl Client {
     }
 
     /// Replaces the retry policy of failed calls.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// use std::time::Duration;
+    /// let client = client.with_retry(vow_client::RetryConfig {
+    ///     max_attempts: 10,
+    ///     initial_backoff: Duration::from_millis(50),
+    ///     max_backoff: Duration::from_secs(1),
+    /// });
+    /// # Ok(()) }
+    /// ```
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
@@ -156,6 +181,13 @@ impl Client {
     }
 
     /// The current snapshot of a task; never blocks.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// let task = client.get("0123456789abcdef0123456789abcdef").await?;
+    /// println!("{:?} after {} attempt(s)", task.state(), task.attempt);
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, id: &str) -> Result<Task, Error> {
         let request = proto::GetRequest { id: id.to_owned() };
         let response = self
@@ -169,6 +201,19 @@ impl Client {
     }
 
     /// Waits up to `timeout` for a task to finish; `done = false` when it has not.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// use std::time::Duration;
+    /// use vow_client::TaskExt;
+    /// let awaited = client.await_task("0123456789abcdef0123456789abcdef", Duration::from_secs(30)).await?;
+    /// if awaited.done {
+    ///     println!("output: {:?}", awaited.task.output_json());
+    /// } else {
+    ///     println!("still {:?}", awaited.task.state());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn await_task(&self, id: &str, timeout: Duration) -> Result<Awaited, Error> {
         let request = proto::AwaitRequest {
             id: id.to_owned(),
@@ -188,6 +233,14 @@ impl Client {
     }
 
     /// Asks a task to stop; idempotent.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// let task = client.cancel("0123456789abcdef0123456789abcdef", "no longer needed").await?;
+    /// // CANCELLED, or RUNNING with cancel_requested until the handler stops.
+    /// println!("{:?} cancel_requested={}", task.state(), task.cancel_requested);
+    /// # Ok(()) }
+    /// ```
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Task, Error> {
         let request = proto::CancelRequest {
             id: id.to_owned(),
@@ -204,6 +257,13 @@ impl Client {
     }
 
     /// Forgets a finished task (or stops and forgets a running one).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// // `true` cancels the task first if it has not finished yet.
+    /// client.delete("0123456789abcdef0123456789abcdef", true).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&self, id: &str, cancel_if_running: bool) -> Result<(), Error> {
         let request = proto::DeleteRequest {
             id: id.to_owned(),
@@ -242,6 +302,18 @@ impl Client {
     }
 
     /// Every task that matches, newest first, fetching pages as the stream is read.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// use futures::TryStreamExt;
+    /// let filter = vow_client::ListFilter {
+    ///     states: vec![vow_client::TaskState::Failed],
+    ///     labels: vec![("team".into(), "search".into())],
+    ///     ..Default::default()
+    /// };
+    /// let failed: Vec<_> = client.list(filter).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn list(&self, filter: ListFilter) -> impl Stream<Item = Result<Task, Error>> + use<> {
         use futures::TryStreamExt;
         let client = self.clone();

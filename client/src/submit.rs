@@ -148,6 +148,22 @@ impl SubmitBuilder {
 
     /// Submits the task and returns it as stored. Without an idempotency key,
     /// one is generated so that retries after a lost reply create one task.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// use std::time::Duration;
+    /// let submitted = client
+    ///     .submit("resize")
+    ///     .input_json(serde_json::json!({"url": "https://example.com/a.png"}))
+    ///     .label("team", "media")
+    ///     .max_attempts(5)
+    ///     .attempt_timeout(Duration::from_secs(30))
+    ///     .idempotency_key("resize-a.png")
+    ///     .send()
+    ///     .await?;
+    /// println!("{} deduplicated={}", submitted.task.id, submitted.deduplicated);
+    /// # Ok(()) }
+    /// ```
     pub async fn send(mut self) -> Result<Submitted, Error> {
         if self.request.idempotency_key.is_empty() {
             self.request.idempotency_key = format!("vow-client-{}", uuid::Uuid::new_v4().simple());
@@ -169,6 +185,19 @@ impl SubmitBuilder {
 
     /// Runs the task and waits for its end, bound to this call: the task's
     /// deadline is `timeout`, and dropping the future cancels the task.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// use std::time::Duration;
+    /// use vow_client::TaskExt;
+    /// let task = client
+    ///     .submit("echo")
+    ///     .input_json(serde_json::json!({"hello": "world"}))
+    ///     .run(Duration::from_secs(5))
+    ///     .await?;
+    /// assert!(task.is_terminal());
+    /// # Ok(()) }
+    /// ```
     pub async fn run(self, timeout: Duration) -> Result<Task, Error> {
         let request = self.request;
         let run = proto::RunRequest {
