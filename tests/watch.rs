@@ -96,6 +96,11 @@ async fn watch_streams_snapshot_progress_and_terminal_in_order_then_closes_ok() 
     );
     let last = tasks.last().expect("events");
     assert_eq!(last.state(), TaskState::Succeeded);
+    let final_progress = last.progress.as_ref().expect("the final progress report");
+    assert_eq!(
+        final_progress.percent, 100.0,
+        "the last report lands with the outcome"
+    );
     assert!(
         events[1..]
             .iter()

@@ -101,7 +101,12 @@ impl Client {
 
     /// Waits up to `timeout` for all (`AwaitMode::All`) or any
     /// (`AwaitMode::Any`) of `ids` to finish.
-    pub async fn await_many(&self, ids: &[String], mode: AwaitMode, timeout: Duration) -> Result<AwaitedMany, Error> {
+    pub async fn await_many(
+        &self,
+        ids: &[String],
+        mode: AwaitMode,
+        timeout: Duration,
+    ) -> Result<AwaitedMany, Error> {
         let request = proto::AwaitManyRequest {
             ids: ids.to_vec(),
             mode: mode as i32,
@@ -125,7 +130,11 @@ impl Client {
     /// Backoff before retry number `failures` (1-based), with full jitter.
     pub(crate) fn backoff(&self, failures: u32) -> Duration {
         let exponent = failures.saturating_sub(1).min(16);
-        let ceiling = self.retry.initial_backoff.saturating_mul(1 << exponent).min(self.retry.max_backoff);
+        let ceiling = self
+            .retry
+            .initial_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.retry.max_backoff);
         ceiling.mul_f64(rand::random::<f64>())
     }
 }

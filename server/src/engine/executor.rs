@@ -13,7 +13,7 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
 use super::{
     Engine, Mutation, RunningAttempt, StopReason, TaskEvent,
-    handler::{HandlerContext, ProgressReporter},
+    handler::{HandlerContext, ProgressReport, ProgressReporter},
     sleep_until_opt,
     task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
     transitions::{self, AttemptOutcome},
@@ -127,29 +127,37 @@ async fn run_attempt(
     _slot: OwnedSemaphorePermit,
 ) {
     let task_id = task.id;
-    let outcome = execute(&engine, &task, &attempt).await;
+    let (outcome, unwritten_progress) = execute(&engine, &task, &attempt).await;
     engine.lock_running().remove(&task_id);
-    store_outcome(&engine, &task, outcome).await;
+    store_outcome(&engine, &task, outcome, unwritten_progress).await;
     engine.inner.dispatch_wakeup.notify_one();
 }
 
-async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -> AttemptOutcome {
+/// Runs the handler; returns how the attempt ended and the last progress
+/// report if coalescing had held it back, so it lands with the outcome.
+async fn execute(
+    engine: &Engine,
+    task: &TaskRecord,
+    attempt: &RunningAttempt,
+) -> (AttemptOutcome, Option<ProgressReport>) {
     let config = &engine.inner.config;
     let now = SystemTime::now();
     if task.deadline.is_some_and(|deadline| deadline <= now) {
-        return AttemptOutcome::DeadlineExceeded {
-            handler_stopped: true,
-        };
+        return (
+            AttemptOutcome::DeadlineExceeded {
+                handler_stopped: true,
+            },
+            None,
+        );
     }
     let Some(handler) = engine.inner.handlers.get(&task.kind).cloned() else {
         // Possible when a store holds tasks of a kind this build lacks.
-        return AttemptOutcome::Failed(
-            TaskError::new(
-                ErrorCode::Unimplemented,
-                format!("no handler for kind {:?}", task.kind),
-            )
-            .with_reason("UNKNOWN_KIND"),
-        );
+        let error = TaskError::new(
+            ErrorCode::Unimplemented,
+            format!("no handler for kind {:?}", task.kind),
+        )
+        .with_reason("UNKNOWN_KIND");
+        return (AttemptOutcome::Failed(error), None);
     };
 
     let attempt_deadline = task.attempt_timeout.map(|timeout| Instant::now() + timeout);
@@ -180,6 +188,7 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
     let mut grace_end: Option<Instant> = None;
     let mut progress_due: Option<Instant> = None;
     let mut last_progress_write: Option<Instant> = None;
+    let mut written_progress: Option<ProgressReport> = None;
 
     let result = loop {
         let stopping = interruption.is_some();
@@ -208,14 +217,14 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
                     Some(earliest) if earliest > now => progress_due = Some(earliest),
                     _ => {
                         last_progress_write = Some(now);
-                        flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                        written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
                     }
                 }
             }
             () = sleep_until_opt(progress_due) => {
                 progress_due = None;
                 last_progress_write = Some(Instant::now());
-                flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
             }
             _ = heartbeat.tick() => {
                 let expires_at = SystemTime::now() + config.lease_duration;
@@ -226,8 +235,11 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
         }
     };
 
+    let latest_progress = progress_updates.borrow().clone();
+    let unwritten_progress =
+        latest_progress.filter(|latest| Some(latest) != written_progress.as_ref());
     let handler_stopped = result.is_some();
-    match (interruption, result) {
+    let outcome = match (interruption, result) {
         (None, Some(Ok(Ok(output)))) => AttemptOutcome::Succeeded(output),
         (None, Some(Ok(Err(error)))) => AttemptOutcome::Failed(error),
         (None, Some(Err(panic))) => {
@@ -250,13 +262,18 @@ async fn execute(engine: &Engine, task: &TaskRecord, attempt: &RunningAttempt) -
             }
         }
         (Some(Interruption::Stopped(StopReason::HandedBack)), _) => AttemptOutcome::HandedBack,
-    }
+    };
+    (outcome, unwritten_progress)
 }
 
 /// Stores the end of an attempt, unless this process no longer holds the lease.
-async fn store_outcome(engine: &Engine, claimed: &TaskRecord, outcome: AttemptOutcome) {
+async fn store_outcome(
+    engine: &Engine,
+    claimed: &TaskRecord,
+    outcome: AttemptOutcome,
+    unwritten_progress: Option<ProgressReport>,
+) {
     let lease_token = claimed.lease.as_ref().map(|lease| lease.token);
-    let mut outcome = Some(outcome);
     let result = engine
         .update_task(claimed.id, |task| {
             let holds_lease = task.state == TaskState::Running
@@ -264,9 +281,15 @@ async fn store_outcome(engine: &Engine, claimed: &TaskRecord, outcome: AttemptOu
             if !holds_lease {
                 return Mutation::Keep;
             }
-            let Some(mut this_outcome) = outcome.take() else {
-                return Mutation::Keep;
-            };
+            // Cloned: a compare-and-set conflict runs this closure again.
+            let mut this_outcome = outcome.clone();
+            if let Some(report) = &unwritten_progress {
+                task.progress = Some(Progress {
+                    percent: report.percent,
+                    message: report.message.clone(),
+                    updated_at: SystemTime::now(),
+                });
+            }
             // A cancel seen only through the store (another process asked).
             let settled = matches!(
                 this_outcome,
@@ -303,12 +326,18 @@ async fn flush_progress(
     engine: &Engine,
     task: &TaskRecord,
     lease_token: u64,
-    updates: &mut tokio::sync::watch::Receiver<Option<super::handler::ProgressReport>>,
-) {
-    let report = updates.borrow_and_update().clone();
-    if let Some(report) = report {
-        write_progress(engine, task, lease_token, report.percent, report.message).await;
-    }
+    updates: &mut tokio::sync::watch::Receiver<Option<ProgressReport>>,
+) -> Option<ProgressReport> {
+    let report = updates.borrow_and_update().clone()?;
+    write_progress(
+        engine,
+        task,
+        lease_token,
+        report.percent,
+        report.message.clone(),
+    )
+    .await;
+    Some(report)
 }
 
 async fn write_progress(

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use super::task::{ErrorCode, Payload, TaskError, TaskRecord, TaskState};
 
 /// How an attempt ended, as the executor saw it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum AttemptOutcome {
     /// The handler returned an output.
     Succeeded(Payload),
