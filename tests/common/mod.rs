@@ -245,3 +245,137 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc status")
 }
+
+impl Vowd {
+    /// Starts `vowd --store embedded --data-dir <data_dir> --listen 127.0.0.1:0
+    /// <extra args>`; starting it again on the same directory is a restart.
+    /// The listening line is printed only once the store is open and
+    /// recovered, so a returned `Vowd` serves the data of earlier runs.
+    pub fn start_embedded(data_dir: &std::path::Path, extra_args: &[&str]) -> Self {
+        let stderr_log = std::env::temp_dir().join(format!(
+            "vowd-test-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
+        let mut child = Command::new(vowd_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                "embedded",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra_args)
+            .env("VOW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn vowd");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stdout = BufReader::new(stdout);
+        let mut metrics_address = None;
+        let address = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read vowd's stdout");
+            if let Some(address) = line.trim().strip_prefix("vowd metrics on ") {
+                metrics_address = Some(address.to_owned());
+                continue;
+            }
+            let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
+            };
+            break address.to_owned();
+        };
+        Self {
+            address,
+            metrics_address,
+            child,
+            stderr_log,
+        }
+    }
+}
+
+/// How a `vowd` that was expected to refuse to start ended.
+pub struct Refused {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `vowd <args>` (no defaults added) and waits, bounded, for it to exit
+/// on its own: for start-up errors. Fails the test if it is still running
+/// after `bound` (it is killed then).
+pub fn vowd_until_exit(args: &[&std::ffi::OsStr], bound: Duration) -> Refused {
+    let log = |stream: &str| {
+        std::env::temp_dir().join(format!(
+            "vowd-test-{}-{}.{stream}",
+            std::process::id(),
+            rand_suffix()
+        ))
+    };
+    let (stdout_log, stderr_log) = (log("stdout"), log("stderr"));
+    let mut child = Command::new(vowd_binary())
+        .args(args)
+        .env("VOW_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_log).expect("create the stdout log"))
+        .stderr(std::fs::File::create(&stderr_log).expect("create the stderr log"))
+        .spawn()
+        .expect("spawn vowd");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll vowd") {
+            break Some(status);
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = std::fs::read_to_string(&stdout_log).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&stdout_log);
+    let _ = std::fs::remove_file(&stderr_log);
+    let Some(status) = status else {
+        panic!(
+            "vowd {args:?} was still running after {bound:?}; stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    };
+    Refused {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A fresh directory under the system temp dir, removed (with everything in
+/// it) when dropped, also when the test panics.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "vow-{name}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir(&path).expect("create a temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
