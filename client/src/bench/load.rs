@@ -161,11 +161,23 @@ async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, Error> {
             .await
             .map_err(|error| Error::Unreachable {
                 endpoint: url.to_owned(),
-                reason: error.to_string(),
+                reason: error_chain(&error),
             })?;
         channels.push(channel);
     }
     Ok(channels)
+}
+
+/// An error and its causes, `: `-separated (tonic's own text is only "transport error").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn run_request(request: &proto::SubmitRequest) -> proto::RunRequest {

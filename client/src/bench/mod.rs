@@ -131,7 +131,7 @@ pub async fn run(
     let target = load::drive(
         &endpoint_url(server),
         &plan,
-        &progress_bar(show_progress, "vowd"),
+        &progress_bar(show_progress, "server"),
     )
     .await?;
     let ceiling = if args.ceiling {

@@ -102,7 +102,7 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
         .set_header([
             "server", "tasks/s", "p50", "p90", "p99", "p99.9", "max", "errors",
         ]);
-    let mut rows = vec![("vowd", target)];
+    let mut rows = vec![("server", target)];
     rows.extend(ceiling.map(|ceiling| ("ceiling", ceiling)));
     for (name, report) in rows {
         let mut row = vec![name.to_owned(), format_thousands(report.throughput())];
@@ -123,7 +123,7 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
         }
     }
     print_table(&mut table);
-    for (name, report) in [("vowd", Some(target)), ("ceiling", ceiling)] {
+    for (name, report) in [("server", Some(target)), ("ceiling", ceiling)] {
         let Some(report) = report else { continue };
         if let Some(first) = &report.first_error {
             println!("{name} errors {:?}; first: {first}", report.errors);
@@ -132,7 +132,7 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
     if let Some(ceiling) = ceiling {
         let (throughput, p99) = ratios(target, ceiling);
         println!(
-            "ceiling ratio {throughput:.2}: vowd does {:.0}% of the ceiling's tasks/s, at {p99:.2}× its p99",
+            "ceiling ratio {throughput:.2}: the server does {:.0}% of the ceiling's tasks/s, at {p99:.2}× its p99",
             throughput * 100.0
         );
     }
