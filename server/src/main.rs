@@ -4,23 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-use vow_server::{Config, Listeners, config::LogFormat, handlers::builtin_registry};
-
-fn init_logging(format: LogFormat) {
-    let filter = std::env::var("VOW_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
-}
+use vow_server::{Config, Listeners, handlers::builtin_registry};
 
 /// Registers SIGTERM and SIGINT handlers now (so a signal that arrives before
 /// serving starts is not fatal) and resolves when either arrives.
@@ -39,7 +23,13 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    init_logging(config.log_format);
+    let telemetry = match vow_server::telemetry::init(config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("vowd: cannot set up telemetry: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(problem) = config.validate() {
         eprintln!("vowd: invalid configuration: {problem}");
         return ExitCode::from(2);
@@ -83,13 +73,16 @@ async fn main() -> ExitCode {
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |address| address.to_string());
     println!("vowd listening on {address}");
-    tracing::info!(listen = %address, store = ?config.store, "vowd started");
-    match vow_server::serve(config, listeners, storage, builtin_registry(), shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "vowd failed");
-            eprintln!("vowd: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tracing::info!(listen = %address, store = ?config.store, traces.exported = telemetry.exporting(), "vowd started");
+    let exit =
+        match vow_server::serve(config, listeners, storage, builtin_registry(), shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "vowd failed");
+                eprintln!("vowd: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    telemetry.shutdown();
+    exit
 }

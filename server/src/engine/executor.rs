@@ -10,6 +10,8 @@ use std::{
 
 use futures::FutureExt;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     Engine, Mutation, RunningAttempt, StopReason, TaskEvent,
@@ -18,7 +20,10 @@ use super::{
     task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
     transitions::{self, AttemptOutcome},
 };
-use crate::store::{ClaimRequest, StoreError};
+use crate::{
+    store::{ClaimRequest, StoreError},
+    telemetry::{self, metrics::record},
+};
 
 /// Most tasks claimed in one store round trip.
 const CLAIM_BATCH: usize = 64;
@@ -119,18 +124,50 @@ enum Interruption {
     TaskDeadline,
 }
 
-/// Runs one attempt of a claimed task and stores its outcome.
+/// Runs one attempt of a claimed task and stores its outcome, inside a
+/// `task.attempt` span whose parent is the span that submitted the task, so
+/// the handler's own spans and calls join the submitter's trace.
 async fn run_attempt(
     engine: Engine,
     task: TaskEvent,
     attempt: Arc<RunningAttempt>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let task_id = task.id;
-    let (outcome, unwritten_progress) = execute(&engine, &task, &attempt).await;
-    engine.lock_running().remove(&task_id);
-    store_outcome(&engine, &task, outcome, unwritten_progress).await;
-    engine.inner.dispatch_wakeup.notify_one();
+    let span = tracing::info_span!(
+        "task.attempt",
+        otel.name = "task.attempt",
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+        task.id = %task.id,
+        task.kind = %task.kind,
+        task.attempt = task.attempt,
+    );
+    let _ = span.set_parent(telemetry::propagation::context_of(&task.trace));
+    async move {
+        let task_id = task.id;
+        let started = Instant::now();
+        // A first attempt waited since submit; a retry's due time is gone by now.
+        let queue_wait = (task.attempt == 1)
+            .then(|| task.started_at?.duration_since(task.created_at).ok())
+            .flatten();
+        record::attempt_started(&task.kind, queue_wait);
+        record::running(engine.running_count());
+        let (outcome, unwritten_progress) = execute(&engine, &task, &attempt).await;
+        engine.lock_running().remove(&task_id);
+        record::attempt_finished(&task.kind, outcome.label(), started.elapsed());
+        if let Some(message) = outcome.failure_message() {
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", message.as_str());
+            tracing::warn!(task.id = %task_id, task.kind = %task.kind, task.attempt = task.attempt, error.message = %message, "attempt failed");
+        }
+        store_outcome(&engine, &task, outcome, unwritten_progress).await;
+        record::running(engine.running_count());
+        engine.inner.dispatch_wakeup.notify_one();
+    }
+    .instrument(span)
+    .await
 }
 
 /// Runs the handler; returns how the attempt ended and the last progress

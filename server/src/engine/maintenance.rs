@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use super::{Engine, Mutation, task::TaskState, transitions};
+use crate::telemetry::metrics::record;
 
 /// Records handled per store call of a sweep.
 const SWEEP_BATCH: usize = 256;
@@ -12,6 +13,7 @@ const SWEEP_BATCH: usize = 256;
 pub(super) async fn sweep_loop(engine: Engine) {
     let mut ticks = tokio::time::interval(engine.inner.config.sweep_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut queued_kinds = Vec::new();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -19,6 +21,11 @@ pub(super) async fn sweep_loop(engine: Engine) {
         }
         if let Err(error) = sweep_once(&engine).await {
             tracing::warn!(%error, "maintenance sweep failed; retrying next period");
+        }
+        // The queue depth per kind is what an autoscaler watches.
+        match engine.inner.store.queue_depth().await {
+            Ok(depth) => record::queue_depth(&depth, &mut queued_kinds),
+            Err(error) => tracing::warn!(%error, "cannot read the queue depth"),
         }
     }
 }

@@ -35,7 +35,10 @@ pub use handler::{Handler, HandlerContext, HandlerRegistry};
 use retry::RetryPolicy;
 use task::{SubmitSpec, TaskDeadline, TaskId, TaskRecord, TaskState, TraceContext};
 
-use crate::store::{CreateOutcome, ListPage, ListQuery, Store, StoreError};
+use crate::{
+    store::{CreateOutcome, ListPage, ListQuery, Store, StoreError},
+    telemetry::metrics::record,
+};
 
 /// Changes retained per watched task for resuming watchers, by default.
 pub const DEFAULT_EVENT_HISTORY: usize = 256;
@@ -254,6 +257,7 @@ impl Engine {
         match outcome {
             CreateOutcome::Created(task) => {
                 tracing::debug!(task.id = %task.id, task.kind = %task.kind, "task submitted");
+                record::submitted(&task.kind);
                 self.inner.dispatch_wakeup.notify_one();
                 Ok(Submitted {
                     task,
@@ -531,12 +535,31 @@ impl Engine {
             task.revision += 1;
             task.updated_at = SystemTime::now();
             match self.inner.store.update(task, stored.revision).await {
-                Ok(task) => return Ok(task),
+                Ok(task) => {
+                    record_transition(&stored, &task);
+                    return Ok(task);
+                }
                 Err(StoreError::RevisionConflict) => continue,
                 Err(StoreError::NotFound) => return Err(EngineError::NotFound(id)),
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+}
+
+/// Metrics of a state change written by this process.
+fn record_transition(before: &TaskRecord, after: &TaskRecord) {
+    if before.state == after.state {
+        return;
+    }
+    if after.is_terminal() {
+        let submit_to_finish = after
+            .updated_at
+            .duration_since(after.created_at)
+            .unwrap_or_default();
+        record::finished(&after.kind, after.state.as_str(), submit_to_finish);
+    } else if after.state == TaskState::RetryWait {
+        record::retry_scheduled(&after.kind);
     }
 }
 

@@ -27,6 +27,33 @@ pub enum AttemptOutcome {
     HandedBack,
 }
 
+impl AttemptOutcome {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Succeeded(_) => "succeeded",
+            Self::Failed(error) if error.reason == "HANDLER_PANICKED" => "panicked",
+            Self::Failed(_) => "failed",
+            Self::TimedOut { .. } => "timed_out",
+            Self::DeadlineExceeded { .. } => "deadline_exceeded",
+            Self::Cancelled { .. } => "cancelled",
+            Self::HandedBack => "handed_back",
+        }
+    }
+
+    /// What went wrong, if the attempt did not succeed.
+    pub fn failure_message(&self) -> Option<String> {
+        match self {
+            Self::Succeeded(_) => None,
+            Self::Failed(error) => Some(format!("{}: {}", error.code.as_str(), error.message)),
+            Self::TimedOut { .. } => Some("the attempt timed out".into()),
+            Self::DeadlineExceeded { .. } => Some("the task deadline passed".into()),
+            Self::Cancelled { reason, .. } => Some(format!("cancelled: {reason}")),
+            Self::HandedBack => Some("handed back at shutdown".into()),
+        }
+    }
+}
+
 /// Applies the end of an attempt to a RUNNING task. `unit_random` in [0, 1)
 /// supplies the backoff jitter.
 pub fn finish_attempt(

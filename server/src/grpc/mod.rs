@@ -4,8 +4,10 @@
 
 mod convert;
 mod deadline;
+mod rpc_trace;
 mod status;
 mod task_service;
 
 pub use deadline::parse_grpc_timeout;
+pub use rpc_trace::rpc_span;
 pub use task_service::TaskServiceImpl;

@@ -1,14 +1,18 @@
 //! `vow.v1.TaskService`: converts and validates requests, calls the engine,
 //! converts results, maps errors. No storage calls, no spawning.
 
-use std::{pin::Pin, time::SystemTime};
+use std::{
+    pin::Pin,
+    time::{Instant, SystemTime},
+};
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use vow_proto::v1::{self as pb, task_service_server::TaskService};
 
-use super::{convert, deadline, status::engine_error_status};
+use super::{convert, deadline, rpc_trace, status::engine_error_status};
 use crate::engine::{Engine, EngineError, task::TraceContext, watch::WatchLimits};
+use crate::telemetry;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
@@ -23,8 +27,14 @@ impl TaskServiceImpl {
     }
 }
 
-/// The W3C trace context headers of a call.
+/// The trace context of a call: the RPC span's (a child of the caller's),
+/// or the caller's headers as they came when spans carry no context.
 fn trace_context(metadata: &MetadataMap) -> TraceContext {
+    telemetry::propagation::current_or(incoming_trace_context(metadata))
+}
+
+/// The W3C trace context headers of a call.
+fn incoming_trace_context(metadata: &MetadataMap) -> TraceContext {
     let header = |name: &str| {
         metadata
             .get(name)
@@ -48,18 +58,26 @@ fn to_watch_message(
         .map_err(|error| engine_error_status(error, trace_id))
 }
 
-/// Runs an RPC body, mapping its engine error with the call's trace id.
+/// Runs an RPC body, maps its engine error (with the call's trace id), and
+/// records the outcome on the RPC's span and in the metrics.
 async fn handle<T>(
+    method: &'static str,
     metadata: &MetadataMap,
     body: impl Future<Output = Result<T, EngineError>>,
 ) -> Result<Response<T>, Status> {
-    match body.await {
+    let started = Instant::now();
+    let result = match body.await {
         Ok(response) => Ok(Response::new(response)),
         Err(error) => Err(engine_error_status(
             error,
             trace_context(metadata).trace_id(),
         )),
-    }
+    };
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    rpc_trace::finish_rpc(method, code, started);
+    result
 }
 
 #[tonic::async_trait]
@@ -69,7 +87,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("Submit", &metadata, async {
             let spec = convert::submit_spec(request)?;
             let submitted = self.engine.submit(spec, trace_context(&metadata)).await?;
             Ok(pb::SubmitResponse {
@@ -85,7 +103,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("Get", &metadata, async {
             let id = convert::task_id("id", &request.id)?;
             let task = self.engine.get(id).await?;
             Ok(pb::GetResponse {
@@ -100,13 +118,14 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::AwaitRequest>,
     ) -> Result<Response<pb::AwaitResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("Await", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let id = convert::task_id("id", &request.id)?;
             let requested = convert::await_timeout(request.timeout)?;
             let wait =
                 deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
             let awaited = self.engine.await_task(id, wait).await?;
+            rpc_trace::link_to_task(&awaited.task.trace);
             Ok(pb::AwaitResponse {
                 task: Some(convert::task_to_proto(&awaited.task)),
                 done: awaited.done,
@@ -120,13 +139,16 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::AwaitManyRequest>,
     ) -> Result<Response<pb::AwaitManyResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("AwaitMany", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let (ids, mode) = convert::await_many(&request, self.engine.config().await_many_limit)?;
             let requested = convert::await_timeout(request.timeout)?;
             let wait =
                 deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
             let awaited = self.engine.await_many(&ids, mode, wait).await?;
+            for task in awaited.finished.iter().chain(&awaited.unfinished) {
+                rpc_trace::link_to_task(&task.trace);
+            }
             Ok(convert::await_many_response(awaited))
         })
         .await
@@ -140,7 +162,7 @@ impl TaskService for TaskServiceImpl {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, request) = request.into_parts();
         let trace_id = trace_context(&metadata).trace_id().map(str::to_owned);
-        handle(&metadata, async {
+        handle("Watch", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let limits = WatchLimits {
                 heartbeat: self.engine.config().watch_heartbeat,
@@ -157,6 +179,9 @@ impl TaskService for TaskServiceImpl {
                     .engine
                     .watch_task(id, request.after_revision, limits)
                     .await?;
+                if let Ok(task) = self.engine.get(id).await {
+                    rpc_trace::link_to_task(&task.trace);
+                }
                 Box::pin(events.map(move |event| to_watch_message(event, trace_id.as_deref())))
             };
             Ok(events)
@@ -169,7 +194,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<pb::RunResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("Run", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let spec = convert::submit_spec(convert::run_as_submit(request))?;
             // The task must end (and its end reach the caller) before the call does.
@@ -192,7 +217,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("Cancel", &metadata, async {
             let id = convert::task_id("id", &request.id)?;
             let reason = convert::cancel_reason(request.reason)?;
             let task = self.engine.cancel(id, &reason).await?;
@@ -208,7 +233,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("List", &metadata, async {
             let query = convert::list_query(request)?;
             let page = self.engine.list(&query).await?;
             Ok(pb::ListResponse {
@@ -231,7 +256,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        handle(&metadata, async {
+        handle("Delete", &metadata, async {
             let id = convert::task_id("id", &request.id)?;
             self.engine.delete(id, request.cancel_if_running).await?;
             Ok(pb::DeleteResponse {})

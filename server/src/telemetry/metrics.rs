@@ -1,4 +1,4 @@
-//! Process-wide telemetry: the Prometheus recorder behind the `metrics`
+//! The Prometheus recorder behind the `metrics`
 //! facade, and the `/metrics` endpoint that renders it on its own port.
 
 use std::{future::Future, sync::OnceLock};
@@ -6,13 +6,23 @@ use std::{future::Future, sync::OnceLock};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+/// From half a millisecond (an echo round trip) to five minutes (a long attempt).
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
 /// The process's metrics recorder, installed on first use. The `metrics`
 /// macros record nothing until it is installed.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Buckets make real histograms (aggregatable across replicas), not summaries.
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS_SECONDS)
+                .expect("the bucket list is not empty")
+                .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
@@ -46,4 +56,74 @@ pub async fn serve_metrics(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Names and labels of every metric, in one place. The `metrics` macros
+/// record nothing (and cost next to nothing) until a recorder is installed.
+pub mod record {
+    use std::{collections::BTreeMap, time::Duration};
+
+    /// A task was accepted.
+    pub fn submitted(kind: &str) {
+        metrics::counter!("vow_tasks_submitted_total", "kind" => kind.to_owned()).increment(1);
+    }
+
+    /// A task reached a terminal state, `submit_to_finish` after it was accepted.
+    pub fn finished(kind: &str, state: &'static str, submit_to_finish: Duration) {
+        metrics::counter!("vow_tasks_finished_total", "kind" => kind.to_owned(), "state" => state)
+            .increment(1);
+        metrics::histogram!("vow_task_submit_to_finish_seconds", "kind" => kind.to_owned())
+            .record(submit_to_finish.as_secs_f64());
+    }
+
+    /// An attempt started; a first attempt after waiting `queue_wait` since submit.
+    pub fn attempt_started(kind: &str, queue_wait: Option<Duration>) {
+        metrics::counter!("vow_attempts_total", "kind" => kind.to_owned()).increment(1);
+        if let Some(queue_wait) = queue_wait {
+            metrics::histogram!("vow_task_queue_wait_seconds", "kind" => kind.to_owned())
+                .record(queue_wait.as_secs_f64());
+        }
+    }
+
+    /// An attempt ended after `run_time`; `outcome` is succeeded, failed,
+    /// timed_out, deadline_exceeded, cancelled, panicked or handed_back.
+    pub fn attempt_finished(kind: &str, outcome: &'static str, run_time: Duration) {
+        metrics::histogram!("vow_attempt_duration_seconds", "kind" => kind.to_owned(), "outcome" => outcome)
+            .record(run_time.as_secs_f64());
+        if outcome == "panicked" {
+            metrics::counter!("vow_handler_panics_total", "kind" => kind.to_owned()).increment(1);
+        }
+    }
+
+    /// A failed attempt will be retried.
+    pub fn retry_scheduled(kind: &str) {
+        metrics::counter!("vow_retries_total", "kind" => kind.to_owned()).increment(1);
+    }
+
+    /// Attempts running in this process.
+    pub fn running(count: usize) {
+        metrics::gauge!("vow_running_tasks").set(count as f64);
+    }
+
+    /// Claimable tasks per kind; kinds no longer queued are set to zero.
+    pub fn queue_depth(depth: &BTreeMap<String, usize>, previous_kinds: &mut Vec<String>) {
+        for kind in previous_kinds
+            .iter()
+            .filter(|kind| !depth.contains_key(*kind))
+        {
+            metrics::gauge!("vow_queue_depth", "kind" => kind.clone()).set(0.0);
+        }
+        for (kind, count) in depth {
+            metrics::gauge!("vow_queue_depth", "kind" => kind.clone()).set(*count as f64);
+        }
+        *previous_kinds = depth.keys().cloned().collect();
+    }
+
+    /// An RPC answered with `code` after `duration`.
+    pub fn rpc(method: &'static str, code: &'static str, duration: Duration) {
+        metrics::counter!("vow_rpc_requests_total", "method" => method, "code" => code)
+            .increment(1);
+        metrics::histogram!("vow_rpc_duration_seconds", "method" => method)
+            .record(duration.as_secs_f64());
+    }
 }

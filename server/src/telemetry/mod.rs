@@ -1,0 +1,108 @@
+//! Telemetry of the process: logs (text or JSON, every line with the trace
+//! id of its span), OpenTelemetry spans exported over OTLP when the standard
+//! `OTEL_EXPORTER_OTLP_*` variables ask for it, W3C trace-context
+//! propagation, and Prometheus metrics. A leaf: the rest of the server only
+//! calls in.
+
+mod json;
+pub mod metrics;
+pub mod propagation;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+pub use metrics::{metrics_handle, serve_metrics};
+
+use crate::config::LogFormat;
+
+/// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Whether spans leave the process.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports what is still buffered. Call once, at the end.
+    pub fn shutdown(self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("vowd: flushing spans failed: {error}");
+        }
+    }
+}
+
+/// True when the standard variables name an OTLP endpoint for traces.
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()))
+}
+
+/// The resource from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`, named
+/// `vowd` unless those say otherwise.
+fn resource() -> Resource {
+    let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|attributes| attributes.contains("service.name="));
+    let builder = Resource::builder();
+    if named_by_env {
+        builder.build()
+    } else {
+        builder.with_service_name("vowd").build()
+    }
+}
+
+/// Installs the global subscriber and propagator. Must run inside the Tokio
+/// runtime (the OTLP exporter and its batch processor live on it).
+pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(propagation::propagator());
+    let exporting = otlp_configured();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource());
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+        provider = provider.with_span_processor(processor);
+    }
+    let provider = provider.build();
+    // Spans get ids even when nothing is exported, so logs and stored tasks
+    // carry the trace they belong to.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("vowd"))
+        .with_error_records_to_exceptions(false);
+    let filter = std::env::var("VOW_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter).with(spans);
+    match log_format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()?,
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .event_format(json::JsonWithTrace),
+            )
+            .try_init()?,
+    }
+    Ok(Telemetry {
+        provider,
+        exporting,
+    })
+}
