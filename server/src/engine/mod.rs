@@ -494,6 +494,9 @@ impl Engine {
         self.inner.shutdown.cancel();
         self.inner.background.close();
         self.inner.background.wait().await;
+        if let Err(error) = self.inner.store.close().await {
+            tracing::warn!(%error, "the store did not close cleanly");
+        }
     }
 
     /// Attempts running in this process.

@@ -157,4 +157,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of claimable tasks per kind (the queue depth).
     async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>>;
+
+    /// Leaves the storage tidy at a clean shutdown (a file store folds its
+    /// log into the main file). Later writes fail as unavailable.
+    async fn close(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -58,10 +58,12 @@ pub enum OpenError {
         "the parent directory of the data directory {0} does not exist; create it or choose another --data-dir"
     )]
     MissingParent(PathBuf),
-    #[error("cannot use the data directory {path}: {source}")]
+    #[error("the parent of the data directory {0} is not a directory")]
+    ParentNotDirectory(PathBuf),
+    #[error("cannot use the data directory {path}: {error}")]
     Directory {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the data directory {0} is in use by another running vowd (its lock is held)")]
     Locked(PathBuf),
@@ -124,9 +126,9 @@ impl EmbeddedStore {
         std::thread::Builder::new()
             .name("vow-store-writer".into())
             .spawn(move || writer.run(ops))
-            .map_err(|source| OpenError::Directory {
+            .map_err(|error| OpenError::Directory {
                 path: data_dir.to_owned(),
-                source,
+                error,
             })?;
         Ok(Self {
             writes,
@@ -191,19 +193,22 @@ fn prepare_directory(data_dir: &Path) -> Result<(), OpenError> {
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    if parent.exists() && !parent.is_dir() {
+        return Err(OpenError::ParentNotDirectory(data_dir.to_owned()));
+    }
     if !parent.is_dir() {
         return Err(OpenError::MissingParent(data_dir.to_owned()));
     }
-    std::fs::create_dir(data_dir).map_err(|source| OpenError::Directory {
+    std::fs::create_dir(data_dir).map_err(|error| OpenError::Directory {
         path: data_dir.to_owned(),
-        source,
+        error,
     })
 }
 
 fn lock_directory(data_dir: &Path) -> Result<File, OpenError> {
-    let directory_error = |source| OpenError::Directory {
+    let directory_error = |error| OpenError::Directory {
         path: data_dir.to_owned(),
-        source,
+        error,
     };
     let lock = File::options()
         .create(true)
@@ -214,42 +219,60 @@ fn lock_directory(data_dir: &Path) -> Result<File, OpenError> {
     match lock.try_lock() {
         Ok(()) => Ok(lock),
         Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(data_dir.to_owned())),
-        Err(std::fs::TryLockError::Error(source)) => Err(directory_error(source)),
+        Err(std::fs::TryLockError::Error(error)) => Err(directory_error(error)),
     }
 }
 
 fn open_writer(path: &Path, durability: Durability) -> Result<Connection, OpenError> {
-    let database_error = |error: rusqlite::Error| {
-        let reason = error.to_string();
-        match error.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
-                OpenError::Corrupt {
-                    path: path.to_owned(),
-                    reason,
-                }
-            }
-            _ => OpenError::Database {
-                path: path.to_owned(),
-                reason,
-            },
-        }
-    };
+    let database_error = |error: rusqlite::Error| classify_open_error(path, error);
     let connection = Connection::open(path).map_err(database_error)?;
+    // Read before writing anything: a file this build must refuse stays
+    // byte-for-byte as it was.
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(database_error)?;
+    if version > schema::LATEST_VERSION {
+        return Err(OpenError::TooNew(path.to_owned()));
+    }
+    let pages: i64 = connection
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .map_err(database_error)?;
+    if pages == 0 {
+        // auto_vacuum only takes effect on a new file, before its first table.
+        connection
+            .execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+            .map_err(database_error)?;
+    }
     let synchronous = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    // auto_vacuum only takes effect on a new file, before its first table.
     connection
         .execute_batch(&format!(
-            "PRAGMA auto_vacuum = INCREMENTAL;
-             PRAGMA journal_mode = WAL;
+            "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {synchronous};
              PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};
              PRAGMA busy_timeout = 5000;"
         ))
         .map_err(database_error)?;
     Ok(connection)
+}
+
+/// Tells a file that is not (or no longer) a database from other failures.
+fn classify_open_error(path: &Path, error: rusqlite::Error) -> OpenError {
+    let reason = error.to_string();
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            OpenError::Corrupt {
+                path: path.to_owned(),
+                reason,
+            }
+        }
+        _ => OpenError::Database {
+            path: path.to_owned(),
+            reason,
+        },
+    }
 }
 
 /// Migrates the schema, voids leases of the previous process, and loads the
@@ -264,26 +287,13 @@ fn recover(
             rusqlite_migration::Error::MigrationDefinition(
                 rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
             ) => OpenError::TooNew(path.to_owned()),
-            rusqlite_migration::Error::RusqliteError { err, .. }
-                if matches!(
-                    err.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
-                ) =>
-            {
-                OpenError::Corrupt {
-                    path: path.to_owned(),
-                    reason: err.to_string(),
-                }
-            }
+            rusqlite_migration::Error::RusqliteError { err, .. } => classify_open_error(path, err),
             other => OpenError::Database {
                 path: path.to_owned(),
                 reason: other.to_string(),
             },
         })?;
-    let database_error = |error: rusqlite::Error| OpenError::Database {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    };
+    let database_error = |error: rusqlite::Error| classify_open_error(path, error);
     let transaction = connection.transaction().map_err(database_error)?;
     let interrupted: Vec<TaskRecord> = transaction
         .prepare("SELECT record FROM tasks WHERE lease_expires_at IS NOT NULL")
@@ -472,6 +482,10 @@ impl Store for EmbeddedStore {
     async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>> {
         self.write(|reply| Op::DeleteExpired { now, limit, reply })
             .await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        self.write(|reply| Op::Close { reply }).await
     }
 
     async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {

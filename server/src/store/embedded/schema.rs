@@ -45,6 +45,9 @@ const MIGRATION_STEPS: &[M<'static>] = &[M::up(
 
 pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
 
+/// The `user_version` this build writes; a file above it is from a newer build.
+pub const LATEST_VERSION: i64 = MIGRATION_STEPS.len() as i64;
+
 /// Microseconds since the epoch, the unit of every time column.
 pub fn micros(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)

@@ -53,6 +53,10 @@ pub enum Op {
         limit: usize,
         reply: Reply<Vec<TaskId>>,
     },
+    /// Checkpoints the log into the main file and stops the writer.
+    Close {
+        reply: Reply<()>,
+    },
 }
 
 enum Change {
@@ -125,14 +129,29 @@ impl Writer {
     pub fn run(mut self, mut ops: mpsc::Receiver<Op>) {
         while let Some(first) = ops.blocking_recv() {
             let mut batch = Vec::with_capacity(16);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
+            let mut close = None;
+            match first {
+                Op::Close { reply } => close = Some(reply),
+                op => batch.push(op),
+            }
+            while close.is_none() && batch.len() < MAX_BATCH {
                 match ops.try_recv() {
+                    Ok(Op::Close { reply }) => close = Some(reply),
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            if !batch.is_empty() {
+                self.commit(batch);
+            }
+            if let Some(reply) = close {
+                let checkpoint = self
+                    .connection
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(schema::classify);
+                let _ = reply.send(checkpoint);
+                return;
+            }
         }
     }
 
@@ -379,6 +398,8 @@ impl Writer {
                 sql!(reply, columns.upsert(&self.connection));
                 Applied::new(reply, Ok(()), Vec::new())
             }
+            // The run loop takes Close out of every batch before applying it.
+            Op::Close { reply } => Applied::new(reply, Ok(()), Vec::new()),
             Op::DeleteExpired { now, limit, reply } => {
                 let deleted = sql!(reply, self.delete_expired(now, limit));
                 let changes = deleted.iter().map(|id| Change::Deleted(*id)).collect();
@@ -451,5 +472,6 @@ fn answer_unapplied(op: Op, error: &StoreError) {
         Op::Claim { reply, .. } => drop(reply.send(Err(clone_error(error)))),
         Op::ExtendLease { reply, .. } => drop(reply.send(Err(clone_error(error)))),
         Op::DeleteExpired { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::Close { reply } => drop(reply.send(Err(clone_error(error)))),
     }
 }
