@@ -89,6 +89,43 @@ pub(super) async fn dispatch_loop(engine: Engine) {
     }
 }
 
+/// Reacts to changes made by other processes sharing the store: a task that
+/// became claimable wakes the dispatcher; a cancel asked of another replica
+/// stops the attempt running here. Own changes pass through harmlessly.
+pub(super) async fn follow_other_writers(engine: Engine) {
+    let mut changes = engine.inner.hub.subscribe_all();
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            () = engine.inner.stop_dispatch.cancelled() => return,
+        };
+        match change {
+            Ok(task) => {
+                if task.state.is_claimable() {
+                    engine.inner.dispatch_wakeup.notify_one();
+                }
+                if task.state == TaskState::Running && task.cancel_requested {
+                    let reason = StopReason::Cancelled(task.cancel_reason.clone());
+                    engine.stop_local_attempt(task.id, reason).await;
+                }
+            }
+            // Missed some: look at the store, and at every attempt running here.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                engine.inner.dispatch_wakeup.notify_one();
+                let running: Vec<_> = engine.lock_running().keys().copied().collect();
+                for id in running {
+                    if let Ok(task) = engine.get(id).await
+                        && task.cancel_requested
+                    {
+                        engine.stop_local_attempt(id, StopReason::Cancelled(task.cancel_reason.clone())).await;
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Claims up to `limit` tasks and registers their attempts, so Cancel can
 /// reach them as soon as the store shows them running.
 async fn claim(

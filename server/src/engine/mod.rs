@@ -76,6 +76,10 @@ pub struct EngineConfig {
     pub watch_heartbeat: Duration,
     /// Most ids one AwaitMany may name.
     pub await_many_limit: usize,
+    /// Other processes write to the same store (PostgreSQL replicas): their
+    /// changes arrive through the event hub and must wake this dispatcher and
+    /// reach the attempts running here (a cancel asked of another replica).
+    pub shared_store: bool,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +100,7 @@ impl Default for EngineConfig {
             sweep_interval: Duration::from_millis(200),
             watch_heartbeat: Duration::from_secs(15),
             await_many_limit: 1_000,
+            shared_store: false,
         }
     }
 }
@@ -197,6 +202,9 @@ impl Engine {
             .inner
             .background
             .spawn(maintenance::sweep_loop(engine.clone()));
+        if engine.inner.config.shared_store {
+            engine.inner.background.spawn(executor::follow_other_writers(engine.clone()));
+        }
         engine
     }
 
