@@ -16,9 +16,11 @@ use vow_server::{
     },
     store::{
         ChangeFeed, ClaimRequest, CreateOutcome, Durability, EmbeddedStore, ListQuery, MemoryStore,
-        SharedTask, Store, StoreError,
+        PostgresOptions, PostgresStore, SharedTask, Store, StoreError,
     },
 };
+
+mod support;
 
 /// Records what a store publishes, in order.
 #[derive(Default)]
@@ -50,6 +52,8 @@ struct Backend {
     store: Arc<dyn Store>,
     feed: Arc<RecordingFeed>,
     _data_dir: Option<TempDir>,
+    /// Dropped after the store: a database of this test's own.
+    _database: Option<support::TestDatabase>,
 }
 
 struct TempDir(PathBuf);
@@ -68,16 +72,17 @@ impl Drop for TempDir {
     }
 }
 
-fn memory() -> Backend {
+async fn memory() -> Backend {
     let feed = Arc::new(RecordingFeed::default());
     Backend {
         store: Arc::new(MemoryStore::new(feed.clone())),
         feed,
         _data_dir: None,
+        _database: None,
     }
 }
 
-fn embedded() -> Backend {
+async fn embedded() -> Backend {
     let data_dir = TempDir::new();
     let feed = Arc::new(RecordingFeed::default());
     let store = EmbeddedStore::open(&data_dir.0, Durability::Normal, feed.clone())
@@ -86,6 +91,30 @@ fn embedded() -> Backend {
         store: Arc::new(store),
         feed,
         _data_dir: Some(data_dir),
+        _database: None,
+    }
+}
+
+fn postgres_options(url: &str) -> PostgresOptions {
+    PostgresOptions {
+        url: url.to_owned(),
+        max_connections: 8,
+        min_connections: 0,
+        acquire_timeout: Duration::from_secs(10),
+    }
+}
+
+async fn postgres() -> Backend {
+    let database = support::TestDatabase::create().await;
+    let feed = Arc::new(RecordingFeed::default());
+    let store = PostgresStore::open(&postgres_options(&database.url), feed.clone())
+        .await
+        .expect("open the PostgreSQL store");
+    Backend {
+        store: Arc::new(store),
+        feed,
+        _data_dir: None,
+        _database: Some(database),
     }
 }
 
@@ -614,7 +643,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(super::$backend()).await;
+                    super::$case(super::$backend().await).await;
                 }
             )*
         }
@@ -641,6 +670,7 @@ macro_rules! all_cases {
 
 all_cases!(memory);
 all_cases!(embedded);
+all_cases!(postgres);
 
 /// Reopening the embedded file keeps every record and voids the leases of
 /// the process that wrote them, so they are reaped at once.

@@ -6,6 +6,7 @@
 
 mod embedded;
 mod memory;
+mod postgres;
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 
 pub use embedded::{Durability, EmbeddedStore, OpenError};
 pub use memory::MemoryStore;
+pub use postgres::{PostgresOpenError, PostgresOptions, PostgresStore};
 
 use crate::engine::task::{TaskId, TaskRecord, TaskState};
 

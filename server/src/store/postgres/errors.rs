@@ -1,0 +1,58 @@
+//! Classifies PostgreSQL errors once: what a caller may retry (the database
+//! is unreachable, restarting, overloaded, or aborted a transaction to break a
+//! conflict) is `Unavailable`; anything else is `Internal`. Messages stay
+//! generic: the details (SQL, constraint names) go to the log only.
+
+use crate::store::StoreError;
+
+/// SQLSTATE classes a retry may cure: connection exceptions, insufficient
+/// resources, operator intervention (shutdown, cancelled statement),
+/// transaction rollbacks (serialization failures, deadlocks).
+const TRANSIENT_CLASSES: &[&str] = &["08", "53", "57", "40"];
+/// `lock_not_available` (a lock timeout).
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Maps a driver error to a store error, logging the details.
+pub fn classify(error: sqlx::Error) -> StoreError {
+    if is_transient(&error) {
+        tracing::warn!(%error, "the database is unavailable");
+        StoreError::Unavailable("the database is unreachable or overloaded".into())
+    } else {
+        tracing::error!(%error, "a database operation failed");
+        StoreError::Internal("a database operation failed".into())
+    }
+}
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code == LOCK_NOT_AVAILABLE
+                || TRANSIENT_CLASSES
+                    .iter()
+                    .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_unavailable_and_say_nothing_internal() {
+        let error = classify(sqlx::Error::PoolTimedOut);
+        assert!(matches!(error, StoreError::Unavailable(_)));
+        let error = classify(sqlx::Error::RowNotFound);
+        let StoreError::Internal(message) = error else {
+            panic!("expected an internal error");
+        };
+        assert!(!message.contains("SELECT"));
+    }
+}

@@ -1,0 +1,263 @@
+//! The PostgreSQL store, shared by several `vowd` replicas.
+//!
+//! Claims take due rows with `FOR UPDATE SKIP LOCKED`, so replicas never
+//! claim the same task, and stamp each lease with a fencing token from a
+//! sequence. Every change also lands in a change table and is announced with
+//! `pg_notify` inside its transaction; each replica reports its own commits to
+//! its feed at once and follows the others' through a LISTEN connection
+//! ([`listen`]), so Await and Watch on one replica see what another did.
+//!
+//! Opening runs the embedded migrations (under sqlx's advisory lock, so
+//! replicas may start together) and, unlike the embedded store, leaves leases
+//! alone: they belong to replicas that may still be running, and the
+//! engine's reaper requeues the ones that expire.
+//!
+//! Writes run in tasks of their own, so a caller that goes away (a dropped
+//! RPC) never leaves a committed change unreported to this process's feed.
+
+mod admission;
+mod errors;
+mod listen;
+mod publish;
+mod reads;
+mod schema;
+mod writes;
+
+use std::{
+    collections::BTreeMap,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::{admission::Admission, publish::Publisher};
+use super::{
+    ChangeFeed, ClaimRequest, CreateOutcome, ListPage, ListQuery, SharedTask, Store, StoreError,
+    StoreResult,
+};
+use crate::engine::task::{TaskId, TaskRecord};
+
+/// How a replica connects to PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database?options`.
+    pub url: String,
+    /// Most pooled connections for queries (the listener has one more of its own).
+    pub max_connections: u32,
+    /// Connections kept open while idle.
+    pub min_connections: u32,
+    /// How long a query waits for a free connection (or a new one) before
+    /// it fails as unavailable; also bounds connecting at start.
+    pub acquire_timeout: Duration,
+}
+
+/// Why the store could not open; each names the database, never the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresOpenError {
+    #[error("the database URL is not valid: {0}")]
+    InvalidUrl(String),
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error("cannot bring the schema of {target} up to date: {reason}")]
+    Migration { target: String, reason: String },
+}
+
+/// What the store's writes, reads and listener share.
+struct Shared {
+    pool: PgPool,
+    /// Names this process in change rows and notifications.
+    origin: Arc<str>,
+    publisher: Arc<Publisher>,
+    admission: Admission,
+    pruned_at: Mutex<Option<Instant>>,
+}
+
+/// The PostgreSQL backend.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    listen_pool: PgPool,
+    stop_listening: CancellationToken,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PostgresStore {
+    /// Connects, migrates, and starts following other replicas' changes,
+    /// reporting every change to `feed`. Must be called inside a tokio runtime.
+    pub async fn open(
+        options: &PostgresOptions,
+        feed: Arc<dyn ChangeFeed>,
+    ) -> Result<Self, PostgresOpenError> {
+        let connect_options = PgConnectOptions::from_str(&options.url)
+            .map_err(|error| PostgresOpenError::InvalidUrl(error.to_string()))?
+            .application_name("vowd");
+        let target = format!(
+            "{}:{}/{}",
+            connect_options.get_host(),
+            connect_options.get_port(),
+            connect_options
+                .get_database()
+                .unwrap_or("(default database)")
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(options.min_connections.min(options.max_connections))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options.clone())
+            .await
+            .map_err(|error| PostgresOpenError::Unreachable {
+                target: target.clone(),
+                reason: error.to_string(),
+            })?;
+        let migrator = schema::migrator()
+            .await
+            .map_err(|error| PostgresOpenError::Migration {
+                target: target.clone(),
+                reason: error.to_string(),
+            })?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|error| PostgresOpenError::Migration {
+                target: target.clone(),
+                reason: error.to_string(),
+            })?;
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect_options);
+
+        let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+        let publisher = Arc::new(Publisher::new(feed, pool.clone()));
+        let stop_listening = CancellationToken::new();
+        let listener = tokio::spawn(listen::run(
+            listen_pool.clone(),
+            pool.clone(),
+            origin.clone(),
+            publisher.clone(),
+            stop_listening.clone(),
+        ));
+        tracing::info!(database = %target, origin = %origin, "opened the PostgreSQL store");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                pool,
+                origin,
+                publisher,
+                admission: Admission::default(),
+                pruned_at: Mutex::new(None),
+            }),
+            listen_pool,
+            stop_listening,
+            listener: Mutex::new(Some(listener)),
+        })
+    }
+
+    /// Runs a write in a task of its own: it commits and reports its change
+    /// even if the caller stops waiting.
+    async fn detached<T: Send + 'static>(
+        &self,
+        write: impl Future<Output = StoreResult<T>> + Send + 'static,
+    ) -> StoreResult<T> {
+        tokio::spawn(write)
+            .await
+            .map_err(|error| StoreError::Internal(format!("a store write failed: {error}")))?
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.stop_listening.cancel();
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create(
+        &self,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+    ) -> StoreResult<CreateOutcome> {
+        self.detached(writes::create(self.shared.clone(), task, max_queued))
+            .await
+    }
+
+    async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>> {
+        reads::get(&self.shared.pool, id).await
+    }
+
+    async fn update(&self, task: TaskRecord, expected_revision: u64) -> StoreResult<SharedTask> {
+        self.detached(writes::update(self.shared.clone(), task, expected_revision))
+            .await
+    }
+
+    async fn delete(&self, id: TaskId) -> StoreResult<bool> {
+        self.detached(writes::delete(self.shared.clone(), id)).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
+        reads::list(&self.shared.pool, query).await
+    }
+
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
+        self.detached(writes::claim_due(self.shared.clone(), request.clone()))
+            .await
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
+        reads::next_due_at(&self.shared.pool).await
+    }
+
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        token: u64,
+        expires_at: SystemTime,
+    ) -> StoreResult<()> {
+        self.detached(writes::extend_lease(
+            self.shared.clone(),
+            id,
+            token,
+            expires_at,
+        ))
+        .await
+    }
+
+    async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
+        reads::overdue(&self.shared.pool, now, limit).await
+    }
+
+    async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
+        reads::expired_leases(&self.shared.pool, now, limit).await
+    }
+
+    async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>> {
+        self.detached(writes::delete_expired(self.shared.clone(), now, limit))
+            .await
+    }
+
+    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {
+        reads::queue_depth(&self.shared).await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        self.stop_listening.cancel();
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(listener) = listener {
+            let _ = listener.await;
+        }
+        self.listen_pool.close().await;
+        self.shared.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Hands committed changes to this process's [`ChangeFeed`], per task in
+//! revision order, whichever path they arrive by: this replica's own commits
+//! (reported right after they commit) or other replicas' (announced by
+//! NOTIFY, read from the change table).
+//!
+//! A small map remembers the last revision delivered per task. A change at
+//! or below it was already delivered and is skipped; a change that skips
+//! revisions (a later commit reported before an earlier one, or a replica
+//! that announced two changes in a row) first fetches the missing revisions
+//! from the change table, so listeners see every revision with no gap. The
+//! map keeps two generations of bounded size; a task forgotten by it is
+//! delivered as it comes, and watchers catch any gap by revision.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use sqlx::{PgPool, Row};
+
+use super::{errors, schema};
+use crate::{
+    engine::task::TaskId,
+    store::{ChangeFeed, SharedTask, StoreResult},
+};
+
+/// Tasks remembered per generation of the delivered-revision map.
+const GENERATION_CAPACITY: usize = 65_536;
+/// The revision recorded for a deleted task: nothing after it is delivered.
+const DELETED: u64 = u64::MAX;
+
+/// One committed change.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Changed(SharedTask),
+    Deleted(TaskId),
+}
+
+impl Change {
+    fn task_id(&self) -> TaskId {
+        match self {
+            Change::Changed(task) => task.id,
+            Change::Deleted(id) => *id,
+        }
+    }
+}
+
+/// A change announced by another replica: a revision, or `None` for a deletion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub task_id: TaskId,
+    pub revision: Option<u64>,
+}
+
+/// Revisions to fetch for one task: after `after`, up to and including `upto`.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    task_id: TaskId,
+    after: u64,
+    upto: u64,
+}
+
+/// Delivers changes to the feed in revision order per task.
+pub struct Publisher {
+    feed: Arc<dyn ChangeFeed>,
+    pool: PgPool,
+    delivered: Mutex<Delivered>,
+}
+
+#[derive(Default)]
+struct Delivered {
+    current: HashMap<TaskId, u64>,
+    previous: HashMap<TaskId, u64>,
+}
+
+impl Delivered {
+    fn last(&self, id: TaskId) -> Option<u64> {
+        self.current
+            .get(&id)
+            .or_else(|| self.previous.get(&id))
+            .copied()
+    }
+
+    fn record(&mut self, id: TaskId, revision: u64) {
+        if self.current.len() >= GENERATION_CAPACITY && !self.current.contains_key(&id) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(id, revision);
+    }
+}
+
+impl Publisher {
+    pub fn new(feed: Arc<dyn ChangeFeed>, pool: PgPool) -> Self {
+        Self {
+            feed,
+            pool,
+            delivered: Mutex::default(),
+        }
+    }
+
+    fn delivered(&self) -> std::sync::MutexGuard<'_, Delivered> {
+        // Delivery leaves the map consistent before calling out, so a
+        // poisoned lock still guards usable data.
+        self.delivered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Delivers one change unless it was already delivered.
+    fn deliver(&self, delivered: &mut Delivered, change: &Change) {
+        let id = change.task_id();
+        let last = delivered.last(id);
+        match change {
+            Change::Changed(task) => {
+                if last.is_some_and(|last| last >= task.revision) {
+                    return;
+                }
+                delivered.record(id, task.revision);
+                self.feed.changed(task);
+            }
+            Change::Deleted(_) => {
+                if last == Some(DELETED) {
+                    return;
+                }
+                delivered.record(id, DELETED);
+                self.feed.deleted(id);
+            }
+        }
+    }
+
+    /// Reports changes this process just committed, in commit order.
+    pub async fn publish_local(&self, changes: Vec<Change>) {
+        let mut gapped = Vec::new();
+        let mut wanted = Vec::new();
+        {
+            let mut delivered = self.delivered();
+            for change in changes {
+                if let Change::Changed(task) = &change
+                    && let Some(last) = delivered.last(task.id)
+                    && last != DELETED
+                    && last + 1 < task.revision
+                {
+                    wanted.push(Wanted {
+                        task_id: task.id,
+                        after: last,
+                        upto: task.revision - 1,
+                    });
+                    gapped.push(change);
+                    continue;
+                }
+                self.deliver(&mut delivered, &change);
+            }
+        }
+        if gapped.is_empty() {
+            return;
+        }
+        let missing = self.fetch(&wanted).await;
+        let mut delivered = self.delivered();
+        for change in missing.iter().chain(&gapped) {
+            self.deliver(&mut delivered, change);
+        }
+    }
+
+    /// Delivers changes other replicas announced, reading their records from
+    /// the change table (with any revisions this process has not seen yet).
+    pub async fn publish_remote(&self, notices: &[Notice]) {
+        // Per task, in order of first mention: the revisions to fetch, and
+        // whether it ends deleted.
+        let mut order: Vec<TaskId> = Vec::new();
+        let mut per_task: HashMap<TaskId, (Option<(u64, u64)>, bool)> = HashMap::new();
+        for notice in notices {
+            let entry = per_task.entry(notice.task_id).or_insert_with(|| {
+                order.push(notice.task_id);
+                (None, false)
+            });
+            match notice.revision {
+                Some(revision) => {
+                    let (low, high) = entry.0.get_or_insert((revision, revision));
+                    *low = (*low).min(revision);
+                    *high = (*high).max(revision);
+                }
+                None => entry.1 = true,
+            }
+        }
+        let wanted: Vec<Wanted> = {
+            let delivered = self.delivered();
+            order
+                .iter()
+                .filter_map(|id| {
+                    let (range, _) = per_task[id];
+                    let (low, high) = range?;
+                    let last = delivered.last(*id);
+                    if last.is_some_and(|last| last >= high) {
+                        return None;
+                    }
+                    Some(Wanted {
+                        task_id: *id,
+                        after: last.unwrap_or(low - 1),
+                        upto: high,
+                    })
+                })
+                .collect()
+        };
+        let fetched = self.fetch(&wanted).await;
+        let mut by_task: HashMap<TaskId, Vec<Change>> = HashMap::new();
+        for change in fetched {
+            by_task.entry(change.task_id()).or_default().push(change);
+        }
+        let mut delivered = self.delivered();
+        for id in order {
+            for change in by_task.remove(&id).unwrap_or_default() {
+                self.deliver(&mut delivered, &change);
+            }
+            if per_task[&id].1 {
+                self.deliver(&mut delivered, &Change::Deleted(id));
+            }
+        }
+    }
+
+    /// Delivers changes replayed from the change table, in commit order.
+    pub fn publish_replayed(&self, changes: &[Change]) {
+        let mut delivered = self.delivered();
+        for change in changes {
+            self.deliver(&mut delivered, change);
+        }
+    }
+
+    /// Reads the wanted revisions from the change table, per task in
+    /// revision order. A failure is logged and yields what could be read:
+    /// listeners then see a gap and re-read the task.
+    async fn fetch(&self, wanted: &[Wanted]) -> Vec<Change> {
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        match fetch_revisions(&self.pool, wanted).await {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read changes of other replicas; listeners will resync");
+                Vec::new()
+            }
+        }
+    }
+}
+
+async fn fetch_revisions(pool: &PgPool, wanted: &[Wanted]) -> StoreResult<Vec<Change>> {
+    let ids: Vec<Vec<u8>> = wanted
+        .iter()
+        .map(|wanted| wanted.task_id.to_bytes().to_vec())
+        .collect();
+    let after: Vec<i64> = wanted.iter().map(|wanted| wanted.after as i64).collect();
+    let upto: Vec<i64> = wanted.iter().map(|wanted| wanted.upto as i64).collect();
+    let rows = sqlx::query(
+        "SELECT c.record FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS w(task_id, after_revision, upto_revision)
+         JOIN task_changes c ON c.task_id = w.task_id
+              AND c.revision > w.after_revision AND c.revision <= w.upto_revision
+         ORDER BY c.task_id, c.revision",
+    )
+    .bind(ids)
+    .bind(after)
+    .bind(upto)
+    .fetch_all(pool)
+    .await
+    .map_err(errors::classify)?;
+    rows.iter()
+        .map(|row| schema::record_of(row).map(Change::Changed))
+        .collect()
+}
+
+/// Decodes a change-table row (`task_id`, `revision`, `record`).
+pub fn change_of(row: &sqlx::postgres::PgRow) -> StoreResult<Change> {
+    let revision: Option<i64> = row.try_get("revision").map_err(errors::classify)?;
+    match revision {
+        Some(_) => schema::record_of(row).map(Change::Changed),
+        None => schema::task_id_of(row, "task_id").map(Change::Deleted),
+    }
+}

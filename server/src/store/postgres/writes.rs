@@ -1,0 +1,508 @@
+//! Every write of the PostgreSQL store. Each one changes `tasks`, records
+//! the change in `task_changes` and announces it with `pg_notify` in the same
+//! transaction (most in one statement), then reports it to this process's
+//! feed once committed. Semantics mirror the embedded store's writer.
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::{Duration, SystemTime},
+};
+
+use sqlx::{
+    Postgres, Row,
+    postgres::{PgArguments, PgRow},
+    query::Query,
+};
+
+use super::{
+    Shared,
+    admission::{self, Estimate},
+    errors::classify,
+    publish::Change,
+    schema::{self, ColumnArrays, Columns, micros},
+};
+use crate::{
+    engine::task::{Lease, TaskId, TaskRecord, TaskState},
+    store::{ClaimRequest, CreateOutcome, SharedTask, StoreError, StoreResult},
+};
+
+/// Inserts with a taken idempotency key whose task vanished before it could
+/// be read (deleted concurrently) are retried this often.
+const CREATE_ATTEMPTS: usize = 8;
+/// Lease renewals that lost a race with another write are retried this often.
+const EXTEND_ATTEMPTS: usize = 16;
+/// How long change rows are kept for replicas that must replay them.
+pub const CHANGE_RETENTION: Duration = Duration::from_secs(5 * 60);
+/// Least time between two prunings of the change table by one process.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+/// Change rows deleted per statement when pruning.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// Records the rows of the `changed` CTE (id, revision, record) in the change
+/// table and announces each with NOTIFY; `$1` is this process's origin.
+const LOG_CHANGES: &str = "logged AS (
+        INSERT INTO task_changes (task_id, revision, record, origin)
+        SELECT id, revision, record, $1 FROM changed
+        RETURNING task_id, revision
+    )
+    SELECT logged.task_id FROM logged,
+        pg_notify('vow_changes',
+            $1 || ':' || encode(logged.task_id, 'hex') || ':' || COALESCE(logged.revision::text, 'deleted')
+        ) AS notified";
+
+const COLUMNS: &str = "id, kind, state, priority, created_at, due_at, deadline, \
+    lease_expires_at, lease_token, expires_at, revision, idempotency_key, record";
+
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH changed AS (
+            INSERT INTO tasks ({COLUMNS})
+            VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id, revision, record
+        ), {LOG_CHANGES}"
+    )
+});
+
+/// Replaces a row at the expected revision ($15) unless the stored lease has
+/// the same token and another expiry (then the careful path keeps it).
+static UPDATE_IF_CURRENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH changed AS (
+            UPDATE tasks SET kind = $3, state = $4, priority = $5, created_at = $6, due_at = $7,
+                deadline = $8, lease_expires_at = $9, lease_token = $10, expires_at = $11,
+                revision = $12, idempotency_key = $13, record = $14
+            WHERE id = $2 AND revision = $15
+                AND (lease_token IS NULL OR $10::BIGINT IS NULL OR lease_token <> $10
+                     OR lease_expires_at = $9)
+            RETURNING id, revision, record
+        ), {LOG_CHANGES}"
+    )
+});
+
+/// Replaces many rows (locked by the caller) from column arrays.
+static REPLACE_ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS (
+            SELECT * FROM unnest($2::BYTEA[], $3::TEXT[], $4::SMALLINT[], $5::INTEGER[], $6::BIGINT[],
+                $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
+                $13::TEXT[], $14::BYTEA[]) AS i({COLUMNS})
+        ), changed AS (
+            UPDATE tasks t SET kind = i.kind, state = i.state, priority = i.priority,
+                created_at = i.created_at, due_at = i.due_at, deadline = i.deadline,
+                lease_expires_at = i.lease_expires_at, lease_token = i.lease_token,
+                expires_at = i.expires_at, revision = i.revision,
+                idempotency_key = i.idempotency_key, record = i.record
+            FROM input i WHERE t.id = i.id
+            RETURNING t.id, t.revision, t.record
+        ), {LOG_CHANGES}"
+    )
+});
+
+static DELETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH changed AS (
+            DELETE FROM tasks WHERE id = $2
+            RETURNING id, NULL::BIGINT AS revision, NULL::BYTEA AS record
+        ), {LOG_CHANGES}"
+    )
+});
+
+const DELETE_EXPIRED: &str = "WITH doomed AS (
+        SELECT id FROM tasks WHERE expires_at <= $2
+        ORDER BY expires_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id, t.expires_at
+    ), logged AS (
+        INSERT INTO task_changes (task_id, revision, record, origin)
+        SELECT id, NULL, NULL, $1 FROM deleted RETURNING task_id
+    )
+    SELECT deleted.id, deleted.expires_at FROM deleted JOIN logged ON logged.task_id = deleted.id,
+        pg_notify('vow_changes', $1 || ':' || encode(deleted.id, 'hex') || ':deleted') AS notified";
+
+const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token FROM (
+        SELECT record, priority, created_at, id FROM tasks
+        WHERE due_at <= $1 ORDER BY priority DESC, created_at, id
+        LIMIT $2 FOR UPDATE SKIP LOCKED
+    ) AS due
+    ORDER BY due.priority DESC, due.created_at, due.id";
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// Binds `$2..$14` (after the origin in `$1`) to one row's columns.
+fn bind_row<'q>(query: PgQuery<'q>, columns: &Columns) -> PgQuery<'q> {
+    query
+        .bind(columns.id.clone())
+        .bind(columns.kind.clone())
+        .bind(columns.state)
+        .bind(columns.priority)
+        .bind(columns.created_at)
+        .bind(columns.due_at)
+        .bind(columns.deadline)
+        .bind(columns.lease_expires_at)
+        .bind(columns.lease_token)
+        .bind(columns.expires_at)
+        .bind(columns.revision)
+        .bind(columns.idempotency_key.clone())
+        .bind(columns.record.clone())
+}
+
+/// Binds `$2..$14` to column arrays.
+fn bind_rows(query: PgQuery<'_>, rows: ColumnArrays) -> PgQuery<'_> {
+    query
+        .bind(rows.id)
+        .bind(rows.kind)
+        .bind(rows.state)
+        .bind(rows.priority)
+        .bind(rows.created_at)
+        .bind(rows.due_at)
+        .bind(rows.deadline)
+        .bind(rows.lease_expires_at)
+        .bind(rows.lease_token)
+        .bind(rows.expires_at)
+        .bind(rows.revision)
+        .bind(rows.idempotency_key)
+        .bind(rows.record)
+}
+
+/// Replaces rows the transaction holds locked, logging and announcing them.
+async fn replace_rows(
+    connection: &mut sqlx::PgConnection,
+    origin: &str,
+    tasks: &[SharedTask],
+) -> StoreResult<()> {
+    let mut rows = ColumnArrays::default();
+    for task in tasks {
+        rows.push(Columns::of(task)?);
+    }
+    bind_rows(sqlx::query(&REPLACE_ROWS).bind(origin.to_owned()), rows)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Checks `max_queued` against this process's estimate, counting exactly
+/// only near the limit (see [`admission`]).
+async fn admit(shared: &Shared, limit: usize) -> StoreResult<()> {
+    let estimate = match shared.admission.estimate() {
+        Estimate::Fresh(estimate) => estimate,
+        Estimate::Refresh => match count_queued(shared, limit).await {
+            Ok(counted) => {
+                shared.admission.counted(counted);
+                counted
+            }
+            Err(error) => {
+                shared.admission.refresh_failed();
+                return Err(error);
+            }
+        },
+    };
+    if estimate + admission::margin(limit) < limit {
+        return Ok(());
+    }
+    if count_queued(shared, limit).await? >= limit {
+        return Err(StoreError::QueueFull { limit });
+    }
+    Ok(())
+}
+
+/// Claimable tasks, counted up to `limit`.
+async fn count_queued(shared: &Shared, limit: usize) -> StoreResult<usize> {
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE due_at IS NOT NULL LIMIT $1) AS queued",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_one(&shared.pool)
+    .await
+    .map_err(classify)?;
+    Ok(counted as usize)
+}
+
+pub async fn create(
+    shared: Arc<Shared>,
+    task: TaskRecord,
+    max_queued: Option<usize>,
+) -> StoreResult<CreateOutcome> {
+    if let Some(limit) = max_queued
+        && task.state.is_claimable()
+    {
+        admit(&shared, limit).await?;
+    }
+    let columns = Columns::of(&task)?;
+    for _ in 0..CREATE_ATTEMPTS {
+        let inserted = bind_row(
+            sqlx::query(&INSERT).bind(shared.origin.to_string()),
+            &columns,
+        )
+        .fetch_all(&shared.pool)
+        .await
+        .map_err(classify)?;
+        if !inserted.is_empty() {
+            if task.state.is_claimable() {
+                shared.admission.created();
+            }
+            let task = Arc::new(task);
+            shared
+                .publisher
+                .publish_local(vec![Change::Changed(task.clone())])
+                .await;
+            return Ok(CreateOutcome::Created(task));
+        }
+        // Only a taken idempotency key makes the insert do nothing.
+        let Some(key) = &task.idempotency_key else {
+            return Err(StoreError::Internal("a task insert did nothing".into()));
+        };
+        let existing = sqlx::query("SELECT record FROM tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(classify)?;
+        let Some(existing) = existing else {
+            continue;
+        };
+        let existing = schema::record_of(&existing)?;
+        if existing.request_fingerprint != task.request_fingerprint {
+            return Err(StoreError::IdempotencyMismatch {
+                existing: existing.id,
+            });
+        }
+        return Ok(CreateOutcome::Existing(existing));
+    }
+    Err(StoreError::Unavailable(
+        "the idempotency key is being reused concurrently".into(),
+    ))
+}
+
+pub async fn update(
+    shared: Arc<Shared>,
+    mut task: TaskRecord,
+    expected_revision: u64,
+) -> StoreResult<SharedTask> {
+    let columns = Columns::of(&task)?;
+    let grows = task.revision > expected_revision;
+    let updated = if grows {
+        bind_row(
+            sqlx::query(&UPDATE_IF_CURRENT).bind(shared.origin.to_string()),
+            &columns,
+        )
+        .bind(expected_revision as i64)
+        .fetch_all(&shared.pool)
+        .await
+        .map_err(classify)?
+    } else {
+        Vec::new()
+    };
+    if updated.is_empty() {
+        // Missing, changed, or a renewed lease to keep: decide under the row lock.
+        let mut transaction = shared.pool.begin().await.map_err(classify)?;
+        let stored = sqlx::query("SELECT record FROM tasks WHERE id = $1 FOR UPDATE")
+            .bind(columns.id.clone())
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        let Some(stored) = stored else {
+            return Err(StoreError::NotFound);
+        };
+        let stored = schema::record_of(&stored)?;
+        if stored.revision != expected_revision || !grows {
+            return Err(StoreError::RevisionConflict);
+        }
+        if let (Some(stored_lease), Some(lease)) = (&stored.lease, &mut task.lease)
+            && stored_lease.token == lease.token
+        {
+            lease.expires_at = stored_lease.expires_at;
+        }
+        let task = Arc::new(task);
+        replace_rows(
+            &mut transaction,
+            &shared.origin,
+            std::slice::from_ref(&task),
+        )
+        .await?;
+        transaction.commit().await.map_err(classify)?;
+        shared
+            .publisher
+            .publish_local(vec![Change::Changed(task.clone())])
+            .await;
+        return Ok(task);
+    }
+    let task = Arc::new(task);
+    shared
+        .publisher
+        .publish_local(vec![Change::Changed(task.clone())])
+        .await;
+    Ok(task)
+}
+
+pub async fn delete(shared: Arc<Shared>, id: TaskId) -> StoreResult<bool> {
+    let deleted = sqlx::query(&DELETE)
+        .bind(shared.origin.to_string())
+        .bind(id.to_bytes().to_vec())
+        .fetch_all(&shared.pool)
+        .await
+        .map_err(classify)?;
+    if deleted.is_empty() {
+        return Ok(false);
+    }
+    shared
+        .publisher
+        .publish_local(vec![Change::Deleted(id)])
+        .await;
+    Ok(true)
+}
+
+pub async fn claim_due(shared: Arc<Shared>, request: ClaimRequest) -> StoreResult<Vec<SharedTask>> {
+    if request.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut transaction = shared.pool.begin().await.map_err(classify)?;
+    let due: Vec<PgRow> = sqlx::query(CLAIM)
+        .bind(micros(request.now))
+        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
+    if due.is_empty() {
+        transaction.rollback().await.map_err(classify)?;
+        return Ok(Vec::new());
+    }
+    // Tokens in claim order, whatever order the database drew them in.
+    let mut tokens = due
+        .iter()
+        .map(|row| row.try_get::<i64, _>("token").map(|token| token as u64))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(classify)?;
+    tokens.sort_unstable();
+    let mut claimed = Vec::with_capacity(due.len());
+    for (row, token) in due.iter().zip(tokens) {
+        let mut task = schema::owned_record_of(row)?;
+        task.state = TaskState::Running;
+        task.attempt += 1;
+        task.revision += 1;
+        task.started_at = Some(request.now);
+        task.updated_at = request.now;
+        task.next_attempt_at = None;
+        task.progress = None;
+        task.lease = Some(Lease {
+            owner: request.owner.clone(),
+            token,
+            expires_at: request.now + request.lease_duration,
+        });
+        claimed.push(Arc::new(task));
+    }
+    replace_rows(&mut transaction, &shared.origin, &claimed).await?;
+    transaction.commit().await.map_err(classify)?;
+    shared
+        .publisher
+        .publish_local(claimed.iter().cloned().map(Change::Changed).collect())
+        .await;
+    Ok(claimed)
+}
+
+pub async fn extend_lease(
+    shared: Arc<Shared>,
+    id: TaskId,
+    token: u64,
+    expires_at: SystemTime,
+) -> StoreResult<()> {
+    for _ in 0..EXTEND_ATTEMPTS {
+        let stored = sqlx::query("SELECT record FROM tasks WHERE id = $1")
+            .bind(id.to_bytes().to_vec())
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(classify)?;
+        let Some(stored) = stored else {
+            return Err(StoreError::NotFound);
+        };
+        let stored_record: Vec<u8> = stored.try_get("record").map_err(classify)?;
+        let mut task = schema::decode(&stored_record)?;
+        let Some(lease) = task.lease.as_mut().filter(|lease| lease.token == token) else {
+            return Err(StoreError::StaleLease);
+        };
+        lease.expires_at = expires_at;
+        // The revision stays: a lease renewal is not a change anyone watches.
+        let columns = Columns::of(&task)?;
+        let renewed = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = $2, record = $3 WHERE id = $1 AND record = $4",
+        )
+        .bind(columns.id)
+        .bind(columns.lease_expires_at)
+        .bind(columns.record)
+        .bind(stored_record)
+        .execute(&shared.pool)
+        .await
+        .map_err(classify)?;
+        if renewed.rows_affected() == 1 {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Unavailable(
+        "the task changed too often to renew its lease".into(),
+    ))
+}
+
+pub async fn delete_expired(
+    shared: Arc<Shared>,
+    now: SystemTime,
+    limit: usize,
+) -> StoreResult<Vec<TaskId>> {
+    let rows = sqlx::query(DELETE_EXPIRED)
+        .bind(shared.origin.to_string())
+        .bind(micros(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&shared.pool)
+        .await
+        .map_err(classify)?;
+    let mut deleted = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let expires_at: i64 = row.try_get("expires_at").map_err(classify)?;
+        deleted.push((expires_at, schema::task_id_of(row, "id")?));
+    }
+    deleted.sort_unstable();
+    let deleted: Vec<TaskId> = deleted.into_iter().map(|(_, id)| id).collect();
+    if !deleted.is_empty() {
+        shared
+            .publisher
+            .publish_local(deleted.iter().copied().map(Change::Deleted).collect())
+            .await;
+    }
+    prune_changes(&shared).await;
+    Ok(deleted)
+}
+
+/// Deletes change rows older than [`CHANGE_RETENTION`] (by the database's
+/// clock), at most once per [`PRUNE_INTERVAL`] in this process.
+async fn prune_changes(shared: &Shared) {
+    {
+        let mut pruned_at = shared
+            .pruned_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pruned_at.is_some_and(|at| at.elapsed() < PRUNE_INTERVAL) {
+            return;
+        }
+        *pruned_at = Some(std::time::Instant::now());
+    }
+    loop {
+        let pruned = sqlx::query(
+            "DELETE FROM task_changes WHERE seq IN (
+                SELECT seq FROM task_changes
+                WHERE changed_at < (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT - $1
+                ORDER BY changed_at LIMIT $2
+            )",
+        )
+        .bind(CHANGE_RETENTION.as_micros() as i64)
+        .bind(PRUNE_BATCH)
+        .execute(&shared.pool)
+        .await;
+        match pruned {
+            Ok(done) if (done.rows_affected() as i64) < PRUNE_BATCH => return,
+            Ok(_) => tokio::task::yield_now().await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot prune the change table; retrying later");
+                return;
+            }
+        }
+    }
+}
