@@ -20,9 +20,23 @@ pub struct Config {
     #[arg(long, env = "VOW_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Where tasks are kept: `embedded` in one durable file under --data-dir; `memory` in this process only.
+    /// Where tasks are kept: `embedded` in one durable file under --data-dir; `memory` in this process only;
+    /// `postgres` in the PostgreSQL database at --database-url, shared by several vowd replicas.
     #[arg(long, env = "VOW_STORE", value_enum, default_value_t = StoreKind::Embedded)]
     pub store: StoreKind,
+
+    /// PostgreSQL database of `--store postgres`, as postgres://user:password@host:port/database.
+    /// Needs a session (not a transaction-pooling) connection: replicas LISTEN for each other's changes.
+    #[arg(long, env = "VOW_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Most PostgreSQL connections this replica opens for queries (plus one that listens for changes).
+    #[arg(long, env = "VOW_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub database_max_connections: u32,
+
+    /// PostgreSQL connections kept open while idle.
+    #[arg(long, env = "VOW_DATABASE_MIN_CONNECTIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub database_min_connections: u32,
 
     /// Directory of the embedded store (created if its parent exists).
     #[arg(long, env = "VOW_DATA_DIR", default_value = "./vow-data")]
@@ -109,6 +123,8 @@ pub enum StoreKind {
     Embedded,
     /// In this process only; everything is lost when it exits.
     Memory,
+    /// A PostgreSQL database at --database-url, shared by several replicas.
+    Postgres,
 }
 
 /// Commit durability of the embedded store.
@@ -154,6 +170,14 @@ impl Config {
         if self.default_retention > self.max_retention {
             return Err("--default-retention must not exceed --max-retention".into());
         }
+        if self.store == StoreKind::Postgres && self.database_url.is_none() {
+            return Err("--store postgres needs --database-url (or VOW_DATABASE_URL)".into());
+        }
+        if self.database_min_connections > self.database_max_connections {
+            return Err(
+                "--database-min-connections must not exceed --database-max-connections".into(),
+            );
+        }
         Ok(())
     }
 
@@ -177,6 +201,7 @@ impl Config {
             progress_interval: self.progress_interval,
             watch_heartbeat: self.watch_heartbeat,
             await_many_limit: self.await_many_limit as usize,
+            shared_store: self.store == StoreKind::Postgres,
             ..EngineConfig::default()
         }
     }
@@ -198,5 +223,29 @@ mod tests {
         let config = Config::from_args(["vowd", "--drain-timeout", "1m 30s"]).expect("parses");
         assert_eq!(config.drain_timeout, Duration::from_secs(90));
         assert!(Config::from_args(["vowd", "--drain-timeout", "-1s"]).is_err());
+    }
+
+    #[test]
+    fn postgres_needs_a_database_url_and_shares_the_store() {
+        let config = Config::from_args(["vowd", "--store", "postgres"]).expect("parses");
+        if std::env::var_os("VOW_DATABASE_URL").is_none() {
+            assert!(config.validate().unwrap_err().contains("--database-url"));
+        }
+        let config = Config::from_args([
+            "vowd",
+            "--store",
+            "postgres",
+            "--database-url",
+            "postgres://postgres@127.0.0.1/vow",
+        ])
+        .expect("parses");
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.engine_config().shared_store);
+        assert!(
+            !Config::from_args(["vowd"])
+                .expect("parses")
+                .engine_config()
+                .shared_store
+        );
     }
 }

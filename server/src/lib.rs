@@ -31,6 +31,9 @@ use crate::{
 /// How long open connections (health watches, idle clients) may delay the
 /// exit once the engine has drained.
 const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+/// How long a PostgreSQL query waits for a connection (and opening waits
+/// for the database) before failing as unavailable.
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Headroom over the input limit for the rest of a request.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
 
@@ -68,6 +71,15 @@ pub async fn open_store(
             })
             .await??;
             Ok(Arc::new(store))
+        }
+        config::StoreKind::Postgres => {
+            let options = store::PostgresOptions {
+                url: config.database_url.clone().unwrap_or_default(),
+                max_connections: config.database_max_connections,
+                min_connections: config.database_min_connections,
+                acquire_timeout: POSTGRES_ACQUIRE_TIMEOUT,
+            };
+            Ok(Arc::new(store::PostgresStore::open(&options, feed).await?))
         }
     }
 }
