@@ -42,21 +42,16 @@ pub(super) async fn dispatch_loop(engine: Engine) {
             },
             () = inner.stop_dispatch.cancelled() => return,
         };
-        let mut slots = vec![first_slot];
-        while slots.len() < CLAIM_BATCH {
-            match inner.slots.clone().try_acquire_owned() {
-                Ok(permit) => slots.push(permit),
-                Err(_) => break,
-            }
-        }
-
+        // Claim for every free slot, then take exactly one permit per claimed
+        // task: only this loop acquires, so the permits are there.
+        let limit = (1 + inner.slots.available_permits()).min(CLAIM_BATCH);
         let claimed = {
             let _gate = inner.claim_gate.lock().await;
-            match claim(&engine, slots.len()).await {
+            match claim(&engine, limit).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::error!(%error, "claiming due tasks failed; retrying");
-                    drop(slots);
+                    drop(first_slot);
                     tokio::select! {
                         () = tokio::time::sleep(IDLE_POLL) => continue,
                         () = inner.stop_dispatch.cancelled() => return,
@@ -66,12 +61,21 @@ pub(super) async fn dispatch_loop(engine: Engine) {
         };
 
         let claimed_any = !claimed.is_empty();
-        for ((task, attempt), slot) in claimed.into_iter().zip(slots.drain(..)) {
+        let mut first_slot = Some(first_slot);
+        for (task, attempt) in claimed {
+            let slot = match first_slot.take() {
+                Some(slot) => slot,
+                None => inner
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("the dispatcher is the only one acquiring, and it claimed no more than were free"),
+            };
             inner
                 .attempts
                 .spawn(run_attempt(engine.clone(), task, attempt, slot));
         }
-        drop(slots);
+        drop(first_slot);
         if claimed_any {
             continue;
         }
@@ -117,7 +121,12 @@ pub(super) async fn follow_other_writers(engine: Engine) {
                     if let Ok(task) = engine.get(id).await
                         && task.cancel_requested
                     {
-                        engine.stop_local_attempt(id, StopReason::Cancelled(task.cancel_reason.clone())).await;
+                        engine
+                            .stop_local_attempt(
+                                id,
+                                StopReason::Cancelled(task.cancel_reason.clone()),
+                            )
+                            .await;
                     }
                 }
             }
@@ -343,13 +352,15 @@ async fn execute(
 /// Stores the end of an attempt, unless this process no longer holds the lease.
 async fn store_outcome(
     engine: &Engine,
-    claimed: &TaskRecord,
+    claimed: &TaskEvent,
     outcome: AttemptOutcome,
     unwritten_progress: Option<ProgressReport>,
 ) {
     let lease_token = claimed.lease.as_ref().map(|lease| lease.token);
+    // Usually nothing changed since the claim but progress; the first try
+    // uses the claimed snapshot and a conflict falls back to reading.
     let result = engine
-        .update_task(claimed.id, |task| {
+        .update_task_from(claimed.id, Some(claimed.clone()), |task| {
             let holds_lease = task.state == TaskState::Running
                 && task.lease.as_ref().map(|lease| lease.token) == lease_token;
             if !holds_lease {

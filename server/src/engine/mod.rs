@@ -203,7 +203,10 @@ impl Engine {
             .background
             .spawn(maintenance::sweep_loop(engine.clone()));
         if engine.inner.config.shared_store {
-            engine.inner.background.spawn(executor::follow_other_writers(engine.clone()));
+            engine
+                .inner
+                .background
+                .spawn(executor::follow_other_writers(engine.clone()));
         }
         engine
     }
@@ -533,11 +536,26 @@ impl Engine {
     async fn update_task(
         &self,
         id: TaskId,
+        mutate: impl FnMut(&mut TaskRecord) -> Mutation,
+    ) -> Result<TaskEvent, EngineError> {
+        self.update_task_from(id, None, mutate).await
+    }
+
+    /// Like [`Engine::update_task`], starting from a snapshot the caller
+    /// already holds (saving a read when nothing changed since).
+    async fn update_task_from(
+        &self,
+        id: TaskId,
+        mut known: Option<TaskEvent>,
         mut mutate: impl FnMut(&mut TaskRecord) -> Mutation,
     ) -> Result<TaskEvent, EngineError> {
         loop {
-            let Some(stored) = self.inner.store.get(id).await? else {
-                return Err(EngineError::NotFound(id));
+            let stored = match known.take() {
+                Some(snapshot) => snapshot,
+                None => match self.inner.store.get(id).await? {
+                    Some(stored) => stored,
+                    None => return Err(EngineError::NotFound(id)),
+                },
             };
             let mut task = TaskRecord::clone(&stored);
             if let Mutation::Keep = mutate(&mut task) {

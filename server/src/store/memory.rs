@@ -90,7 +90,13 @@ impl Indexed {
             if let Some(deadline) = task.deadline {
                 self.deadlines.insert((deadline, task.id));
             }
-            *self.queued_by_kind.entry(task.kind.clone()).or_default() += 1;
+            // Look up before inserting: `entry` would copy the kind every time.
+            match self.queued_by_kind.get_mut(&task.kind) {
+                Some(count) => *count += 1,
+                None => {
+                    self.queued_by_kind.insert(task.kind.clone(), 1);
+                }
+            }
         }
         if let (TaskState::Running, Some(lease)) = (task.state, &task.lease) {
             self.leases.insert((lease.expires_at, task.id));
