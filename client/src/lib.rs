@@ -15,22 +15,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every call carries the caller's OpenTelemetry context (W3C `traceparent`,
+//! `tracestate`, `baggage`), so the server's spans and each attempt of a
+//! submitted task join the caller's trace; see [`TraceInjector`].
+//!
 //! Calls that fail with `UNAVAILABLE` are retried with exponential backoff and
 //! jitter (AIP-194). Submits are safe to retry because the client fills in an
 //! idempotency key when the caller gives none.
 
 mod error;
+mod propagation;
 mod submit;
 mod watch;
 
 use std::time::Duration;
 
 use futures::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 pub use vow_proto::v1 as proto;
 use vow_proto::v1::task_service_client::TaskServiceClient;
 
 pub use error::{Error, RpcError};
+pub use propagation::TraceInjector;
 pub use proto::{Task, TaskState};
 pub use submit::{SubmitBuilder, Submitted};
 pub use watch::{AwaitManySummary, AwaitMode, AwaitedMany, WatchEvent, WatchEventType};
@@ -58,10 +67,16 @@ impl Default for RetryConfig {
     }
 }
 
+/// The stub every call goes through: the channel behind the trace-context
+/// interceptor.
+pub(crate) type Tasks = TaskServiceClient<InterceptedService<Channel, TraceInjector>>;
+
 /// A connection to a Vow server. Cheap to clone; clones share the channel.
 #[derive(Clone)]
 pub struct Client {
-    tasks: TaskServiceClient<Channel>,
+    tasks: Tasks,
+    /// The bare channel, to rebuild `tasks` with another interceptor.
+    channel: Channel,
     retry: RetryConfig,
     call_timeout: Option<Duration>,
 }
@@ -146,7 +161,8 @@ impl Client {
     /// Wraps an existing channel (TLS, custom connectors, in-memory tests).
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            tasks: TaskServiceClient::new(channel),
+            tasks: TaskServiceClient::with_interceptor(channel.clone(), TraceInjector::default()),
+            channel,
             retry: RetryConfig::default(),
             call_timeout: Some(Duration::from_secs(30)),
         }
@@ -166,6 +182,22 @@ impl Client {
     /// ```
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Turns the injection of the current trace context into every call on
+    /// (the default) or off, e.g. to keep baggage from a server outside
+    /// one's trust boundary.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// let client = client.with_trace_propagation(false);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_trace_propagation(mut self, enabled: bool) -> Self {
+        // A fresh stub over the same channel: clones share the connection.
+        self.tasks =
+            TaskServiceClient::with_interceptor(self.channel.clone(), TraceInjector::new(enabled));
         self
     }
 
@@ -343,7 +375,7 @@ impl Client {
     ) -> Result<Resp, Error>
     where
         Req: Clone,
-        F: Fn(TaskServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: Fn(Tasks, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let mut backoff = self.retry.initial_backoff;
