@@ -1,0 +1,190 @@
+//! A real OTLP/gRPC trace receiver: a tonic server implementing the
+//! collector's `TraceService` with the `opentelemetry-proto` types, on an
+//! ephemeral loopback port. It keeps every span it is sent (or, for load
+//! runs, only counts them), so tests can assert on what `vowd` exported.
+//! Shared by tests/telemetry.rs and the `otlp_sink` example (benchmarks).
+
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::Span,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A span as received, with the `service.name` of the resource it came with.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    pub service_name: String,
+    pub span: Span,
+}
+
+#[derive(Default)]
+struct Collected {
+    /// `None` when only counting.
+    spans: Option<Mutex<Vec<ReceivedSpan>>>,
+    count: AtomicU64,
+    requests: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Collector(Arc<Collected>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let collected = &self.0;
+        collected.requests.fetch_add(1, Ordering::Relaxed);
+        for resource_spans in request.into_inner().resource_spans {
+            let service_name = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|resource| string_attribute(&resource.attributes, "service.name"))
+                .unwrap_or_default()
+                .to_owned();
+            for scope_spans in resource_spans.scope_spans {
+                collected
+                    .count
+                    .fetch_add(scope_spans.spans.len() as u64, Ordering::Relaxed);
+                let Some(spans) = &collected.spans else {
+                    continue;
+                };
+                spans
+                    .lock()
+                    .expect("no test panics while holding the span list")
+                    .extend(scope_spans.spans.into_iter().map(|span| ReceivedSpan {
+                        service_name: service_name.clone(),
+                        span,
+                    }));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A running receiver; stops serving when dropped.
+pub struct OtlpReceiver {
+    address: SocketAddr,
+    collected: Arc<Collected>,
+    server: JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    /// Serves on `127.0.0.1:0` and keeps every span.
+    pub async fn start() -> Self {
+        Self::serve("127.0.0.1:0", true).await
+    }
+
+    /// Serves on `address` and only counts spans (for long load runs, where
+    /// keeping them would grow without bound).
+    pub async fn start_counting(address: &str) -> Self {
+        Self::serve(address, false).await
+    }
+
+    async fn serve(address: &str, keep: bool) -> Self {
+        // Bound before serving, so the port is ready once this returns.
+        let listener = TcpListener::bind(address)
+            .await
+            .expect("bind the OTLP receiver");
+        let address = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let collected = Arc::new(Collected {
+            spans: keep.then(Default::default),
+            ..Default::default()
+        });
+        let service = TraceServiceServer::new(Collector(collected.clone()));
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .expect("the OTLP receiver serves");
+        });
+        Self {
+            address,
+            collected,
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, the value of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Every span received so far (empty when only counting).
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.collected
+            .spans
+            .as_ref()
+            .map_or_else(Vec::new, |spans| {
+                spans
+                    .lock()
+                    .expect("no test panics while holding the span list")
+                    .clone()
+            })
+    }
+
+    /// Spans received so far.
+    pub fn span_count(&self) -> u64 {
+        self.collected.count.load(Ordering::Relaxed)
+    }
+
+    /// Export requests received so far.
+    pub fn request_count(&self) -> u64 {
+        self.collected.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The value of attribute `key`, if present.
+pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|attribute| attribute.key == key)
+        .and_then(|attribute| attribute.value.as_ref())
+        .and_then(|value: &AnyValue| value.value.as_ref())
+}
+
+/// The string value of attribute `key`, if it is a string.
+pub fn string_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attribute(attributes, key)? {
+        Value::StringValue(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// The integer value of attribute `key`, if it is an integer.
+pub fn int_attribute(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    match attribute(attributes, key)? {
+        Value::IntValue(number) => Some(*number),
+        _ => None,
+    }
+}
+
+/// Lowercase hex of an id (trace, span) as OTLP carries it: raw bytes.
+pub fn hex_id(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
