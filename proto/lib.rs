@@ -10,5 +10,7 @@ pub mod v1 {
     tonic::include_proto!("vow.v1");
 }
 
+pub mod json;
+
 /// Encoded `FileDescriptorSet` of everything in `proto/`, imports included.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vow_descriptor");

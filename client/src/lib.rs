@@ -466,54 +466,14 @@ impl TaskExt for Task {
     }
 }
 
-/// `google.protobuf.Value` as JSON; integral numbers become integers.
+/// `google.protobuf.Value` as JSON; integral numbers become integers. The
+/// server never sends a non-finite number (JSON cannot hold one).
 pub fn value_to_json(value: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(*flag),
-        Some(Kind::NumberValue(number)) => {
-            if number.fract() == 0.0 && number.abs() < 9_007_199_254_740_992.0 {
-                serde_json::Value::from(*number as i64)
-            } else {
-                serde_json::Number::from_f64(*number)
-                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
-            }
-        }
-        Some(Kind::StringValue(text)) => serde_json::Value::String(text.clone()),
-        Some(Kind::ListValue(list)) => {
-            serde_json::Value::Array(list.values.iter().map(value_to_json).collect())
-        }
-        Some(Kind::StructValue(object)) => serde_json::Value::Object(
-            object
-                .fields
-                .iter()
-                .map(|(key, value)| (key.clone(), value_to_json(value)))
-                .collect(),
-        ),
-    }
+    vow_proto::json::from_value(value).unwrap_or_default()
 }
 
 /// JSON as a `google.protobuf.Value`.
-pub fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match json {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(flag) => Kind::BoolValue(*flag),
-        serde_json::Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
-        serde_json::Value::String(text) => Kind::StringValue(text.clone()),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(object) => Kind::StructValue(prost_types::Struct {
-            fields: object
-                .iter()
-                .map(|(key, value)| (key.clone(), json_to_value(value)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
+pub use vow_proto::json::to_value as json_to_value;
 
 pub(crate) fn duration_to_proto(duration: Duration) -> prost_types::Duration {
     duration.try_into().unwrap_or(prost_types::Duration {

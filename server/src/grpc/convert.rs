@@ -174,10 +174,10 @@ fn payload(field: &str, input: pb::Payload, violations: &mut Violations) -> Payl
     let data = match input.data {
         None => PayloadData::Json(serde_json::Value::Null),
         Some(pb::payload::Data::Binary(bytes)) => PayloadData::Binary(bytes),
-        Some(pb::payload::Data::Json(value)) => match json_from_value(value) {
+        Some(pb::payload::Data::Json(value)) => match vow_proto::json::from_value(&value) {
             Ok(json) => PayloadData::Json(json),
             Err(problem) => {
-                violations.add(&format!("{field}.json"), problem);
+                violations.add(&format!("{field}.json"), problem.to_string());
                 PayloadData::Json(serde_json::Value::Null)
             }
         },
@@ -190,67 +190,13 @@ fn payload(field: &str, input: pb::Payload, violations: &mut Violations) -> Payl
 
 fn payload_to_proto(payload: &Payload) -> pb::Payload {
     let data = match &payload.data {
-        PayloadData::Json(json) => pb::payload::Data::Json(json_to_value(json)),
+        PayloadData::Json(json) => pb::payload::Data::Json(vow_proto::json::to_value(json)),
         PayloadData::Binary(bytes) => pb::payload::Data::Binary(bytes.clone()),
     };
     pb::Payload {
         data: Some(data),
         content_type: payload.content_type.clone(),
     }
-}
-
-/// `google.protobuf.Value` to JSON. Non-finite numbers have no JSON form.
-fn json_from_value(value: prost_types::Value) -> Result<serde_json::Value, String> {
-    use prost_types::value::Kind;
-    Ok(match value.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(flag),
-        Some(Kind::NumberValue(number)) => json_number(number).ok_or("numbers must be finite")?,
-        Some(Kind::StringValue(text)) => serde_json::Value::String(text),
-        Some(Kind::ListValue(list)) => serde_json::Value::Array(
-            list.values
-                .into_iter()
-                .map(json_from_value)
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(Kind::StructValue(object)) => serde_json::Value::Object(
-            object
-                .fields
-                .into_iter()
-                .map(|(key, value)| Ok((key, json_from_value(value)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-    })
-}
-
-/// Protobuf numbers are doubles; integral ones become JSON integers so that
-/// `{"ms": 250}` reads back as an integer.
-fn json_number(number: f64) -> Option<serde_json::Value> {
-    const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
-    if number.fract() == 0.0 && number.abs() <= EXACT_INTEGER_LIMIT {
-        return Some(serde_json::Value::from(number as i64));
-    }
-    serde_json::Number::from_f64(number).map(serde_json::Value::Number)
-}
-
-fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match json {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(flag) => Kind::BoolValue(*flag),
-        serde_json::Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
-        serde_json::Value::String(text) => Kind::StringValue(text.clone()),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(object) => Kind::StructValue(prost_types::Struct {
-            fields: object
-                .iter()
-                .map(|(key, value)| (key.clone(), json_to_value(value)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// A task record as the wire shows it.
@@ -546,12 +492,6 @@ pub fn await_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_survives_the_round_trip_through_protobuf_values() {
-        let json = serde_json::json!({"a": [1, 2.5, null, true, "x"], "b": {"c": {}}});
-        assert_eq!(json_from_value(json_to_value(&json)), Ok(json));
-    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
