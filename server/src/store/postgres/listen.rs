@@ -53,8 +53,17 @@ pub fn parse(payload: &str) -> Option<(&str, Notice)> {
     Some((origin, Notice { task_id, revision }))
 }
 
-/// Follows other replicas' changes until `stop` fires.
+/// A listening connection, and the database time read once LISTEN took effect.
+pub struct Listening {
+    listener: PgListener,
+    since: i64,
+}
+
+/// Follows other replicas' changes until `stop` fires, starting on `first`
+/// (opened by the caller, so that nothing committed after the store opened
+/// goes unheard).
 pub async fn run(
+    first: Listening,
     listen_pool: PgPool,
     pool: PgPool,
     origin: Arc<str>,
@@ -63,65 +72,87 @@ pub async fn run(
 ) {
     let mut backoff = FIRST_BACKOFF;
     // Database time (micros) up to which this replica is known to be in step.
-    let mut in_step_at: Option<i64> = None;
+    let mut in_step_at = first.since;
+    let mut next = Some(first);
     let mut warned = false;
     loop {
-        let connected = tokio::select! {
-            connected = connect(&listen_pool) => connected,
-            () = stop.cancelled() => return,
+        let reconnected = next.is_none();
+        let connected = match next.take() {
+            Some(first) => Ok(first),
+            None => tokio::select! {
+                connected = connect(&listen_pool) => connected,
+                () = stop.cancelled() => return,
+            },
         };
-        let (mut listener, now) = match connected {
-            Ok(connected) => connected,
+        let mut listening = match connected {
+            Ok(listening) => listening,
             Err(error) => {
                 if !warned {
                     tracing::warn!(%error, "cannot listen for other replicas' changes; retrying");
                     warned = true;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop.cancelled() => return,
+                if pause(&mut backoff, &stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
-        backoff = FIRST_BACKOFF;
-        warned = false;
-        // Not the first connection: what was committed meanwhile was not heard.
-        if let Some(since) = in_step_at {
-            let replay_from = since - REPLAY_MARGIN.as_micros() as i64;
+        if reconnected {
+            // What was committed while nobody listened was not heard.
+            let replay_from = in_step_at - REPLAY_MARGIN.as_micros() as i64;
             match replay(&pool, &origin, &publisher, replay_from).await {
-                Ok(replayed) => {
-                    tracing::info!(
-                        replayed,
-                        "listening again for other replicas' changes; replayed what was missed"
-                    );
-                }
+                Ok(replayed) => tracing::info!(
+                    replayed,
+                    "listening again for other replicas' changes; replayed what was missed"
+                ),
                 Err(error) => {
                     tracing::warn!(%error, "cannot replay missed changes; retrying");
+                    if pause(&mut backoff, &stop).await {
+                        return;
+                    }
                     continue;
                 }
             }
         }
-        in_step_at = Some(in_step_at.map_or(now, |at| at.max(now)));
-        if follow(&mut listener, &origin, &publisher, &mut in_step_at, &stop).await {
+        backoff = FIRST_BACKOFF;
+        warned = false;
+        in_step_at = in_step_at.max(listening.since);
+        if follow(
+            &mut listening.listener,
+            &origin,
+            &publisher,
+            &mut in_step_at,
+            &stop,
+        )
+        .await
+        {
             return;
         }
         tracing::warn!("lost the connection listening for other replicas' changes; reconnecting");
     }
 }
 
+/// Sleeps for the backoff (doubling it); true if `stop` fired meanwhile.
+async fn pause(backoff: &mut Duration, stop: &CancellationToken) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(*backoff) => false,
+        () = stop.cancelled() => true,
+    };
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    stopped
+}
+
 /// Opens the listening connection; returns it with the database time read
 /// after LISTEN took effect.
-async fn connect(listen_pool: &PgPool) -> Result<(PgListener, i64), sqlx::Error> {
+pub async fn connect(listen_pool: &PgPool) -> Result<Listening, sqlx::Error> {
     let mut listener = PgListener::connect_with(listen_pool).await?;
-    // A lost connection ends `follow`; reconnecting is this loop's job.
+    // A lost connection ends `follow`; reconnecting is `run`'s job.
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
-    let now: i64 = sqlx::query_scalar(DATABASE_NOW)
+    let since: i64 = sqlx::query_scalar(DATABASE_NOW)
         .fetch_one(&mut listener)
         .await?;
-    Ok((listener, now))
+    Ok(Listening { listener, since })
 }
 
 /// Delivers notifications until the connection is lost (false) or `stop`
@@ -130,7 +161,7 @@ async fn follow(
     listener: &mut PgListener,
     origin: &str,
     publisher: &Publisher,
-    in_step_at: &mut Option<i64>,
+    in_step_at: &mut i64,
     stop: &CancellationToken,
 ) -> bool {
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -145,7 +176,7 @@ async fn follow(
                 )
                 .await;
                 match checked {
-                    Ok(Ok(now)) => *in_step_at = Some(now),
+                    Ok(Ok(now)) => *in_step_at = now,
                     _ => return false,
                 }
                 // Notifications that arrived during the check wait in the buffer.

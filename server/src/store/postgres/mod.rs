@@ -45,6 +45,10 @@ use super::{
 };
 use crate::engine::task::{TaskId, TaskRecord};
 
+/// `application_name` of the connection that listens for changes (the
+/// others are `vowd`), so operators can tell it apart in pg_stat_activity.
+const LISTENER_NAME: &str = "vowd-listener";
+
 /// How a replica connects to PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -132,12 +136,21 @@ impl PostgresStore {
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
-            .connect_lazy_with(connect_options);
+            .connect_lazy_with(connect_options.application_name(LISTENER_NAME));
+        // Listening before serving: a waiter on this replica must not miss a
+        // change committed elsewhere after it read the store.
+        let listening = listen::connect(&listen_pool).await.map_err(|error| {
+            PostgresOpenError::Unreachable {
+                target: target.clone(),
+                reason: format!("cannot LISTEN: {error}"),
+            }
+        })?;
 
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let publisher = Arc::new(Publisher::new(feed, pool.clone()));
         let stop_listening = CancellationToken::new();
         let listener = tokio::spawn(listen::run(
+            listening,
             listen_pool.clone(),
             pool.clone(),
             origin.clone(),

@@ -33,15 +33,38 @@ const DELETED: u64 = u64::MAX;
 #[derive(Clone, Debug)]
 pub enum Change {
     Changed(SharedTask),
-    Deleted(TaskId),
+    /// The task was deleted at `last_revision`, when known: revisions up to
+    /// it not yet delivered are delivered before the deletion.
+    Deleted {
+        id: TaskId,
+        last_revision: Option<u64>,
+    },
 }
 
 impl Change {
     fn task_id(&self) -> TaskId {
         match self {
             Change::Changed(task) => task.id,
-            Change::Deleted(id) => *id,
+            Change::Deleted { id, .. } => *id,
         }
+    }
+
+    /// The revision this change needs delivered before it, if any is missing.
+    fn missing_before(&self, last_delivered: Option<u64>) -> Option<Wanted> {
+        let last = last_delivered.filter(|last| *last != DELETED)?;
+        let (id, upto) = match self {
+            Change::Changed(task) => (task.id, task.revision - 1),
+            Change::Deleted {
+                id,
+                last_revision: Some(revision),
+            } => (*id, *revision),
+            Change::Deleted { .. } => return None,
+        };
+        (last < upto).then_some(Wanted {
+            task_id: id,
+            after: last,
+            upto,
+        })
     }
 }
 
@@ -118,7 +141,7 @@ impl Publisher {
                 delivered.record(id, task.revision);
                 self.feed.changed(task);
             }
-            Change::Deleted(_) => {
+            Change::Deleted { .. } => {
                 if last == Some(DELETED) {
                     return;
                 }
@@ -135,20 +158,13 @@ impl Publisher {
         {
             let mut delivered = self.delivered();
             for change in changes {
-                if let Change::Changed(task) = &change
-                    && let Some(last) = delivered.last(task.id)
-                    && last != DELETED
-                    && last + 1 < task.revision
-                {
-                    wanted.push(Wanted {
-                        task_id: task.id,
-                        after: last,
-                        upto: task.revision - 1,
-                    });
-                    gapped.push(change);
-                    continue;
+                match change.missing_before(delivered.last(change.task_id())) {
+                    Some(missing) => {
+                        wanted.push(missing);
+                        gapped.push(change);
+                    }
+                    None => self.deliver(&mut delivered, &change),
                 }
-                self.deliver(&mut delivered, &change);
             }
         }
         if gapped.is_empty() {
@@ -212,7 +228,11 @@ impl Publisher {
                 self.deliver(&mut delivered, &change);
             }
             if per_task[&id].1 {
-                self.deliver(&mut delivered, &Change::Deleted(id));
+                let deleted = Change::Deleted {
+                    id,
+                    last_revision: None,
+                };
+                self.deliver(&mut delivered, &deleted);
             }
         }
     }
@@ -271,6 +291,9 @@ pub fn change_of(row: &sqlx::postgres::PgRow) -> StoreResult<Change> {
     let revision: Option<i64> = row.try_get("revision").map_err(errors::classify)?;
     match revision {
         Some(_) => schema::record_of(row).map(Change::Changed),
-        None => schema::task_id_of(row, "task_id").map(Change::Deleted),
+        None => schema::task_id_of(row, "task_id").map(|id| Change::Deleted {
+            id,
+            last_revision: None,
+        }),
     }
 }

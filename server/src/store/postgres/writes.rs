@@ -99,25 +99,30 @@ static REPLACE_ROWS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static DELETE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH changed AS (
-            DELETE FROM tasks WHERE id = $2
-            RETURNING id, NULL::BIGINT AS revision, NULL::BYTEA AS record
-        ), {LOG_CHANGES}"
-    )
-});
-
-const DELETE_EXPIRED: &str = "WITH doomed AS (
-        SELECT id FROM tasks WHERE expires_at <= $2
-        ORDER BY expires_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
-    ), deleted AS (
-        DELETE FROM tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id, t.expires_at
+/// Deletes one task; returns the revision it had.
+const DELETE: &str = "WITH deleted AS (
+        DELETE FROM tasks WHERE id = $2 RETURNING id, revision
     ), logged AS (
         INSERT INTO task_changes (task_id, revision, record, origin)
         SELECT id, NULL, NULL, $1 FROM deleted RETURNING task_id
     )
-    SELECT deleted.id, deleted.expires_at FROM deleted JOIN logged ON logged.task_id = deleted.id,
+    SELECT deleted.revision FROM deleted JOIN logged ON logged.task_id = deleted.id,
+        pg_notify('vow_changes', $1 || ':' || encode(deleted.id, 'hex') || ':deleted') AS notified";
+
+/// Deletes up to `$3` tasks whose retention ended by `$2`, skipping rows
+/// another replica is deleting; returns each with its expiry and revision.
+const DELETE_EXPIRED: &str = "WITH doomed AS (
+        SELECT id FROM tasks WHERE expires_at <= $2
+        ORDER BY expires_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM tasks t USING doomed WHERE t.id = doomed.id
+        RETURNING t.id, t.expires_at, t.revision
+    ), logged AS (
+        INSERT INTO task_changes (task_id, revision, record, origin)
+        SELECT id, NULL, NULL, $1 FROM deleted RETURNING task_id
+    )
+    SELECT deleted.id, deleted.expires_at, deleted.revision
+    FROM deleted JOIN logged ON logged.task_id = deleted.id,
         pg_notify('vow_changes', $1 || ':' || encode(deleted.id, 'hex') || ':deleted') AS notified";
 
 const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token FROM (
@@ -336,18 +341,22 @@ pub async fn update(
 }
 
 pub async fn delete(shared: Arc<Shared>, id: TaskId) -> StoreResult<bool> {
-    let deleted = sqlx::query(&DELETE)
+    let deleted = sqlx::query(DELETE)
         .bind(shared.origin.to_string())
         .bind(id.to_bytes().to_vec())
-        .fetch_all(&shared.pool)
+        .fetch_optional(&shared.pool)
         .await
         .map_err(classify)?;
-    if deleted.is_empty() {
+    let Some(deleted) = deleted else {
         return Ok(false);
-    }
+    };
+    let revision: i64 = deleted.try_get("revision").map_err(classify)?;
     shared
         .publisher
-        .publish_local(vec![Change::Deleted(id)])
+        .publish_local(vec![Change::Deleted {
+            id,
+            last_revision: Some(revision as u64),
+        }])
         .await;
     Ok(true)
 }
@@ -457,16 +466,22 @@ pub async fn delete_expired(
     let mut deleted = Vec::with_capacity(rows.len());
     for row in &rows {
         let expires_at: i64 = row.try_get("expires_at").map_err(classify)?;
-        deleted.push((expires_at, schema::task_id_of(row, "id")?));
+        let revision: i64 = row.try_get("revision").map_err(classify)?;
+        deleted.push((expires_at, schema::task_id_of(row, "id")?, revision as u64));
     }
+    // Oldest expiry first, as the sweep selected them.
     deleted.sort_unstable();
-    let deleted: Vec<TaskId> = deleted.into_iter().map(|(_, id)| id).collect();
     if !deleted.is_empty() {
-        shared
-            .publisher
-            .publish_local(deleted.iter().copied().map(Change::Deleted).collect())
-            .await;
+        let changes = deleted
+            .iter()
+            .map(|&(_, id, revision)| Change::Deleted {
+                id,
+                last_revision: Some(revision),
+            })
+            .collect();
+        shared.publisher.publish_local(changes).await;
     }
+    let deleted: Vec<TaskId> = deleted.into_iter().map(|(_, id, _)| id).collect();
     prune_changes(&shared).await;
     Ok(deleted)
 }
