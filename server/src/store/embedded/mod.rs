@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::{
     schema::{MIGRATIONS, micros, record_of, state_code},
-    writer::{Op, QueueDepth, Writer},
+    writer::{Cache, Op, QueueDepth, Writer},
 };
 use super::{
     ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, SharedTask, Store,
@@ -38,6 +38,8 @@ const LOCK_FILE: &str = "vowd.lock";
 const WRITE_QUEUE: usize = 16_384;
 /// Reader connections kept open between reads.
 const IDLE_READERS: usize = 8;
+/// Records kept in the write-through cache (about 1 KiB each).
+const CACHED_TASKS: usize = 32_768;
 /// The WAL is truncated back to this size after checkpoints.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
@@ -80,6 +82,7 @@ pub struct EmbeddedStore {
     writes: mpsc::Sender<Op>,
     readers: Arc<ReaderPool>,
     queue_depth: QueueDepth,
+    cache: Cache,
     /// Held for the life of the store: the directory's exclusive lock.
     _lock: File,
 }
@@ -115,12 +118,16 @@ impl EmbeddedStore {
         let mut connection = open_writer(&path, durability)?;
         let (queue_depth, fencing_token) = recover(&mut connection, &path)?;
         let queue_depth: QueueDepth = Arc::new(Mutex::new(queue_depth));
+        let capacity =
+            std::num::NonZeroUsize::new(CACHED_TASKS).expect("the cache holds some tasks");
+        let cache: Cache = Arc::new(Mutex::new(lru::LruCache::new(capacity)));
 
         let (writes, ops) = mpsc::channel(WRITE_QUEUE);
         let writer = Writer {
             connection,
             feed,
             queue_depth: queue_depth.clone(),
+            cache: cache.clone(),
             fencing_token,
         };
         std::thread::Builder::new()
@@ -137,6 +144,7 @@ impl EmbeddedStore {
                 idle: Mutex::new(Vec::new()),
             }),
             queue_depth,
+            cache,
             _lock: lock,
         })
     }
@@ -358,6 +366,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
         self.read(move |connection| Ok(schema::get(connection, id)?.map(Arc::new)))
             .await
     }

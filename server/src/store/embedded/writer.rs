@@ -3,7 +3,7 @@
 //! RPCs), then publishes the committed changes in order and answers.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -67,10 +67,16 @@ enum Change {
 /// Claimable tasks per kind, shared with readers for the queue depth.
 pub type QueueDepth = Arc<Mutex<BTreeMap<String, usize>>>;
 
+/// Recently written records as committed. Only the writer fills it, right
+/// after COMMIT, so it is never older than the file: this process owns the
+/// file, and every write goes through the writer.
+pub type Cache = Arc<Mutex<lru::LruCache<TaskId, SharedTask>>>;
+
 pub struct Writer {
     pub connection: Connection,
     pub feed: Arc<dyn ChangeFeed>,
     pub queue_depth: QueueDepth,
+    pub cache: Cache,
     pub fencing_token: u64,
 }
 
@@ -102,6 +108,8 @@ impl Applied {
 struct Batch {
     depth: BTreeMap<String, usize>,
     fencing_token: u64,
+    /// Records written by this batch (None: deleted), newer than the cache.
+    written: HashMap<TaskId, Option<SharedTask>>,
 }
 
 impl Batch {
@@ -163,6 +171,7 @@ impl Writer {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
             fencing_token: self.fencing_token,
+            written: HashMap::new(),
         };
         let mut applied = Vec::with_capacity(ops.len());
         let mut failure = self.connection.execute_batch("BEGIN IMMEDIATE").err();
@@ -195,6 +204,22 @@ impl Writer {
             return;
         }
         self.fencing_token = batch.fencing_token;
+        {
+            let mut cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (id, record) in batch.written {
+                match record {
+                    Some(record) => {
+                        cache.put(id, record);
+                    }
+                    None => {
+                        cache.pop(&id);
+                    }
+                }
+            }
+        }
         *self
             .queue_depth
             .lock()
@@ -292,6 +317,7 @@ impl Writer {
                 sql!(reply, columns.upsert(&self.connection));
                 batch.count(None, Some(&task));
                 let task = Arc::new(task);
+                batch.written.insert(task.id, Some(task.clone()));
                 Applied::new(
                     reply,
                     Ok(CreateOutcome::Created(task.clone())),
@@ -303,7 +329,7 @@ impl Writer {
                 expected_revision,
                 reply,
             } => {
-                let stored = sql!(reply, schema::get(&self.connection, task.id));
+                let stored = sql!(reply, self.lookup(task.id, batch));
                 let Some(stored) = stored else {
                     return Ok(Applied::new(reply, Err(StoreError::NotFound), Vec::new()));
                 };
@@ -323,10 +349,11 @@ impl Writer {
                 sql!(reply, columns.upsert(&self.connection));
                 batch.count(Some(&stored), Some(&task));
                 let task = Arc::new(task);
+                batch.written.insert(task.id, Some(task.clone()));
                 Applied::new(reply, Ok(task.clone()), vec![Change::Changed(task)])
             }
             Op::Delete { id, reply } => {
-                let stored = sql!(reply, schema::get(&self.connection, id));
+                let stored = sql!(reply, self.lookup(id, batch));
                 let Some(stored) = stored else {
                     return Ok(Applied::new(reply, Ok(false), Vec::new()));
                 };
@@ -337,10 +364,11 @@ impl Writer {
                         .and_then(|mut statement| statement.execute([id.to_bytes()]))
                 );
                 batch.count(Some(&stored), None);
+                batch.written.insert(id, None);
                 Applied::new(reply, Ok(true), vec![Change::Deleted(id)])
             }
             Op::Claim { request, reply } => {
-                let due = sql!(reply, self.due_tasks(&request));
+                let due = sql!(reply, self.due_tasks(&request, batch));
                 let mut claimed = Vec::with_capacity(due.len());
                 let mut changes = Vec::with_capacity(due.len());
                 for stored in due {
@@ -362,6 +390,7 @@ impl Writer {
                     sql!(reply, columns.upsert(&self.connection));
                     batch.count(Some(&stored), Some(&task));
                     let task = Arc::new(task);
+                    batch.written.insert(task.id, Some(task.clone()));
                     changes.push(Change::Changed(task.clone()));
                     claimed.push(task);
                 }
@@ -385,7 +414,7 @@ impl Writer {
                 expires_at,
                 reply,
             } => {
-                let stored = sql!(reply, schema::get(&self.connection, id));
+                let stored = sql!(reply, self.lookup(id, batch));
                 let Some(mut task) = stored else {
                     return Ok(Applied::new(reply, Err(StoreError::NotFound), Vec::new()));
                 };
@@ -396,12 +425,16 @@ impl Writer {
                 // The revision stays: a lease renewal is not a change anyone watches.
                 let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
                 sql!(reply, columns.upsert(&self.connection));
+                batch.written.insert(id, Some(Arc::new(task)));
                 Applied::new(reply, Ok(()), Vec::new())
             }
             // The run loop takes Close out of every batch before applying it.
             Op::Close { reply } => Applied::new(reply, Ok(()), Vec::new()),
             Op::DeleteExpired { now, limit, reply } => {
                 let deleted = sql!(reply, self.delete_expired(now, limit));
+                for id in &deleted {
+                    batch.written.insert(*id, None);
+                }
                 let changes = deleted.iter().map(|id| Change::Deleted(*id)).collect();
                 Applied::new(reply, Ok(deleted), changes)
             }
@@ -440,16 +473,45 @@ impl Writer {
         }
     }
 
-    fn due_tasks(&self, request: &ClaimRequest) -> rusqlite::Result<Vec<TaskRecord>> {
+    fn due_tasks(
+        &self,
+        request: &ClaimRequest,
+        batch: &Batch,
+    ) -> rusqlite::Result<Vec<TaskRecord>> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT record FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1
+            "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1
              ORDER BY priority DESC, created_at, id LIMIT ?2",
         )?;
-        statement
+        let ids: Vec<TaskId> = statement
             .query_map(params![micros(request.now), request.limit as i64], |row| {
-                schema::record_of(row, 0)
+                row.get::<_, [u8; 16]>(0).map(TaskId::from_bytes)
             })?
-            .collect()
+            .collect::<rusqlite::Result<_>>()?;
+        let mut due = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(task) = self.lookup(id, batch)? {
+                due.push(task);
+            }
+        }
+        Ok(due)
+    }
+
+    /// The latest committed (or batch-written) record: from this batch, the
+    /// cache, or the file, in that order.
+    fn lookup(&self, id: TaskId, batch: &Batch) -> rusqlite::Result<Option<TaskRecord>> {
+        if let Some(written) = batch.written.get(&id) {
+            return Ok(written.as_deref().cloned());
+        }
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .peek(&id)
+            .cloned();
+        match cached {
+            Some(task) => Ok(Some(TaskRecord::clone(&task))),
+            None => schema::get(&self.connection, id),
+        }
     }
 }
 
