@@ -318,6 +318,15 @@ async fn execute(
         }
     };
 
+    // A handler that saw its token fire may return its own error before the
+    // loop saw the stop: the stop (a cancel or a hand-back) decides then,
+    // or a handed-back attempt would end as a failure. A success stands.
+    if interruption.is_none()
+        && matches!(result, Some(Ok(Err(_))))
+        && let Some(reason) = attempt.stop_reason()
+    {
+        interruption = Some(Interruption::Stopped(reason));
+    }
     let latest_progress = progress_updates.borrow().clone();
     let unwritten_progress =
         latest_progress.filter(|latest| Some(latest) != written_progress.as_ref());
@@ -467,4 +476,62 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 fn instant_of(at: SystemTime, now: SystemTime) -> Instant {
     Instant::now() + at.duration_since(now).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        engine::{
+            EngineConfig, EventHub, Handler, HandlerContext, HandlerRegistry,
+            task::{Payload, SubmitSpec, TraceContext},
+        },
+        store::MemoryStore,
+    };
+
+    /// Returns its own error the moment its token fires, racing the
+    /// executor's view of the stop.
+    struct QuitsOnCancel;
+
+    #[async_trait]
+    impl Handler for QuitsOnCancel {
+        async fn run(&self, context: HandlerContext) -> Result<Payload, TaskError> {
+            context.cancelled().await;
+            Err(TaskError::new(ErrorCode::Cancelled, "stopped"))
+        }
+    }
+
+    /// A handed-back attempt goes back to the queue even when the handler
+    /// returns its cancellation error before the executor sees the stop.
+    #[tokio::test]
+    async fn a_handed_back_attempt_is_requeued_whoever_returns_first() {
+        for _ in 0..20 {
+            let hub = Arc::new(EventHub::new(16));
+            let store = Arc::new(MemoryStore::new(hub.clone()));
+            let mut handlers = HandlerRegistry::new();
+            handlers.register("quits", QuitsOnCancel);
+            let engine = Engine::start(EngineConfig::default(), store.clone(), hub, handlers);
+            let spec = SubmitSpec {
+                kind: "quits".into(),
+                ..SubmitSpec::default()
+            };
+            let id = engine
+                .submit(spec, TraceContext::default())
+                .await
+                .expect("submit")
+                .task
+                .id;
+            while engine.running_count() == 0 {
+                tokio::task::yield_now().await;
+            }
+            engine.shutdown(Duration::ZERO).await;
+            let task = engine.get(id).await.expect("get");
+            assert_eq!(task.state, TaskState::Queued, "handed back, not failed");
+            assert_eq!(task.attempt, 1);
+        }
+    }
 }
