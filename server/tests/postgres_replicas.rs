@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 use vow_server::{
     engine::{
         retry::RetryPolicy,

@@ -379,3 +379,117 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The PostgreSQL server the tests use, without a database name; override
+/// with `VOW_TEST_POSTGRES` (for example `postgres://postgres@127.0.0.1:5432`).
+pub fn postgres_server() -> String {
+    std::env::var("VOW_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+async fn postgres_admin() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let admin_url = format!("{}/postgres", postgres_server());
+    sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable at {admin_url} ({error}); these tests need it running \
+                 (set VOW_TEST_POSTGRES to use another server)"
+            )
+        })
+}
+
+/// A PostgreSQL database of the test's own (random name), dropped with its
+/// connections when this is dropped, also when the test panics.
+pub struct TestDatabase {
+    pub name: String,
+    /// `postgres://…/<name>`, for `--database-url`.
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        use sqlx::Executor;
+        let name = format!("vow_test_{}", vow_server::engine::task::TaskId::random());
+        postgres_admin()
+            .await
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create a test database");
+        let url = format!("{}/{name}", postgres_server());
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a runtime: drop the database from a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Executor;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(async {
+                postgres_admin()
+                    .await
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await
+                    .map(drop)
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("could not drop the test database {}: {error}", self.name);
+        }
+    }
+}
+
+impl Vowd {
+    /// Starts `vowd --store postgres --database-url <database_url> --listen
+    /// 127.0.0.1:0 <extra args>`: one replica; several on one URL share the
+    /// work. Returns once the store is open (migrated, listening for the
+    /// other replicas' changes) and the replica serves.
+    pub fn start_postgres(database_url: &str, extra_args: &[&str]) -> Self {
+        let stderr_log = std::env::temp_dir().join(format!(
+            "vowd-test-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
+        let mut child = Command::new(vowd_binary())
+            .args(["--listen", "127.0.0.1:0", "--store", "postgres"])
+            .args(["--database-url", database_url])
+            .args(extra_args)
+            .env("VOW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn vowd");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stdout = BufReader::new(stdout);
+        let mut metrics_address = None;
+        let address = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read vowd's stdout");
+            if let Some(address) = line.trim().strip_prefix("vowd metrics on ") {
+                metrics_address = Some(address.to_owned());
+                continue;
+            }
+            let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
+            };
+            break address.to_owned();
+        };
+        Self {
+            address,
+            metrics_address,
+            child,
+            stderr_log,
+        }
+    }
+}
