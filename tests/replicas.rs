@@ -316,6 +316,44 @@ async fn a_cancel_on_one_replica_stops_the_attempt_on_another() {
     assert_eq!(on_runner, awaited.task, "both replicas agree");
 }
 
+/// An unreachable database, or none named, stops vowd at start with a
+/// message that names the database but not the password.
+#[test]
+fn vowd_refuses_to_start_without_a_reachable_database() {
+    let refused = common::vowd_until_exit(
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--store".as_ref(),
+            "postgres".as_ref(),
+            "--database-url".as_ref(),
+            "postgres://vow:secret@127.0.0.1:1/vow".as_ref(),
+        ],
+        BOUND,
+    );
+    assert!(!refused.status.success(), "vowd exits non-zero");
+    assert!(
+        refused
+            .stderr
+            .contains("cannot connect to PostgreSQL at 127.0.0.1:1/vow"),
+        "names the database: {}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("secret"),
+        "never prints the password"
+    );
+    assert!(refused.stdout.is_empty(), "never announces an address");
+
+    let refused = common::vowd_until_exit(&["--store".as_ref(), "postgres".as_ref()], BOUND);
+    assert_eq!(refused.status.code(), Some(2), "a configuration error");
+    assert!(
+        refused.stderr.contains("--database-url"),
+        "{}",
+        refused.stderr
+    );
+}
+
 /// Latency from a task finishing on one replica to an Await on another
 /// returning (the cross-replica notification path), over many tasks.
 /// Not part of the suite: run it by hand, on a release build, with
