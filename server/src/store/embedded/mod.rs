@@ -40,6 +40,11 @@ const WRITE_QUEUE: usize = 16_384;
 const IDLE_READERS: usize = 8;
 /// Records kept in the write-through cache (about 1 KiB each).
 const CACHED_TASKS: usize = 32_768;
+/// SQLite's page cache of the writer: every write touches several indexes,
+/// and pages read back from the OS cost a copy each.
+const CACHE_KIB: i64 = 64 * 1024;
+/// Readers and the writer map this much of the file instead of copying pages.
+const MMAP_BYTES: i64 = 256 * 1024 * 1024;
 /// The WAL is truncated back to this size after checkpoints.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
@@ -99,6 +104,7 @@ impl ReaderPool {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        connection.execute_batch(&format!("PRAGMA mmap_size = {MMAP_BYTES};"))?;
         Ok(connection)
     }
 }
@@ -260,7 +266,9 @@ fn open_writer(path: &Path, durability: Durability) -> Result<Connection, OpenEr
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {synchronous};
              PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};
-             PRAGMA busy_timeout = 5000;"
+             PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -{CACHE_KIB};
+             PRAGMA mmap_size = {MMAP_BYTES};"
         ))
         .map_err(database_error)?;
     Ok(connection)
@@ -315,7 +323,7 @@ fn recover(
             .map_err(|error| {
                 database_error(rusqlite::Error::ToSqlConversionFailure(Box::new(error)))
             })?
-            .upsert(&transaction)
+            .update(&transaction)
             .map_err(database_error)?;
     }
     let depth = transaction

@@ -116,11 +116,11 @@ impl Columns {
         })
     }
 
-    /// Inserts the row, or replaces it wholesale.
-    pub fn upsert(&self, connection: &Connection) -> rusqlite::Result<()> {
+    /// Inserts the row of a new task.
+    pub fn insert(&self, connection: &Connection) -> rusqlite::Result<()> {
         connection
             .prepare_cached(
-                "INSERT OR REPLACE INTO tasks (id, kind, state, priority, created_at, due_at, deadline,
+                "INSERT INTO tasks (id, kind, state, priority, created_at, due_at, deadline,
                     lease_expires_at, lease_token, expires_at, revision, idempotency_key, record)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
@@ -137,6 +137,30 @@ impl Columns {
                 self.expires_at,
                 self.revision,
                 self.idempotency_key,
+                self.record,
+            ])
+            .map(drop)
+    }
+
+    /// Rewrites the row of an existing task. An UPDATE (unlike a REPLACE)
+    /// leaves alone the indexes whose columns did not change.
+    pub fn update(&self, connection: &Connection) -> rusqlite::Result<()> {
+        connection
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, priority = ?3, due_at = ?4, deadline = ?5,
+                    lease_expires_at = ?6, lease_token = ?7, expires_at = ?8, revision = ?9, record = ?10
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                self.id,
+                self.state,
+                self.priority,
+                self.due_at,
+                self.deadline,
+                self.lease_expires_at,
+                self.lease_token,
+                self.expires_at,
+                self.revision,
                 self.record,
             ])
             .map(drop)

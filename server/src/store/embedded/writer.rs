@@ -314,7 +314,7 @@ impl Writer {
                     ));
                 }
                 let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
-                sql!(reply, columns.upsert(&self.connection));
+                sql!(reply, columns.insert(&self.connection));
                 batch.count(None, Some(&task));
                 let task = Arc::new(task);
                 batch.written.insert(task.id, Some(task.clone()));
@@ -346,7 +346,7 @@ impl Writer {
                     lease.expires_at = stored_lease.expires_at;
                 }
                 let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
-                sql!(reply, columns.upsert(&self.connection));
+                sql!(reply, columns.update(&self.connection));
                 batch.count(Some(&stored), Some(&task));
                 let task = Arc::new(task);
                 batch.written.insert(task.id, Some(task.clone()));
@@ -387,7 +387,7 @@ impl Writer {
                         expires_at: request.now + request.lease_duration,
                     });
                     let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
-                    sql!(reply, columns.upsert(&self.connection));
+                    sql!(reply, columns.update(&self.connection));
                     batch.count(Some(&stored), Some(&task));
                     let task = Arc::new(task);
                     batch.written.insert(task.id, Some(task.clone()));
@@ -424,7 +424,7 @@ impl Writer {
                 lease.expires_at = expires_at;
                 // The revision stays: a lease renewal is not a change anyone watches.
                 let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
-                sql!(reply, columns.upsert(&self.connection));
+                sql!(reply, columns.update(&self.connection));
                 batch.written.insert(id, Some(Arc::new(task)));
                 Applied::new(reply, Ok(()), Vec::new())
             }
