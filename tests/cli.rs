@@ -460,12 +460,15 @@ fn bench_prints_one_sane_json_line_with_the_ceiling_ratio() {
             "--connections",
             "2",
             "--ceiling",
+            "--rounds",
+            "2",
         ],
     );
     outcome.assert_code(0);
     let report = outcome.json();
     assert_eq!(report["mode"], "submit-await");
     assert_eq!(report["concurrency"], 8);
+    assert_eq!(report["rounds"], 2);
     for measured in [&report, &report["ceiling"]] {
         assert!(
             measured["tasks"].as_u64().expect("a task count") > 0,

@@ -44,8 +44,6 @@ pub struct LoadPlan {
     pub mode: Mode,
     pub concurrency: usize,
     pub connections: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
     /// The task submitted by every iteration (Run sends the same fields).
     pub request: proto::SubmitRequest,
 }
@@ -78,16 +76,45 @@ enum IterationError {
     Task(&'static str),
 }
 
-/// Connects and runs `plan` against `url`, showing progress on `progress`.
+impl LoadReport {
+    /// A report of nothing yet, to absorb the rounds into.
+    pub fn empty() -> Self {
+        Self {
+            completed: 0,
+            window: Duration::ZERO,
+            latency: new_histogram(),
+            errors: BTreeMap::new(),
+            first_error: None,
+        }
+    }
+
+    /// Adds another measured window (a later round against the same server).
+    pub fn absorb(&mut self, other: LoadReport) {
+        self.completed += other.completed;
+        self.window += other.window;
+        // Every histogram here has the same bounds, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        for (key, count) in other.errors {
+            *self.errors.entry(key).or_default() += count;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Runs `plan`'s callers over `channels` for `warmup` (not measured), then
+/// measures for `duration`, showing progress on `progress`.
 pub async fn drive(
-    url: &str,
+    channels: &[Channel],
     plan: &LoadPlan,
+    warmup: Duration,
+    duration: Duration,
     progress: &ProgressBar,
-) -> Result<LoadReport, Error> {
-    let channels = connect(url, plan.connections).await?;
+) -> LoadReport {
     let started = Instant::now();
-    let window_start = started + plan.warmup;
-    let window_end = window_start + plan.duration;
+    let window_start = started + warmup;
+    let window_end = window_start + duration;
     let iterations = Arc::new(AtomicU64::new(0));
 
     let mut callers = JoinSet::new();
@@ -111,25 +138,18 @@ pub async fn drive(
         window_start,
         window_end,
     ));
-    let mut report = LoadReport {
-        completed: 0,
-        window: plan.duration,
-        latency: new_histogram(),
-        errors: BTreeMap::new(),
-        first_error: None,
-    };
+    let mut report = LoadReport::empty();
+    report.window = duration;
     let drained = tokio::time::timeout(window_end - Instant::now() + DRAIN_GRACE, async {
         while let Some(result) = callers.join_next().await {
             let Ok(tally) = result else { continue };
-            report.completed += tally.completed;
-            // Both histograms share bounds, so adding cannot fail.
-            let _ = report.latency.add(&tally.latency);
-            for (key, count) in tally.errors {
-                *report.errors.entry(key).or_default() += count;
-            }
-            if report.first_error.is_none() {
-                report.first_error = tally.first_error;
-            }
+            report.absorb(LoadReport {
+                completed: tally.completed,
+                window: Duration::ZERO,
+                latency: tally.latency,
+                errors: tally.errors,
+                first_error: tally.first_error,
+            });
         }
     })
     .await;
@@ -142,11 +162,11 @@ pub async fn drive(
     }
     ticker.abort();
     progress.finish_and_clear();
-    Ok(report)
+    report
 }
 
 /// Opens `count` separate HTTP/2 connections (a tonic `Channel` is one).
-async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, Error> {
+pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|error| Error::InvalidEndpoint {
             endpoint: url.to_owned(),

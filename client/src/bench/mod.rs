@@ -14,7 +14,7 @@ use tokio::io::AsyncBufReadExt;
 use vow_client::{endpoint_url, proto};
 
 use crate::cli::{ExitStatus, OutputFormat, commands::Failure, parse_duration};
-pub use load::{LoadPlan, LoadReport};
+use load::{LoadPlan, LoadReport};
 
 /// What one iteration of a caller does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -68,7 +68,14 @@ pub struct BenchArgs {
     /// Also run the same load against the bare ceiling server and report vowd's ratio of it.
     #[arg(long)]
     pub ceiling: bool,
+    /// With --ceiling: split the measurement into this many slices, alternating
+    /// server and ceiling, so load from other processes hits both alike.
+    #[arg(long, default_value_t = 1, requires = "ceiling")]
+    pub rounds: u32,
 }
+
+/// Unmeasured run-in before each later round, after the other server had the machine.
+const REWARM: Duration = Duration::from_millis(250);
 
 /// The settings a report restates, so a result is never read without them.
 pub struct BenchSetup {
@@ -80,6 +87,8 @@ pub struct BenchSetup {
     pub warmup: Duration,
     pub payload_bytes: usize,
     pub server: String,
+    /// Alternating slices of server and ceiling the measurement was split into.
+    pub rounds: u32,
 }
 
 /// Runs `vow bench`.
@@ -105,8 +114,6 @@ pub async fn run(
         mode: args.mode,
         concurrency: args.concurrency,
         connections: args.connections,
-        warmup: args.warmup,
-        duration: args.duration,
         request: proto::SubmitRequest {
             kind: args.kind.clone(),
             input: Some(proto::Payload {
@@ -125,65 +132,86 @@ pub async fn run(
         warmup: args.warmup,
         payload_bytes: args.payload_bytes,
         server: server.to_owned(),
+        rounds: args.rounds.max(1),
     };
     let show_progress = format == OutputFormat::Human && std::io::stderr().is_terminal();
 
-    let target = load::drive(
-        &endpoint_url(server),
-        &plan,
-        &progress_bar(show_progress, "server"),
-    )
-    .await?;
-    let ceiling = if args.ceiling {
-        Some(drive_ceiling(&plan, show_progress).await?)
-    } else {
-        None
+    let server_channels = load::connect(&endpoint_url(server), plan.connections).await?;
+    let ceiling = match args.ceiling {
+        true => Some(CeilingProcess::start().await?),
+        false => None,
     };
+    let ceiling_channels = match &ceiling {
+        Some(process) => {
+            Some(load::connect(&endpoint_url(&process.address), plan.connections).await?)
+        }
+        None => None,
+    };
+    let rounds = setup.rounds;
+    let slice = args.duration / rounds;
+    let mut target = LoadReport::empty();
+    let mut ceiling_report = ceiling_channels.as_ref().map(|_| LoadReport::empty());
+    for round in 0..rounds {
+        let warmup = if round == 0 {
+            args.warmup
+        } else {
+            REWARM.min(args.warmup)
+        };
+        let progress = progress_bar(show_progress, "server");
+        target.absorb(load::drive(&server_channels, &plan, warmup, slice, &progress).await);
+        if let (Some(channels), Some(report)) = (&ceiling_channels, &mut ceiling_report) {
+            let progress = progress_bar(show_progress, "ceiling");
+            report.absorb(load::drive(channels, &plan, warmup, slice, &progress).await);
+        }
+    }
+    drop(ceiling);
 
-    report::print(format, &setup, &target, ceiling.as_ref());
+    report::print(format, &setup, &target, ceiling_report.as_ref());
     if target.completed == 0 {
         return Ok(ExitStatus::Failed);
     }
     Ok(ExitStatus::Succeeded)
 }
 
-/// Starts the ceiling server as a child process (`vow ceiling-server`), so it
-/// runs apart from the load generator exactly as vowd does, and drives it.
-async fn drive_ceiling(plan: &LoadPlan, show_progress: bool) -> Result<LoadReport, Failure> {
-    let executable = std::env::current_exe()
-        .map_err(|error| Failure::Other(format!("cannot find the vow executable: {error}")))?;
-    let mut child = tokio::process::Command::new(executable)
-        .args([
-            "ceiling-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--exit-on-stdin-close",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| Failure::Other(format!("cannot start the ceiling server: {error}")))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut first_line = String::new();
-    tokio::io::BufReader::new(stdout)
-        .read_line(&mut first_line)
-        .await
-        .map_err(|error| Failure::Other(format!("cannot read the ceiling server: {error}")))?;
-    let Some(address) = first_line.trim().strip_prefix(ceiling::LISTENING_PREFIX) else {
-        return Err(Failure::Other(format!(
-            "the ceiling server did not start: {first_line:?}"
-        )));
-    };
-    let report = load::drive(
-        &endpoint_url(address),
-        plan,
-        &progress_bar(show_progress, "ceiling"),
-    )
-    .await?;
-    // Dropping the child kills it (kill_on_drop); closing stdin would too.
-    drop(child);
-    Ok(report)
+/// The ceiling server as a child process (`vow ceiling-server`), so it runs
+/// apart from the load generator exactly as vowd does. Killed on drop.
+struct CeilingProcess {
+    address: String,
+    _child: tokio::process::Child,
+}
+
+impl CeilingProcess {
+    async fn start() -> Result<Self, Failure> {
+        let executable = std::env::current_exe()
+            .map_err(|error| Failure::Other(format!("cannot find the vow executable: {error}")))?;
+        let mut child = tokio::process::Command::new(executable)
+            .args([
+                "ceiling-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--exit-on-stdin-close",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| Failure::Other(format!("cannot start the ceiling server: {error}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut first_line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut first_line)
+            .await
+            .map_err(|error| Failure::Other(format!("cannot read the ceiling server: {error}")))?;
+        let Some(address) = first_line.trim().strip_prefix(ceiling::LISTENING_PREFIX) else {
+            return Err(Failure::Other(format!(
+                "the ceiling server did not start: {first_line:?}"
+            )));
+        };
+        Ok(Self {
+            address: address.to_owned(),
+            _child: child,
+        })
+    }
 }
 
 fn progress_bar(visible: bool, target: &str) -> ProgressBar {

@@ -47,6 +47,7 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
         "warmup_s": setup.warmup.as_secs_f64(),
         "payload_bytes": setup.payload_bytes,
         "server": setup.server,
+        "rounds": setup.rounds,
     });
     let Value::Object(fields) = &mut object else {
         unreachable!("json! of an object literal is an object")
@@ -86,8 +87,12 @@ fn report_json(report: &LoadReport) -> Value {
 }
 
 fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>) {
+    let rounds = match setup.rounds {
+        1 => String::new(),
+        rounds => format!(", in {rounds} alternating rounds"),
+    };
     println!(
-        "{} of {} tasks: {} callers over {} connections, {} measured after {} warmup",
+        "{} of {} tasks: {} callers over {} connections, {} measured after {} warmup{rounds}",
         setup.mode.name(),
         setup.kind,
         setup.concurrency,
