@@ -287,6 +287,41 @@ async fn changes_reach_the_other_replicas_feed_in_order() {
     b.feed.wait_for(submitted.id, &every_change).await;
 }
 
+/// A record too large for a notification payload is read back from the
+/// change table; small and large records interleave in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_too_large_to_notify_are_read_from_the_change_table() {
+    let database = support::TestDatabase::create().await;
+    let a = replica(&database).await;
+    let b = replica(&database).await;
+    let large = TaskRecord {
+        input: Arc::new(Payload::json(
+            serde_json::json!({"blob": "x".repeat(20_000)}),
+        )),
+        ..task("echo")
+    };
+    let submitted = created(&a.store, large).await;
+    let mut current = submitted.clone();
+    for round in 0..4 {
+        let changed = next(&current, |task| {
+            task.priority += 1;
+            // Every other revision shrinks below the payload limit.
+            task.input = Arc::new(Payload::json(if round % 2 == 0 {
+                serde_json::json!({"small": round})
+            } else {
+                serde_json::json!({"blob": "y".repeat(20_000)})
+            }));
+        });
+        current = a
+            .store
+            .update(changed, current.revision)
+            .await
+            .expect("update");
+    }
+    let expected: Vec<Option<u64>> = (1..=5).map(Some).collect();
+    b.feed.wait_for(submitted.id, &expected).await;
+}
+
 /// A replica that loses its listening connection reconnects and replays
 /// what other replicas committed meanwhile, with no gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! Follows the changes other replicas commit: a dedicated connection LISTENs
 //! on `vow_changes`; each notification (`<origin>:<task id>:<revision or
-//! "deleted">`, sent at commit, in commit order) of another origin is read
-//! back from the change table and delivered through the [`Publisher`].
+//! "deleted">`, then `:<record JSON>` when the record fits in a payload; sent
+//! at commit, in commit order) of another origin is delivered through the
+//! [`Publisher`], which reads from the change table what was not carried.
 //!
 //! The connection is checked every [`PING_INTERVAL`]; the database clock
 //! read then marks how far this replica is known to be in step. When the
@@ -21,7 +22,7 @@ use sqlx::{
 use tokio_util::sync::CancellationToken;
 
 use super::publish::{Notice, Publisher};
-use crate::engine::task::TaskId;
+use crate::engine::task::{TaskId, TaskRecord};
 
 /// The channel every change is announced on.
 pub const CHANNEL: &str = "vow_changes";
@@ -41,16 +42,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 const DATABASE_NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT";
 
-/// Parses a notification payload, or `None` if it is not one of ours.
+/// Parses a notification payload, or `None` if it is not one of ours. A
+/// record that does not decode is left to be read from the change table.
 pub fn parse(payload: &str) -> Option<(&str, Notice)> {
-    let mut parts = payload.splitn(3, ':');
+    let mut parts = payload.splitn(4, ':');
     let origin = parts.next()?;
     let task_id: TaskId = parts.next()?.parse().ok()?;
     let revision = match parts.next()? {
         "deleted" => None,
         revision => Some(revision.parse().ok()?),
     };
-    Some((origin, Notice { task_id, revision }))
+    let record = parts
+        .next()
+        .and_then(|json| serde_json::from_str::<TaskRecord>(json).ok())
+        .filter(|record| record.id == task_id && Some(record.revision) == revision)
+        .map(Arc::new);
+    Some((
+        origin,
+        Notice {
+            task_id,
+            revision,
+            record,
+        },
+    ))
 }
 
 /// A listening connection, and the database time read once LISTEN took effect.
@@ -212,7 +226,7 @@ async fn deliver(batch: &[PgNotification], origin: &str, publisher: &Publisher) 
         .map(|(_, notice)| notice)
         .collect();
     if !notices.is_empty() {
-        publisher.publish_remote(&notices).await;
+        publisher.publish_remote(notices).await;
     }
 }
 
@@ -267,7 +281,8 @@ mod tests {
                 "a1b2",
                 Notice {
                     task_id: id,
-                    revision: Some(7)
+                    revision: Some(7),
+                    record: None,
                 }
             ))
         );
@@ -277,9 +292,16 @@ mod tests {
                 "a1b2",
                 Notice {
                     task_id: id,
-                    revision: None
+                    revision: None,
+                    record: None,
                 }
             ))
+        );
+        // A record that is not of this revision is not trusted.
+        assert_eq!(
+            parse(&format!("a1b2:{id}:7:{{\"not\":\"a record\"}}"))
+                .map(|(_, notice)| notice.record),
+            Some(None)
         );
         assert_eq!(parse("garbage"), None);
         assert_eq!(parse(&format!("a1b2:{id}:x")), None);

@@ -1,7 +1,7 @@
 //! Hands committed changes to this process's [`ChangeFeed`], per task in
 //! revision order, whichever path they arrive by: this replica's own commits
 //! (reported right after they commit) or other replicas' (announced by
-//! NOTIFY, read from the change table).
+//! NOTIFY, with the record when it fits, else read from the change table).
 //!
 //! A small map remembers the last revision delivered per task. A change at
 //! or below it was already delivered and is skipped; a change that skips
@@ -68,11 +68,48 @@ impl Change {
     }
 }
 
-/// A change announced by another replica: a revision, or `None` for a deletion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A change announced by another replica: a revision, or `None` for a
+/// deletion, with the record when it fit in the notification.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Notice {
     pub task_id: TaskId,
     pub revision: Option<u64>,
+    pub record: Option<SharedTask>,
+}
+
+/// What one batch of notices says about one task.
+#[derive(Default)]
+struct Announced {
+    /// Revisions in commit order, with their records when carried.
+    revisions: Vec<(u64, Option<SharedTask>)>,
+    deleted: bool,
+}
+
+impl Announced {
+    /// The revisions to read from the change table, unless the records
+    /// carried cover every revision after `last` delivered.
+    fn wanted(&self, task_id: TaskId, last: Option<u64>) -> Option<Wanted> {
+        let low = self.revisions.iter().map(|(revision, _)| *revision).min()?;
+        let high = self.revisions.iter().map(|(revision, _)| *revision).max()?;
+        if last.is_some_and(|last| last >= high) {
+            return None;
+        }
+        let after = last.unwrap_or(low - 1);
+        let mut carried: Vec<u64> = self
+            .revisions
+            .iter()
+            .filter(|(revision, record)| *revision > after && record.is_some())
+            .map(|(revision, _)| *revision)
+            .collect();
+        carried.sort_unstable();
+        carried.dedup();
+        let covered = carried.len() as u64 == high - after;
+        (!covered).then_some(Wanted {
+            task_id,
+            after,
+            upto: high,
+        })
+    }
 }
 
 /// Revisions to fetch for one task: after `after`, up to and including `upto`.
@@ -177,57 +214,51 @@ impl Publisher {
         }
     }
 
-    /// Delivers changes other replicas announced, reading their records from
-    /// the change table (with any revisions this process has not seen yet).
-    pub async fn publish_remote(&self, notices: &[Notice]) {
-        // Per task, in order of first mention: the revisions to fetch, and
-        // whether it ends deleted.
+    /// Delivers changes other replicas announced: with the records the
+    /// notifications carried, or else (a record too large to carry, or
+    /// revisions this process has not seen yet) read from the change table.
+    pub async fn publish_remote(&self, notices: Vec<Notice>) {
         let mut order: Vec<TaskId> = Vec::new();
-        let mut per_task: HashMap<TaskId, (Option<(u64, u64)>, bool)> = HashMap::new();
+        let mut per_task: HashMap<TaskId, Announced> = HashMap::new();
         for notice in notices {
-            let entry = per_task.entry(notice.task_id).or_insert_with(|| {
+            let announced = per_task.entry(notice.task_id).or_insert_with(|| {
                 order.push(notice.task_id);
-                (None, false)
+                Announced::default()
             });
             match notice.revision {
-                Some(revision) => {
-                    let (low, high) = entry.0.get_or_insert((revision, revision));
-                    *low = (*low).min(revision);
-                    *high = (*high).max(revision);
-                }
-                None => entry.1 = true,
+                Some(revision) => announced.revisions.push((revision, notice.record)),
+                None => announced.deleted = true,
             }
         }
         let wanted: Vec<Wanted> = {
             let delivered = self.delivered();
             order
                 .iter()
-                .filter_map(|id| {
-                    let (range, _) = per_task[id];
-                    let (low, high) = range?;
-                    let last = delivered.last(*id);
-                    if last.is_some_and(|last| last >= high) {
-                        return None;
-                    }
-                    Some(Wanted {
-                        task_id: *id,
-                        after: last.unwrap_or(low - 1),
-                        upto: high,
-                    })
-                })
+                .filter_map(|id| per_task[id].wanted(*id, delivered.last(*id)))
                 .collect()
         };
-        let fetched = self.fetch(&wanted).await;
-        let mut by_task: HashMap<TaskId, Vec<Change>> = HashMap::new();
-        for change in fetched {
-            by_task.entry(change.task_id()).or_default().push(change);
+        let mut fetched: HashMap<TaskId, Vec<Change>> = HashMap::new();
+        for change in self.fetch(&wanted).await {
+            fetched.entry(change.task_id()).or_default().push(change);
         }
         let mut delivered = self.delivered();
         for id in order {
-            for change in by_task.remove(&id).unwrap_or_default() {
-                self.deliver(&mut delivered, &change);
+            let announced = per_task.remove(&id).unwrap_or_default();
+            match fetched.remove(&id) {
+                Some(changes) => {
+                    for change in changes {
+                        self.deliver(&mut delivered, &change);
+                    }
+                }
+                None => {
+                    for (_, record) in announced.revisions {
+                        if let Some(task) = record {
+                            self.deliver(&mut delivered, &Change::Changed(task));
+                        }
+                    }
+                }
             }
-            if per_task[&id].1 {
+            if announced.deleted {
                 let deleted = Change::Deleted {
                     id,
                     last_revision: None,

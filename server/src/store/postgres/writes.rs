@@ -39,15 +39,18 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 const PRUNE_BATCH: i64 = 5_000;
 
 /// Records the rows of the `changed` CTE (id, revision, record) in the change
-/// table and announces each with NOTIFY; `$1` is this process's origin.
+/// table and announces each with NOTIFY, carrying the record when it fits in
+/// a payload (under 8,000 bytes); `$1` is this process's origin.
 const LOG_CHANGES: &str = "logged AS (
         INSERT INTO task_changes (task_id, revision, record, origin)
         SELECT id, revision, record, $1 FROM changed
-        RETURNING task_id, revision
+        RETURNING task_id, revision, record
     )
     SELECT logged.task_id FROM logged,
         pg_notify('vow_changes',
-            $1 || ':' || encode(logged.task_id, 'hex') || ':' || COALESCE(logged.revision::text, 'deleted')
+            $1 || ':' || encode(logged.task_id, 'hex') || ':' || logged.revision::text
+            || CASE WHEN octet_length(logged.record) <= 7000
+                    THEN ':' || convert_from(logged.record, 'UTF8') ELSE '' END
         ) AS notified";
 
 const COLUMNS: &str = "id, kind, state, priority, created_at, due_at, deadline, \
