@@ -19,6 +19,9 @@ use crate::{
 
 /// Writes committed together at most; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
+/// How long a batch that already holds several writes waits for more. Only
+/// taken under load (a lone write commits at once).
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(200);
 
 pub type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -142,10 +145,17 @@ impl Writer {
                 Op::Close { reply } => close = Some(reply),
                 op => batch.push(op),
             }
+            let mut waited = false;
             while close.is_none() && batch.len() < MAX_BATCH {
                 match ops.try_recv() {
                     Ok(Op::Close { reply }) => close = Some(reply),
                     Ok(op) => batch.push(op),
+                    // Under load, a moment's wait lets more writes share the
+                    // commit (each commit rewrites the index pages it touched).
+                    Err(_) if !waited && batch.len() > 1 => {
+                        waited = true;
+                        std::thread::sleep(GROUP_COMMIT_WINDOW);
+                    }
                     Err(_) => break,
                 }
             }
