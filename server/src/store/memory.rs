@@ -15,7 +15,7 @@ use super::{
     ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, SharedTask, Store,
     StoreError, StoreResult,
 };
-use crate::engine::task::{Lease, TaskId, TaskRecord, TaskState};
+use crate::engine::task::{TaskId, TaskRecord, TaskState};
 
 /// The memory backend. Everything is lost with the process.
 pub struct MemoryStore {
@@ -261,18 +261,7 @@ impl Store for MemoryStore {
             };
             let mut task = TaskRecord::clone(stored);
             indexed.last_fencing_token += 1;
-            task.state = TaskState::Running;
-            task.attempt += 1;
-            task.revision += 1;
-            task.started_at = Some(request.now);
-            task.updated_at = request.now;
-            task.next_attempt_at = None;
-            task.progress = None;
-            task.lease = Some(Lease {
-                owner: request.owner.clone(),
-                token: indexed.last_fencing_token,
-                expires_at: request.now + request.lease_duration,
-            });
+            request.claim(&mut task, indexed.last_fencing_token);
             let task = indexed.replace(task);
             self.feed.changed(&task);
             claimed.push(task);

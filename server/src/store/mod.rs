@@ -20,7 +20,7 @@ pub use embedded::{Durability, EmbeddedStore, OpenError};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresOpenError, PostgresOptions, PostgresStore};
 
-use crate::engine::task::{TaskId, TaskRecord, TaskState};
+use crate::engine::task::{Lease, TaskId, TaskRecord, TaskState};
 
 /// Errors of any backend, classified once per backend.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,25 @@ pub struct ClaimRequest {
     pub limit: usize,
     pub owner: String,
     pub lease_duration: Duration,
+}
+
+impl ClaimRequest {
+    /// Turns a due task into a RUNNING one under a fresh lease: what every
+    /// backend's `claim_due` does to each task it claims.
+    pub fn claim(&self, task: &mut TaskRecord, fencing_token: u64) {
+        task.state = TaskState::Running;
+        task.attempt += 1;
+        task.revision += 1;
+        task.started_at = Some(self.now);
+        task.updated_at = self.now;
+        task.next_attempt_at = None;
+        task.progress = None;
+        task.lease = Some(Lease {
+            owner: self.owner.clone(),
+            token: fencing_token,
+            expires_at: self.now + self.lease_duration,
+        });
+    }
 }
 
 /// Persistence of task records. Implementations must be linearizable per task

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::schema::{self, Columns, micros};
 use crate::{
-    engine::task::{Lease, TaskId, TaskRecord, TaskState},
+    engine::task::{TaskId, TaskRecord},
     store::{ChangeFeed, ClaimRequest, CreateOutcome, SharedTask, StoreError, StoreResult},
 };
 
@@ -384,18 +384,7 @@ impl Writer {
                 for stored in due {
                     let mut task = stored.clone();
                     batch.fencing_token += 1;
-                    task.state = TaskState::Running;
-                    task.attempt += 1;
-                    task.revision += 1;
-                    task.started_at = Some(request.now);
-                    task.updated_at = request.now;
-                    task.next_attempt_at = None;
-                    task.progress = None;
-                    task.lease = Some(Lease {
-                        owner: request.owner.clone(),
-                        token: batch.fencing_token,
-                        expires_at: request.now + request.lease_duration,
-                    });
+                    request.claim(&mut task, batch.fencing_token);
                     let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
                     sql!(reply, columns.update(&self.connection));
                     batch.count(Some(&stored), Some(&task));

@@ -22,7 +22,7 @@ use super::{
     schema::{self, ColumnArrays, Columns, micros},
 };
 use crate::{
-    engine::task::{Lease, TaskId, TaskRecord, TaskState},
+    engine::task::{TaskId, TaskRecord},
     store::{ClaimRequest, CreateOutcome, SharedTask, StoreError, StoreResult},
 };
 
@@ -389,18 +389,7 @@ pub async fn claim_due(shared: Arc<Shared>, request: ClaimRequest) -> StoreResul
     let mut claimed = Vec::with_capacity(due.len());
     for (row, token) in due.iter().zip(tokens) {
         let mut task = schema::owned_record_of(row)?;
-        task.state = TaskState::Running;
-        task.attempt += 1;
-        task.revision += 1;
-        task.started_at = Some(request.now);
-        task.updated_at = request.now;
-        task.next_attempt_at = None;
-        task.progress = None;
-        task.lease = Some(Lease {
-            owner: request.owner.clone(),
-            token,
-            expires_at: request.now + request.lease_duration,
-        });
+        request.claim(&mut task, token);
         claimed.push(Arc::new(task));
     }
     replace_rows(&mut transaction, &shared.origin, &claimed).await?;
