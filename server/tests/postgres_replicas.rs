@@ -438,3 +438,27 @@ async fn concurrent_sweeps_delete_each_task_once() {
     all.dedup();
     assert_eq!(all.into_iter().collect::<HashSet<_>>(), finished);
 }
+
+/// Writes submitted together go out in batches; a write the database
+/// refuses (here a duplicate id) fails alone, the others land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_fails_alone_in_its_batch() {
+    let database = support::TestDatabase::create().await;
+    let a = replica(&database).await;
+    let mut tasks: Vec<TaskRecord> = (0..64).map(|_| task("echo")).collect();
+    let duplicate_id = tasks[0].id;
+    tasks[32].id = duplicate_id;
+    let outcomes =
+        futures::future::join_all(tasks.into_iter().map(|task| a.store.create(task, None))).await;
+    let refused = outcomes.iter().filter(|outcome| outcome.is_err()).count();
+    assert_eq!(refused, 1, "only the duplicate is refused: {outcomes:?}");
+    let page = a
+        .store
+        .list(&vow_server::store::ListQuery {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.tasks.len(), 63);
+}

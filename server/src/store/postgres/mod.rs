@@ -16,6 +16,7 @@
 //! RPC) never leaves a committed change unreported to this process's feed.
 
 mod admission;
+mod batch;
 mod errors;
 mod listen;
 mod publish;
@@ -38,7 +39,7 @@ use sqlx::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::{admission::Admission, publish::Publisher};
+use self::{admission::Admission, batch::Batcher, publish::Publisher};
 use super::{
     ChangeFeed, ClaimRequest, CreateOutcome, ListPage, ListQuery, SharedTask, Store, StoreError,
     StoreResult,
@@ -80,6 +81,7 @@ struct Shared {
     /// Names this process in change rows and notifications.
     origin: Arc<str>,
     publisher: Arc<Publisher>,
+    batcher: Batcher,
     admission: Admission,
     pruned_at: Mutex<Option<Instant>>,
 }
@@ -160,6 +162,7 @@ impl PostgresStore {
         tracing::info!(database = %target, origin = %origin, "opened the PostgreSQL store");
         Ok(Self {
             shared: Arc::new(Shared {
+                batcher: Batcher::start(pool.clone(), origin.clone(), publisher.clone()),
                 pool,
                 origin,
                 publisher,

@@ -79,6 +79,7 @@ pub fn state_code(state: TaskState) -> i16 {
 }
 
 /// The columns of a row, derived from its record.
+#[derive(Clone)]
 pub struct Columns {
     pub id: Vec<u8>,
     pub kind: String,

@@ -41,7 +41,7 @@ const PRUNE_BATCH: i64 = 5_000;
 /// Records the rows of the `changed` CTE (id, revision, record) in the change
 /// table and announces each with NOTIFY, carrying the record when it fits in
 /// a payload (under 8,000 bytes); `$1` is this process's origin.
-const LOG_CHANGES: &str = "logged AS (
+pub const LOG_CHANGES: &str = "logged AS (
         INSERT INTO task_changes (task_id, revision, record, origin)
         SELECT id, revision, record, $1 FROM changed
         RETURNING task_id, revision, record
@@ -53,35 +53,8 @@ const LOG_CHANGES: &str = "logged AS (
                     THEN ':' || convert_from(logged.record, 'UTF8') ELSE '' END
         ) AS notified";
 
-const COLUMNS: &str = "id, kind, state, priority, created_at, due_at, deadline, \
+pub const COLUMNS: &str = "id, kind, state, priority, created_at, due_at, deadline, \
     lease_expires_at, lease_token, expires_at, revision, idempotency_key, record";
-
-static INSERT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH changed AS (
-            INSERT INTO tasks ({COLUMNS})
-            VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-            ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING id, revision, record
-        ), {LOG_CHANGES}"
-    )
-});
-
-/// Replaces a row at the expected revision ($15) unless the stored lease has
-/// the same token and another expiry (then the careful path keeps it).
-static UPDATE_IF_CURRENT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH changed AS (
-            UPDATE tasks SET kind = $3, state = $4, priority = $5, created_at = $6, due_at = $7,
-                deadline = $8, lease_expires_at = $9, lease_token = $10, expires_at = $11,
-                revision = $12, idempotency_key = $13, record = $14
-            WHERE id = $2 AND revision = $15
-                AND (lease_token IS NULL OR $10::BIGINT IS NULL OR lease_token <> $10
-                     OR lease_expires_at = $9)
-            RETURNING id, revision, record
-        ), {LOG_CHANGES}"
-    )
-});
 
 /// Replaces many rows (locked by the caller) from column arrays.
 static REPLACE_ROWS: LazyLock<String> = LazyLock::new(|| {
@@ -137,26 +110,8 @@ const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token 
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
-/// Binds `$2..$14` (after the origin in `$1`) to one row's columns.
-fn bind_row<'q>(query: PgQuery<'q>, columns: &Columns) -> PgQuery<'q> {
-    query
-        .bind(columns.id.clone())
-        .bind(columns.kind.clone())
-        .bind(columns.state)
-        .bind(columns.priority)
-        .bind(columns.created_at)
-        .bind(columns.due_at)
-        .bind(columns.deadline)
-        .bind(columns.lease_expires_at)
-        .bind(columns.lease_token)
-        .bind(columns.expires_at)
-        .bind(columns.revision)
-        .bind(columns.idempotency_key.clone())
-        .bind(columns.record.clone())
-}
-
 /// Binds `$2..$14` to column arrays.
-fn bind_rows(query: PgQuery<'_>, rows: ColumnArrays) -> PgQuery<'_> {
+pub fn bind_rows(query: PgQuery<'_>, rows: ColumnArrays) -> PgQuery<'_> {
     query
         .bind(rows.id)
         .bind(rows.kind)
@@ -237,24 +192,12 @@ pub async fn create(
     {
         admit(&shared, limit).await?;
     }
-    let columns = Columns::of(&task)?;
+    let task = Arc::new(task);
     for _ in 0..CREATE_ATTEMPTS {
-        let inserted = bind_row(
-            sqlx::query(&INSERT).bind(shared.origin.to_string()),
-            &columns,
-        )
-        .fetch_all(&shared.pool)
-        .await
-        .map_err(classify)?;
-        if !inserted.is_empty() {
+        if shared.batcher.insert(task.clone()).await? {
             if task.state.is_claimable() {
                 shared.admission.created();
             }
-            let task = Arc::new(task);
-            shared
-                .publisher
-                .publish_local(vec![Change::Changed(task.clone())])
-                .await;
             return Ok(CreateOutcome::Created(task));
         }
         // Only a taken idempotency key makes the insert do nothing.
@@ -284,58 +227,58 @@ pub async fn create(
 
 pub async fn update(
     shared: Arc<Shared>,
+    task: TaskRecord,
+    expected_revision: u64,
+) -> StoreResult<SharedTask> {
+    let grows = task.revision > expected_revision;
+    if grows {
+        let task = Arc::new(task);
+        if shared
+            .batcher
+            .update(task.clone(), expected_revision)
+            .await?
+        {
+            return Ok(task);
+        }
+        return update_carefully(&shared, TaskRecord::clone(&task), expected_revision).await;
+    }
+    update_carefully(&shared, task, expected_revision).await
+}
+
+/// The update path that reads the stored row under its lock: reports a
+/// missing task or a conflict, and keeps a renewed lease expiry.
+async fn update_carefully(
+    shared: &Shared,
     mut task: TaskRecord,
     expected_revision: u64,
 ) -> StoreResult<SharedTask> {
-    let columns = Columns::of(&task)?;
     let grows = task.revision > expected_revision;
-    let updated = if grows {
-        bind_row(
-            sqlx::query(&UPDATE_IF_CURRENT).bind(shared.origin.to_string()),
-            &columns,
-        )
-        .bind(expected_revision as i64)
-        .fetch_all(&shared.pool)
+    let mut transaction = shared.pool.begin().await.map_err(classify)?;
+    let stored = sqlx::query("SELECT record FROM tasks WHERE id = $1 FOR UPDATE")
+        .bind(task.id.to_bytes().to_vec())
+        .fetch_optional(&mut *transaction)
         .await
-        .map_err(classify)?
-    } else {
-        Vec::new()
+        .map_err(classify)?;
+    let Some(stored) = stored else {
+        return Err(StoreError::NotFound);
     };
-    if updated.is_empty() {
-        // Missing, changed, or a renewed lease to keep: decide under the row lock.
-        let mut transaction = shared.pool.begin().await.map_err(classify)?;
-        let stored = sqlx::query("SELECT record FROM tasks WHERE id = $1 FOR UPDATE")
-            .bind(columns.id.clone())
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(classify)?;
-        let Some(stored) = stored else {
-            return Err(StoreError::NotFound);
-        };
-        let stored = schema::record_of(&stored)?;
-        if stored.revision != expected_revision || !grows {
-            return Err(StoreError::RevisionConflict);
-        }
-        if let (Some(stored_lease), Some(lease)) = (&stored.lease, &mut task.lease)
-            && stored_lease.token == lease.token
-        {
-            lease.expires_at = stored_lease.expires_at;
-        }
-        let task = Arc::new(task);
-        replace_rows(
-            &mut transaction,
-            &shared.origin,
-            std::slice::from_ref(&task),
-        )
-        .await?;
-        transaction.commit().await.map_err(classify)?;
-        shared
-            .publisher
-            .publish_local(vec![Change::Changed(task.clone())])
-            .await;
-        return Ok(task);
+    let stored = schema::record_of(&stored)?;
+    if stored.revision != expected_revision || !grows {
+        return Err(StoreError::RevisionConflict);
+    }
+    if let (Some(stored_lease), Some(lease)) = (&stored.lease, &mut task.lease)
+        && stored_lease.token == lease.token
+    {
+        lease.expires_at = stored_lease.expires_at;
     }
     let task = Arc::new(task);
+    replace_rows(
+        &mut transaction,
+        &shared.origin,
+        std::slice::from_ref(&task),
+    )
+    .await?;
+    transaction.commit().await.map_err(classify)?;
     shared
         .publisher
         .publish_local(vec![Change::Changed(task.clone())])
