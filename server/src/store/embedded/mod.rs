@@ -43,8 +43,6 @@ const CACHED_TASKS: usize = 32_768;
 /// SQLite's page cache of the writer: every write touches several indexes,
 /// and pages read back from the OS cost a copy each.
 const CACHE_KIB: i64 = 64 * 1024;
-/// WAL pages between automatic checkpoints (32 MiB): fewer, larger ones.
-const CHECKPOINT_PAGES: i64 = 8_192;
 /// Readers and the writer map this much of the file instead of copying pages.
 const MMAP_BYTES: i64 = 256 * 1024 * 1024;
 /// The WAL is truncated back to this size after checkpoints.
@@ -270,7 +268,6 @@ fn open_writer(path: &Path, durability: Durability) -> Result<Connection, OpenEr
              PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};
              PRAGMA busy_timeout = 5000;
              PRAGMA cache_size = -{CACHE_KIB};
-             PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES};
              PRAGMA mmap_size = {MMAP_BYTES};"
         ))
         .map_err(database_error)?;
