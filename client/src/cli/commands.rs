@@ -140,6 +140,29 @@ pub async fn await_task(
     Ok(ExitStatus::of_waited_task(&awaited.task, awaited.done))
 }
 
+/// `vow watch`: one line per change until the task finishes; exits like `vow await`.
+pub async fn watch(
+    connection: &Connection,
+    output: &Output,
+    id: &str,
+) -> Result<ExitStatus, Failure> {
+    let client = connection.client().await?;
+    let mut events = std::pin::pin!(client.watch(id));
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        output.watch_event(&event);
+        if let Some(task) = event.task {
+            last = Some(task);
+        }
+    }
+    // The stream ends after the terminal change (or at the server's deadline).
+    Ok(last.map_or(ExitStatus::TimedOut, |task| {
+        let done = vow_client::TaskExt::is_terminal(&task);
+        ExitStatus::of_waited_task(&task, done)
+    }))
+}
+
 /// `vow cancel`.
 pub async fn cancel(
     connection: &Connection,

@@ -101,6 +101,12 @@ pub enum Command {
     },
     /// Run a task and wait for it; the task is bound to this command (Ctrl-C cancels it).
     Run(RunArgs),
+    /// Print a task's changes live (progress included) until it finishes; a broken
+    /// connection resumes after the last change shown.
+    Watch {
+        /// Task id.
+        id: String,
+    },
     /// Ask a task to stop.
     Cancel {
         /// Task id.
@@ -244,6 +250,7 @@ pub async fn run(cli: Cli) -> ExitStatus {
             commands::await_task(&connection, &output, &id, timeout).await
         }
         Command::Run(args) => commands::run(&connection, &output, args).await,
+        Command::Watch { id } => commands::watch(&connection, &output, &id).await,
         Command::Cancel { id, reason } => {
             commands::cancel(&connection, &output, &id, reason.as_deref()).await
         }

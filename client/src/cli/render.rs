@@ -111,6 +111,43 @@ impl Output {
         }
     }
 
+    /// One watch message: a line with the revision, state and progress (or
+    /// one JSON object with the event type and the task).
+    pub fn watch_event(&self, event: &vow_client::WatchEvent) {
+        let event_type = event
+            .event_type
+            .as_str_name()
+            .trim_start_matches("WATCH_EVENT_TYPE_")
+            .to_lowercase();
+        if self.format == OutputFormat::Json {
+            let task = event.task.as_ref().map(json::task);
+            println!("{}", serde_json::json!({"type": event_type, "task": task}));
+            return;
+        }
+        let Some(task) = &event.task else {
+            println!(
+                "{}",
+                self.paint(format!("{event_type:<9}"), Style::new().dimmed())
+            );
+            return;
+        };
+        let mut line = format!(
+            "{event_type:<9} rev {:<5} {}",
+            task.revision,
+            self.state(task)
+        );
+        if let Some(progress) = task.progress.as_ref().filter(|_| !is_terminal(task)) {
+            line.push_str(&format!("  {:.0}% {}", progress.percent, progress.message));
+        }
+        if let Some(output) = &task.output {
+            line.push_str(&format!("  output {}", payload_text(output)));
+        }
+        if let Some(error) = &task.error {
+            line.push_str(&format!("  {}", error_text(error)));
+        }
+        println!("{line}");
+    }
+
     /// Many tasks, as a table (or one JSON object per line).
     pub fn tasks(&self, tasks: &[Task]) {
         if self.format == OutputFormat::Json {
