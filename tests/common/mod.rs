@@ -12,9 +12,13 @@ use std::{
     time::Duration,
 };
 
-/// The built `vowd` binary (`cargo build --bins` puts it beside the test executables).
+/// The built `vowd` binary (`cargo build --bins` puts it beside the test
+/// executables), or `VOW_VOWD_BINARY` (benchmarks point it at a release build).
 pub fn vowd_binary() -> PathBuf {
-    binary("vowd")
+    match std::env::var_os("VOW_VOWD_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => binary("vowd"),
+    }
 }
 
 /// The built `vow` CLI.
