@@ -290,7 +290,12 @@ impl Engine {
         now: SystemTime,
     ) -> TaskRecord {
         let config = &self.inner.config;
-        let fingerprint = spec.fingerprint();
+        // Only compared when a key is reused; without a key nobody reads it.
+        let fingerprint = if spec.idempotency_key.is_some() {
+            spec.fingerprint()
+        } else {
+            String::new()
+        };
         let requested_deadline = spec.deadline.map(|deadline| match deadline {
             TaskDeadline::At(at) => at,
             TaskDeadline::After(ttl) => now + ttl,
@@ -364,7 +369,16 @@ impl Engine {
     ) -> Result<Awaited, EngineError> {
         let _waiter = self.inner.hub.waiter_guard();
         let wait_until = wait.map(|wait| tokio::time::Instant::now() + wait);
+        // A task already finished needs no subscription.
+        let finished = self.get(id).await?;
+        if finished.is_terminal() {
+            return Ok(Awaited {
+                task: finished,
+                done: true,
+            });
+        }
         let mut subscription = self.inner.hub.subscribe(id);
+        // Read again now that changes are followed: none can fall in between.
         let mut latest = self.get(id).await?;
         loop {
             if latest.is_terminal() {
