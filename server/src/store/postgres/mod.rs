@@ -83,6 +83,8 @@ struct Shared {
     publisher: Arc<Publisher>,
     batcher: Batcher,
     admission: Admission,
+    /// The last count of the queue, and when it was taken.
+    queue_depth: Mutex<Option<(Instant, BTreeMap<String, usize>)>>,
     pruned_at: Mutex<Option<Instant>>,
 }
 
@@ -167,6 +169,7 @@ impl PostgresStore {
                 origin,
                 publisher,
                 admission: Admission::default(),
+                queue_depth: Mutex::new(None),
                 pruned_at: Mutex::new(None),
             }),
             listen_pool,

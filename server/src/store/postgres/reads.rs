@@ -1,7 +1,11 @@
 //! Reads of the PostgreSQL store: plain queries on the pool, served by the
 //! same indexes as the embedded store's.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use sqlx::{PgPool, Row};
 
@@ -15,6 +19,8 @@ use crate::{
     store::{ListCursor, ListPage, ListQuery, SharedTask, StoreResult},
 };
 
+/// How long a count of the queue depth is reused.
+const QUEUE_DEPTH_MAX_AGE: Duration = Duration::from_secs(1);
 /// Rows read per query of a listing; labels filter in Rust, so a page may
 /// take several.
 const LIST_CHUNK: usize = 256;
@@ -149,9 +155,19 @@ pub async fn expired_leases(
     .await
 }
 
-/// Claimable tasks per kind, counted exactly; also refreshes the admission
+/// Claimable tasks per kind, counted at most once per
+/// [`QUEUE_DEPTH_MAX_AGE`] (every replica's sweep asks several times a
+/// second, and a count walks the whole queue); also refreshes the admission
 /// estimate.
 pub async fn queue_depth(shared: &Arc<Shared>) -> StoreResult<BTreeMap<String, usize>> {
+    if let Some((counted_at, depth)) = &*shared
+        .queue_depth
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        && counted_at.elapsed() < QUEUE_DEPTH_MAX_AGE
+    {
+        return Ok(depth.clone());
+    }
     let rows = sqlx::query(
         "SELECT kind, count(*) AS queued FROM tasks WHERE due_at IS NOT NULL GROUP BY kind",
     )
@@ -165,5 +181,9 @@ pub async fn queue_depth(shared: &Arc<Shared>) -> StoreResult<BTreeMap<String, u
         depth.insert(kind, queued as usize);
     }
     shared.admission.counted(depth.values().sum());
+    *shared
+        .queue_depth
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), depth.clone()));
     Ok(depth)
 }
