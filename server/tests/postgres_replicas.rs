@@ -462,3 +462,32 @@ async fn a_refused_write_fails_alone_in_its_batch() {
         .expect("list");
     assert_eq!(page.tasks.len(), 63);
 }
+
+/// Many writers racing on one task's revision: each batch takes one write
+/// per task and the rest wait for later batches; exactly one write wins,
+/// every other one hears of its conflict, and none is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writes_of_one_task_all_get_an_answer() {
+    let database = support::TestDatabase::create().await;
+    let a = replica(&database).await;
+    for _ in 0..20 {
+        let submitted = created(&a.store, task("echo")).await;
+        let racers = (0..64).map(|priority| {
+            let store = a.store.clone();
+            let bumped = next(&submitted, |task| task.priority = priority);
+            async move { store.update(bumped, 1).await }
+        });
+        let outcomes = tokio::time::timeout(BOUND, futures::future::join_all(racers))
+            .await
+            .expect("every write is answered");
+        let won = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+        assert_eq!(won, 1, "one compare-and-set wins");
+        assert!(
+            outcomes
+                .iter()
+                .filter_map(|outcome| outcome.as_ref().err())
+                .all(|error| matches!(error, StoreError::RevisionConflict)),
+            "the others conflict: {outcomes:?}"
+        );
+    }
+}

@@ -153,6 +153,35 @@ impl Batcher {
     }
 }
 
+/// The writes of one statement, each of another task.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<Write>,
+    ids: HashSet<TaskId>,
+}
+
+impl Batch {
+    fn push(&mut self, write: Write) {
+        self.ids.insert(write.task.id);
+        self.writes.push(write);
+    }
+
+    /// Takes what waits in the queue, up to the batch limit; returns a write
+    /// of a task already in the batch, which must wait for the next one.
+    fn fill(&mut self, queue: &mut mpsc::Receiver<Write>) -> Option<Write> {
+        while self.writes.len() < MAX_BATCH {
+            let Ok(write) = queue.try_recv() else {
+                return None;
+            };
+            if self.ids.contains(&write.task.id) {
+                return Some(write);
+            }
+            self.push(write);
+        }
+        None
+    }
+}
+
 struct Writer {
     pool: PgPool,
     origin: Arc<str>,
@@ -165,30 +194,26 @@ impl Writer {
         // one statement must not update a row twice.
         let mut carried: Option<Write> = None;
         loop {
-            let mut batch: Vec<Write> = Vec::new();
-            {
-                let mut queue = queue.lock().await;
-                let first = match carried.take() {
-                    Some(write) => write,
-                    None => match queue.recv().await {
-                        Some(write) => write,
-                        None => return,
-                    },
-                };
-                let mut ids: HashSet<TaskId> = HashSet::from([first.task.id]);
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    let Ok(write) = queue.try_recv() else {
-                        break;
-                    };
-                    if !ids.insert(write.task.id) {
-                        carried = Some(write);
-                        break;
+            let mut batch = Batch::default();
+            match carried.take() {
+                // Never wait for the queue with a write in hand: the worker
+                // holding the queue may be waiting for writes that wait on it.
+                Some(first) => {
+                    batch.push(first);
+                    if let Ok(mut queue) = queue.try_lock() {
+                        carried = batch.fill(&mut queue);
                     }
-                    batch.push(write);
+                }
+                None => {
+                    let mut queue = queue.lock().await;
+                    let Some(first) = queue.recv().await else {
+                        return;
+                    };
+                    batch.push(first);
+                    carried = batch.fill(&mut queue);
                 }
             }
-            self.write(kind, batch).await;
+            self.write(kind, batch.writes).await;
         }
     }
 
@@ -214,8 +239,15 @@ impl Writer {
 
     /// Runs one statement for the batch; returns the ids written.
     async fn execute(&self, kind: Kind, batch: &[Write]) -> Result<HashSet<TaskId>, sqlx::Error> {
+        // Every batch takes its locks (rows, idempotency keys) in the same
+        // order, so two batches in flight cannot deadlock each other.
+        let mut order: Vec<&Write> = batch.iter().collect();
+        order.sort_by(|left, right| {
+            (&left.task.idempotency_key, left.task.id)
+                .cmp(&(&right.task.idempotency_key, right.task.id))
+        });
         let mut rows = ColumnArrays::default();
-        for write in batch {
+        for write in &order {
             rows.push(write.columns.clone());
         }
         let statement = match kind {
@@ -225,7 +257,7 @@ impl Writer {
         let mut query =
             super::writes::bind_rows(sqlx::query(statement).bind(self.origin.to_string()), rows);
         if kind == Kind::Update {
-            let expected: Vec<i64> = batch
+            let expected: Vec<i64> = order
                 .iter()
                 .map(|write| write.expected_revision.unwrap_or_default() as i64)
                 .collect();
