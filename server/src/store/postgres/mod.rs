@@ -14,6 +14,13 @@
 //!
 //! Writes run in tasks of their own, so a caller that goes away (a dropped
 //! RPC) never leaves a committed change unreported to this process's feed.
+//!
+//! What replicas must agree on besides the database: their clocks. A lease's
+//! expiry is written by the replica holding it and compared by the others'
+//! reapers with their own clocks, so a replica whose clock runs ahead reaps
+//! early (the holder's result is then refused, and the task runs again).
+//! Admission (`max_queued`) is approximate across replicas (see
+//! [`admission`]).
 
 mod admission;
 mod batch;
