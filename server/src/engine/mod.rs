@@ -85,7 +85,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            node_id: format!("vowd-{}", std::process::id()),
+            // Random: replicas in containers all run as pid 1.
+            node_id: format!("vowd-{:08x}", rand::random::<u32>()),
             max_concurrent_tasks: 256,
             max_queued_tasks: 100_000,
             max_input_bytes: 4 * 1024 * 1024,
