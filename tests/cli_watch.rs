@@ -72,3 +72,25 @@ fn watch_json_lines_have_increasing_revisions_and_failures_exit_one() {
         "an unknown id is a refused request"
     );
 }
+
+/// `--verbose` names the command's trace, and the task it submits carries it.
+#[test]
+fn verbose_prints_the_trace_the_task_joins() {
+    let vowd = Vowd::start(&[]);
+    let output = vow(
+        &vowd,
+        &["--verbose", "--output", "json", "run", "echo", "{}"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8(output.stderr).expect("utf-8");
+    let trace_id = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("trace "))
+        .expect("a trace line on stderr");
+    let task: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON task");
+    assert_eq!(task["trace_id"], trace_id);
+}

@@ -50,8 +50,32 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
 
+    /// Print the trace id of this command's root span on stderr (find the server's
+    /// spans of the command under it).
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Command {
+    /// The subcommand's name, for the root span.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Submit(_) => "submit",
+            Self::Get { .. } => "get",
+            Self::Await { .. } => "await",
+            Self::Run(_) => "run",
+            Self::Watch { .. } => "watch",
+            Self::Cancel { .. } => "cancel",
+            Self::Ls(_) => "ls",
+            Self::Rm { .. } => "rm",
+            Self::Completions { .. } => "completions",
+            Self::Bench(_) => "bench",
+            Self::CeilingServer { .. } => "ceiling-server",
+        }
+    }
 }
 
 impl Cli {
@@ -237,7 +261,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Runs the parsed command and returns its exit status.
+/// Runs a command inside a root span of its own: every call it makes carries
+/// that span's context, so the server's spans (and the task's attempts) are
+/// one trace per command.
 pub async fn run(cli: Cli) -> ExitStatus {
+    use opentelemetry::{
+        context::FutureExt as _,
+        trace::{TraceContextExt as _, Tracer as _, TracerProvider as _},
+    };
+    // No exporter: the CLI's span exists to give the command one trace id.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let root = provider
+        .tracer("vow")
+        .start(format!("vow {}", cli.command.name()));
+    let context = opentelemetry::Context::current_with_span(root);
+    if cli.verbose {
+        eprintln!("trace {}", context.span().span_context().trace_id());
+    }
+    let status = run_command(cli).with_context(context.clone()).await;
+    context.span().end();
+    status
+}
+
+async fn run_command(cli: Cli) -> ExitStatus {
     let output = render::Output::new(cli.output, cli.color);
     let connection = commands::Connection {
         server: cli.server,
