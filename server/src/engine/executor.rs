@@ -187,7 +187,8 @@ async fn run_attempt(
         otel.status_message = Empty,
         task.id = %task.id,
         task.kind = %task.kind,
-        task.attempt = task.attempt,
+        // i64: tracing-opentelemetry exports u64 fields as text.
+        task.attempt = i64::from(task.attempt),
     );
     let _ = span.set_parent(telemetry::propagation::context_of(&task.trace));
     async move {
