@@ -60,6 +60,17 @@ impl Vowd {
     }
 
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(&["--store".into(), "memory".into()], extra_args, env)
+    }
+
+    /// Spawns `vowd --listen 127.0.0.1:0 <store args> <extra args>` and waits
+    /// for the line that announces its address (the metrics line, if any,
+    /// comes first).
+    fn launch(
+        store_args: &[std::ffi::OsString],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let stderr_log = std::env::temp_dir().join(format!(
             "vowd-test-{}-{}.log",
             std::process::id(),
@@ -68,7 +79,8 @@ impl Vowd {
         let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
         let mut command = Command::new(vowd_binary());
         command
-            .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(store_args)
             .args(extra_args)
             .env("VOW_LOG", "info")
             .stdin(Stdio::null())
@@ -256,50 +268,13 @@ impl Vowd {
     /// The listening line is printed only once the store is open and
     /// recovered, so a returned `Vowd` serves the data of earlier runs.
     pub fn start_embedded(data_dir: &std::path::Path, extra_args: &[&str]) -> Self {
-        let stderr_log = std::env::temp_dir().join(format!(
-            "vowd-test-{}-{}.log",
-            std::process::id(),
-            rand_suffix()
-        ));
-        let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
-        let mut child = Command::new(vowd_binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                "embedded",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra_args)
-            .env("VOW_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn vowd");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stdout = BufReader::new(stdout);
-        let mut metrics_address = None;
-        let address = loop {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read vowd's stdout");
-            if let Some(address) = line.trim().strip_prefix("vowd metrics on ") {
-                metrics_address = Some(address.to_owned());
-                continue;
-            }
-            let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
-                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-                panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
-            };
-            break address.to_owned();
-        };
-        Self {
-            address,
-            metrics_address,
-            child,
-            stderr_log,
-        }
+        let store_args = [
+            "--store".into(),
+            "embedded".into(),
+            "--data-dir".into(),
+            data_dir.into(),
+        ];
+        Self::launch(&store_args, extra_args, &[])
     }
 }
 
@@ -457,43 +432,12 @@ impl Vowd {
     /// work. Returns once the store is open (migrated, listening for the
     /// other replicas' changes) and the replica serves.
     pub fn start_postgres(database_url: &str, extra_args: &[&str]) -> Self {
-        let stderr_log = std::env::temp_dir().join(format!(
-            "vowd-test-{}-{}.log",
-            std::process::id(),
-            rand_suffix()
-        ));
-        let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
-        let mut child = Command::new(vowd_binary())
-            .args(["--listen", "127.0.0.1:0", "--store", "postgres"])
-            .args(["--database-url", database_url])
-            .args(extra_args)
-            .env("VOW_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn vowd");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stdout = BufReader::new(stdout);
-        let mut metrics_address = None;
-        let address = loop {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read vowd's stdout");
-            if let Some(address) = line.trim().strip_prefix("vowd metrics on ") {
-                metrics_address = Some(address.to_owned());
-                continue;
-            }
-            let Some(address) = line.trim().strip_prefix("vowd listening on ") else {
-                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-                panic!("vowd did not announce its address; stdout {line:?}; stderr:\n{log}");
-            };
-            break address.to_owned();
-        };
-        Self {
-            address,
-            metrics_address,
-            child,
-            stderr_log,
-        }
+        let store_args = [
+            "--store".into(),
+            "postgres".into(),
+            "--database-url".into(),
+            database_url.into(),
+        ];
+        Self::launch(&store_args, extra_args, &[])
     }
 }
