@@ -2,7 +2,7 @@
 //! process boundaries: read from gRPC metadata, stored on tasks, and turned
 //! back into parent contexts and links.
 
-use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use opentelemetry::{
     Context,
@@ -22,6 +22,9 @@ pub fn propagator() -> TextMapCompositePropagator {
     ])
 }
 
+/// Built once: every RPC and every attempt goes through it.
+static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(propagator);
+
 /// Reads propagation headers from HTTP/2 (gRPC) headers.
 pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
 
@@ -37,21 +40,31 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The caller's context from request headers.
 pub fn extract(headers: &http::HeaderMap) -> Context {
-    propagator().extract(&HeaderExtractor(headers))
+    PROPAGATOR.extract(&HeaderExtractor(headers))
 }
 
 /// The context of a task's submitter, as stored.
 pub fn context_of(trace: &TraceContext) -> Context {
-    let carrier: HashMap<String, String> = [
-        ("traceparent", &trace.traceparent),
-        ("tracestate", &trace.tracestate),
-        ("baggage", &trace.baggage),
-    ]
-    .into_iter()
-    .filter(|(_, value)| !value.is_empty())
-    .map(|(key, value)| (key.to_owned(), value.clone()))
-    .collect();
-    propagator().extract(&carrier)
+    PROPAGATOR.extract(trace)
+}
+
+impl Extractor for TraceContext {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = match key {
+            "traceparent" => &self.traceparent,
+            "tracestate" => &self.tracestate,
+            "baggage" => &self.baggage,
+            _ => return None,
+        };
+        (!value.is_empty()).then_some(value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        ["traceparent", "tracestate", "baggage"]
+            .into_iter()
+            .filter(|key| self.get(key).is_some())
+            .collect()
+    }
 }
 
 /// The span context stored on a task, if it names a valid span.
@@ -61,11 +74,14 @@ pub fn span_context_of(trace: &TraceContext) -> Option<SpanContext> {
     span_context.is_valid().then_some(span_context)
 }
 
-struct MapInjector<'a>(&'a mut HashMap<String, String>);
-
-impl Injector for MapInjector<'_> {
+impl Injector for TraceContext {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
+        match key {
+            "traceparent" => self.traceparent = value,
+            "tracestate" => self.tracestate = value,
+            "baggage" => self.baggage = value,
+            _ => {}
+        }
     }
 }
 
@@ -77,12 +93,7 @@ pub fn current_or(incoming: TraceContext) -> TraceContext {
     if !context.span().span_context().is_valid() {
         return incoming;
     }
-    let mut carrier = HashMap::new();
-    propagator().inject_context(&context, &mut MapInjector(&mut carrier));
-    let mut take = |key: &str| carrier.remove(key).unwrap_or_default();
-    TraceContext {
-        traceparent: take("traceparent"),
-        tracestate: take("tracestate"),
-        baggage: take("baggage"),
-    }
+    let mut stored = TraceContext::default();
+    PROPAGATOR.inject_context(&context, &mut stored);
+    stored
 }

@@ -1,0 +1,196 @@
+//! Log lines, as text or JSON, that carry the `trace_id` and `span_id` of
+//! the span they were written in, so a log search and a trace lead to each
+//! other.
+//!
+//! Span fields are not formatted into the lines ([`NoSpanFields`]): the
+//! trace id leads to them, and formatting every span's fields as it opens
+//! cost more CPU per task than anything else in the logging path.
+
+use std::fmt;
+
+use opentelemetry::trace::TraceContextExt;
+use serde_json::{Map, Value};
+use tracing::{Event, Subscriber, field::Field};
+use tracing_subscriber::{
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    registry::LookupSpan,
+};
+
+/// One JSON object per event: timestamp, level, target, message, the
+/// event's fields, the current span's name, and its trace and span ids.
+pub struct JsonWithTrace;
+
+impl<S, N> FormatEvent<S, N> for JsonWithTrace
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(
+                humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            ),
+        );
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        line.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_owned()),
+        );
+        event.record(&mut FieldVisitor(&mut line));
+        if let Some(current) = current_span(context) {
+            line.insert("span".into(), Value::String(current.name.to_owned()));
+            if let Some((trace_id, span_id)) = current.ids {
+                line.insert("trace_id".into(), Value::String(trace_id));
+                line.insert("span_id".into(), Value::String(span_id));
+            }
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// `2026-11-26T18:00:00.123456Z  WARN vow_server::engine::executor: attempt
+/// failed task.id=… span=task.attempt trace_id=… span_id=…`
+pub struct TextWithTrace;
+
+impl<S, N> FormatEvent<S, N> for TextWithTrace
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let metadata = event.metadata();
+        write!(
+            writer,
+            "{} {:>5} {}:",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+            metadata.level(),
+            metadata.target()
+        )?;
+        event.record(&mut TextVisitor {
+            writer: &mut writer,
+            result: Ok(()),
+        });
+        if let Some(current) = current_span(context) {
+            write!(writer, " span={}", current.name)?;
+            if let Some((trace_id, span_id)) = current.ids {
+                write!(writer, " trace_id={trace_id} span_id={span_id}")?;
+            }
+        }
+        writeln!(writer)
+    }
+}
+
+/// Formats no span fields at all (see the module's comment).
+pub struct NoSpanFields;
+
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'writer>,
+        _fields: R,
+    ) -> fmt::Result {
+        Ok(())
+    }
+}
+
+struct CurrentSpan {
+    name: &'static str,
+    /// Hex trace and span ids, when the span has a valid context.
+    ids: Option<(String, String)>,
+}
+
+fn current_span<S, N>(context: &FmtContext<'_, S, N>) -> Option<CurrentSpan>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let span = context.lookup_current()?;
+    let otel_context = tracing::dispatcher::get_default(|dispatch| {
+        tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+    });
+    let ids = otel_context.and_then(|otel_context| {
+        let span_context = otel_context.span().span_context().clone();
+        span_context.is_valid().then(|| {
+            (
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            )
+        })
+    });
+    Some(CurrentSpan {
+        name: span.name(),
+        ids,
+    })
+}
+
+/// Writes `message` first, then ` key=value` for the other fields.
+struct TextVisitor<'a, 'writer> {
+    writer: &'a mut Writer<'writer>,
+    result: fmt::Result,
+}
+
+impl tracing::field::Visit for TextVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.result = self.result.and_then(|()| write!(self.writer, " {value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.result = self.result.and_then(|()| {
+            if field.name() == "message" {
+                write!(self.writer, " {value:?}")
+            } else {
+                write!(self.writer, " {}={value:?}", field.name())
+            }
+        });
+    }
+}
+
+struct FieldVisitor<'a>(&'a mut Map<String, Value>);
+
+impl tracing::field::Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+}
