@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types::pb")
+        .codec_path("crate::codec::VowCodec")
         .compile_fds(file_descriptors)?;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod v1 {
     tonic::include_proto!("vow.v1");
 }
 
+pub mod codec;
 pub mod json;
 
 /// Encoded `FileDescriptorSet` of everything in `proto/`, imports included.
