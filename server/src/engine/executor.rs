@@ -5,6 +5,7 @@
 use std::{
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
+    task::Poll,
     time::{Duration, SystemTime},
 };
 
@@ -264,56 +265,61 @@ async fn execute(
     };
     let mut handler_run = AssertUnwindSafe(handler.run(context)).catch_unwind();
     let lease_token = task.lease.as_ref().map_or(0, |lease| lease.token);
-    let mut heartbeat = tokio::time::interval_at(
-        Instant::now() + config.lease_duration / 3,
-        config.lease_duration / 3,
-    );
     let mut interruption: Option<Interruption> = None;
-    let mut grace_end: Option<Instant> = None;
-    let mut progress_due: Option<Instant> = None;
-    let mut last_progress_write: Option<Instant> = None;
     let mut written_progress: Option<ProgressReport> = None;
 
-    let result = loop {
-        let stopping = interruption.is_some();
-        tokio::select! {
-            result = &mut handler_run => break Some(result),
-            () = attempt.cancellation.cancelled(), if !stopping => {
-                let reason = attempt.stop_reason().unwrap_or(StopReason::HandedBack);
-                interruption = Some(Interruption::Stopped(reason));
-                grace_end = Some(Instant::now() + config.cancel_grace);
-            }
-            () = sleep_until_opt(attempt_deadline), if !stopping => {
-                interruption = Some(Interruption::AttemptTimeout);
-                attempt.cancellation.cancel();
-                grace_end = Some(Instant::now() + config.cancel_grace);
-            }
-            () = sleep_until_opt(task_deadline), if !stopping => {
-                interruption = Some(Interruption::TaskDeadline);
-                attempt.cancellation.cancel();
-                grace_end = Some(Instant::now() + config.cancel_grace);
-            }
-            () = sleep_until_opt(grace_end), if stopping => break None,
-            Ok(()) = progress_updates.changed(), if progress_due.is_none() => {
-                let now = Instant::now();
-                match last_progress_write.map(|last| last + config.progress_interval) {
-                    // Too soon after the last write: coalesce until the interval ends.
-                    Some(earliest) if earliest > now => progress_due = Some(earliest),
-                    _ => {
-                        last_progress_write = Some(now);
-                        written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
+    // Many handlers finish on their first poll: those need no timers armed.
+    let result = if let Poll::Ready(result) = futures::poll!(&mut handler_run) {
+        Some(result)
+    } else {
+        let mut heartbeat = tokio::time::interval_at(
+            Instant::now() + config.lease_duration / 3,
+            config.lease_duration / 3,
+        );
+        let mut grace_end: Option<Instant> = None;
+        let mut progress_due: Option<Instant> = None;
+        let mut last_progress_write: Option<Instant> = None;
+        loop {
+            let stopping = interruption.is_some();
+            tokio::select! {
+                result = &mut handler_run => break Some(result),
+                () = attempt.cancellation.cancelled(), if !stopping => {
+                    let reason = attempt.stop_reason().unwrap_or(StopReason::HandedBack);
+                    interruption = Some(Interruption::Stopped(reason));
+                    grace_end = Some(Instant::now() + config.cancel_grace);
+                }
+                () = sleep_until_opt(attempt_deadline), if !stopping => {
+                    interruption = Some(Interruption::AttemptTimeout);
+                    attempt.cancellation.cancel();
+                    grace_end = Some(Instant::now() + config.cancel_grace);
+                }
+                () = sleep_until_opt(task_deadline), if !stopping => {
+                    interruption = Some(Interruption::TaskDeadline);
+                    attempt.cancellation.cancel();
+                    grace_end = Some(Instant::now() + config.cancel_grace);
+                }
+                () = sleep_until_opt(grace_end), if stopping => break None,
+                Ok(()) = progress_updates.changed(), if progress_due.is_none() => {
+                    let now = Instant::now();
+                    match last_progress_write.map(|last| last + config.progress_interval) {
+                        // Too soon after the last write: coalesce until the interval ends.
+                        Some(earliest) if earliest > now => progress_due = Some(earliest),
+                        _ => {
+                            last_progress_write = Some(now);
+                            written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                        }
                     }
                 }
-            }
-            () = sleep_until_opt(progress_due) => {
-                progress_due = None;
-                last_progress_write = Some(Instant::now());
-                written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
-            }
-            _ = heartbeat.tick() => {
-                let expires_at = SystemTime::now() + config.lease_duration;
-                if let Err(error) = engine.inner.store.extend_lease(task.id, lease_token, expires_at).await {
-                    tracing::warn!(task.id = %task.id, %error, "lease renewal failed");
+                () = sleep_until_opt(progress_due) => {
+                    progress_due = None;
+                    last_progress_write = Some(Instant::now());
+                    written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                }
+                _ = heartbeat.tick() => {
+                    let expires_at = SystemTime::now() + config.lease_duration;
+                    if let Err(error) = engine.inner.store.extend_lease(task.id, lease_token, expires_at).await {
+                        tracing::warn!(task.id = %task.id, %error, "lease renewal failed");
+                    }
                 }
             }
         }

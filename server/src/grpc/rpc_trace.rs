@@ -22,12 +22,13 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
     }
     let span = tracing::info_span!(
         "rpc",
-        otel.name = %path,
+        // Plain &str values: recorded as they are, not through Display.
+        otel.name = path,
         otel.kind = "server",
         otel.status_code = Empty,
         rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
+        rpc.service = service,
+        rpc.method = method,
         rpc.grpc.status_code = Empty,
     );
     let _ = span.set_parent(telemetry::propagation::extract(request.headers()));
