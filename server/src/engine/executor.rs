@@ -11,6 +11,7 @@ use std::{
 
 use futures::FutureExt;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use opentelemetry::context::FutureExt as _;
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -190,9 +191,20 @@ async fn run_attempt(
         task.kind = %task.kind,
         // i64: tracing-opentelemetry exports u64 fields as text.
         task.attempt = i64::from(task.attempt),
+        // For log lines when spans are not exported (see telemetry::exporting).
+        trace_id = task.trace.trace_id().unwrap_or_default(),
     );
-    let _ = span.set_parent(telemetry::propagation::context_of(&task.trace));
-    async move {
+    let submitter = telemetry::propagation::context_of(&task.trace);
+    // Exported: the attempt span is the submit span's child and is active
+    // while the handler runs. Not exported: the submitter's context is
+    // attached as it is, so the handler's outgoing calls still carry it.
+    let handler_context = if telemetry::exporting() {
+        let _ = span.set_parent(submitter);
+        None
+    } else {
+        Some(submitter)
+    };
+    let attempt_run = async move {
         let task_id = task.id;
         let started = Instant::now();
         // A first attempt waited since submit; a retry's due time is gone by now.
@@ -214,8 +226,11 @@ async fn run_attempt(
         record::running(engine.running_count());
         engine.inner.dispatch_wakeup.notify_one();
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    match handler_context {
+        Some(context) => attempt_run.with_context(context).await,
+        None => attempt_run.await,
+    }
 }
 
 /// Runs the handler; returns how the attempt ended and the last progress

@@ -285,14 +285,19 @@ pub struct TraceContext {
 impl TraceContext {
     /// The 32-hex-digit trace id of a well-formed `traceparent`.
     pub fn trace_id(&self) -> Option<&str> {
-        let mut parts = self.traceparent.split('-');
-        let _version = parts.next()?;
-        let trace_id = parts.next()?;
-        let valid = trace_id.len() == 32
-            && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())
-            && trace_id.bytes().any(|byte| byte != b'0');
-        valid.then_some(trace_id)
+        trace_id_of(&self.traceparent)
     }
+}
+
+/// The 32-hex-digit trace id of a well-formed W3C `traceparent`.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    let valid = trace_id.len() == 32
+        && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())
+        && trace_id.bytes().any(|byte| byte != b'0');
+    valid.then_some(trace_id)
 }
 
 /// An executor's claim on a running task. Every lease change also bumps the

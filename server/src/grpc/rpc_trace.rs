@@ -30,8 +30,19 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
+        // For log lines when spans are not exported (see telemetry::exporting).
+        trace_id = Empty,
     );
-    let _ = span.set_parent(telemetry::propagation::extract(request.headers()));
+    if telemetry::exporting() {
+        let _ = span.set_parent(telemetry::propagation::extract(request.headers()));
+    } else if let Some(trace_id) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::engine::task::trace_id_of)
+    {
+        span.record("trace_id", trace_id);
+    }
     span
 }
 
@@ -57,6 +68,9 @@ pub fn finish_rpc(method: &'static str, code: Code, started: Instant) {
 /// Links the current span to the span that submitted a task, so a waiter's
 /// trace leads to the task's own.
 pub fn link_to_task(trace: &TraceContext) {
+    if !telemetry::exporting() {
+        return;
+    }
     if let Some(task_span) = telemetry::propagation::span_context_of(trace) {
         Span::current().add_link(task_span);
     }

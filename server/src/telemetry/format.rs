@@ -2,7 +2,9 @@
 //! the span they were written in, so a log search and a trace lead to each
 //! other.
 //!
-//! Span fields are not formatted into the lines ([`NoSpanFields`]): the
+//! The ids come from the span's OpenTelemetry context when spans are
+//! exported, and otherwise from a `trace_id` field of the span or one of its
+//! parents. No other span field is formatted ([`TraceIdFieldOnly`]): the
 //! trace id leads to them, and formatting every span's fields as it opens
 //! cost more CPU per task than anything else in the logging path.
 
@@ -51,7 +53,9 @@ where
             line.insert("span".into(), Value::String(current.name.to_owned()));
             if let Some((trace_id, span_id)) = current.ids {
                 line.insert("trace_id".into(), Value::String(trace_id));
-                line.insert("span_id".into(), Value::String(span_id));
+                if let Some(span_id) = span_id {
+                    line.insert("span_id".into(), Value::String(span_id));
+                }
             }
         }
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
@@ -89,30 +93,70 @@ where
         if let Some(current) = current_span(context) {
             write!(writer, " span={}", current.name)?;
             if let Some((trace_id, span_id)) = current.ids {
-                write!(writer, " trace_id={trace_id} span_id={span_id}")?;
+                write!(writer, " trace_id={trace_id}")?;
+                if let Some(span_id) = span_id {
+                    write!(writer, " span_id={span_id}")?;
+                }
             }
         }
         writeln!(writer)
     }
 }
 
-/// Formats no span fields at all (see the module's comment).
-pub struct NoSpanFields;
+/// Formats only a span's `trace_id` field, as the bare id (see the
+/// module's comment).
+pub struct TraceIdFieldOnly;
 
-impl<'writer> FormatFields<'writer> for NoSpanFields {
+impl<'writer> FormatFields<'writer> for TraceIdFieldOnly {
     fn format_fields<R: tracing_subscriber::field::RecordFields>(
         &self,
-        _writer: Writer<'writer>,
-        _fields: R,
+        mut writer: Writer<'writer>,
+        fields: R,
     ) -> fmt::Result {
+        let mut visitor = TraceIdVisitor::default();
+        fields.record(&mut visitor);
+        match visitor.0 {
+            Some(trace_id) => write!(writer, "{trace_id}"),
+            None => Ok(()),
+        }
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        // A later `trace_id` replaces an earlier one rather than appending.
+        let mut visitor = TraceIdVisitor::default();
+        fields.record(&mut visitor);
+        if let Some(trace_id) = visitor.0 {
+            current.fields = trace_id;
+        }
         Ok(())
+    }
+}
+
+#[derive(Default)]
+struct TraceIdVisitor(Option<String>);
+
+impl tracing::field::Visit for TraceIdVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "trace_id" && !value.is_empty() {
+            self.0 = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "trace_id" {
+            self.0 = Some(format!("{value:?}"));
+        }
     }
 }
 
 struct CurrentSpan {
     name: &'static str,
-    /// Hex trace and span ids, when the span has a valid context.
-    ids: Option<(String, String)>,
+    /// Hex trace id, and span id if the span has an OpenTelemetry context.
+    ids: Option<(String, Option<String>)>,
 }
 
 fn current_span<S, N>(context: &FmtContext<'_, S, N>) -> Option<CurrentSpan>
@@ -124,13 +168,20 @@ where
     let otel_context = tracing::dispatcher::get_default(|dispatch| {
         tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
     });
-    let ids = otel_context.and_then(|otel_context| {
+    let otel_ids = otel_context.and_then(|otel_context| {
         let span_context = otel_context.span().span_context().clone();
         span_context.is_valid().then(|| {
             (
                 span_context.trace_id().to_string(),
-                span_context.span_id().to_string(),
+                Some(span_context.span_id().to_string()),
             )
+        })
+    });
+    let ids = otel_ids.or_else(|| {
+        span.scope().find_map(|ancestor| {
+            let extensions = ancestor.extensions();
+            let fields = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()?;
+            (!fields.fields.is_empty()).then(|| (fields.fields.clone(), None))
         })
     });
     Some(CurrentSpan {

@@ -8,6 +8,8 @@ mod format;
 pub mod metrics;
 pub mod propagation;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
@@ -16,21 +18,32 @@ pub use metrics::{metrics_handle, serve_metrics};
 
 use crate::config::LogFormat;
 
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans. Without an exporter, vowd makes no
+/// OpenTelemetry spans at all (they would cost a fifth of the CPU per task
+/// for nothing): trace ids still flow, taken from the callers' `traceparent`
+/// or made up for a task submitted without one.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
-    exporting: bool,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Whether spans leave the process.
     pub fn exporting(&self) -> bool {
-        self.exporting
+        self.provider.is_some()
     }
 
     /// Exports what is still buffered. Call once, at the end.
     pub fn shutdown(self) {
-        if let Err(error) = self.provider.shutdown() {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
             eprintln!("vowd: flushing spans failed: {error}");
         }
     }
@@ -64,9 +77,7 @@ fn resource() -> Resource {
 /// runtime (the OTLP exporter and its batch processor live on it).
 pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(propagation::propagator());
-    let exporting = otlp_configured();
-    let mut provider = SdkTracerProvider::builder().with_resource(resource());
-    if exporting {
+    let provider = if otlp_configured() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
@@ -75,20 +86,27 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        provider = provider.with_span_processor(processor);
-    }
-    let provider = provider.build();
-    // Spans get ids even when nothing is exported, so logs and stored tasks
-    // carry the trace they belong to.
+        Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource())
+                .with_span_processor(processor)
+                .build(),
+        )
+    } else {
+        None
+    };
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     // Code locations, thread names and busy/idle timings would cost a clock
     // read or an allocation on every poll of every task for attributes
     // nobody asked for.
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("vowd"))
-        .with_error_records_to_exceptions(false)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false);
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("vowd"))
+            .with_error_records_to_exceptions(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+    });
     let filter = std::env::var("VOW_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -97,7 +115,7 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
     let registry = tracing_subscriber::registry().with(filter).with(spans);
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .fmt_fields(format::NoSpanFields);
+        .fmt_fields(format::TraceIdFieldOnly);
     match log_format {
         LogFormat::Text => registry
             .with(logs.event_format(format::TextWithTrace))
@@ -106,8 +124,5 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
             .with(logs.event_format(format::JsonWithTrace))
             .try_init()?,
     }
-    Ok(Telemetry {
-        provider,
-        exporting,
-    })
+    Ok(Telemetry { provider })
 }

@@ -9,7 +9,10 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
     trace::{SpanContext, TraceContextExt},
 };
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::{
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::{IdGenerator, RandomIdGenerator},
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::engine::task::TraceContext;
@@ -87,13 +90,26 @@ impl Injector for TraceContext {
 
 /// The context to store on a task submitted now: the current span (the
 /// Submit RPC's, a child of the caller's), so attempts become its children.
-/// Without a valid current span, the caller's headers as they came.
+/// Without a valid current span (spans are not exported, or the RPC has
+/// none), the caller's context as it came; without one of those either, a
+/// new trace, so that every task has a trace id to search its logs by.
 pub fn current_or(incoming: TraceContext) -> TraceContext {
-    let context = tracing::Span::current().context();
-    if !context.span().span_context().is_valid() {
+    if crate::telemetry::exporting() {
+        let context = tracing::Span::current().context();
+        if context.span().span_context().is_valid() {
+            let mut stored = TraceContext::default();
+            PROPAGATOR.inject_context(&context, &mut stored);
+            return stored;
+        }
+    }
+    if incoming.trace_id().is_some() {
         return incoming;
     }
-    let mut stored = TraceContext::default();
-    PROPAGATOR.inject_context(&context, &mut stored);
-    stored
+    let ids = RandomIdGenerator::default();
+    let trace_id = ids.new_trace_id();
+    tracing::Span::current().record("trace_id", trace_id.to_string().as_str());
+    TraceContext {
+        traceparent: format!("00-{trace_id}-{}-01", ids.new_span_id()),
+        ..incoming
+    }
 }
