@@ -181,6 +181,13 @@ async fn run_attempt(
     attempt: Arc<RunningAttempt>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let exporting = telemetry::exporting();
+    // For log lines when spans are not exported (see telemetry::exporting).
+    let logged_span_id = if exporting {
+        String::new()
+    } else {
+        telemetry::propagation::new_span_id()
+    };
     let span = tracing::info_span!(
         "task.attempt",
         otel.name = "task.attempt",
@@ -191,18 +198,21 @@ async fn run_attempt(
         task.kind = %task.kind,
         // i64: tracing-opentelemetry exports u64 fields as text.
         task.attempt = i64::from(task.attempt),
-        // For log lines when spans are not exported (see telemetry::exporting).
-        trace_id = task.trace.trace_id().unwrap_or_default(),
+        trace_id = if exporting { "" } else { task.trace.trace_id().unwrap_or_default() },
+        span_id = logged_span_id.as_str(),
     );
-    let submitter = telemetry::propagation::context_of(&task.trace);
     // Exported: the attempt span is the submit span's child and is active
-    // while the handler runs. Not exported: the submitter's context is
-    // attached as it is, so the handler's outgoing calls still carry it.
-    let handler_context = if telemetry::exporting() {
-        let _ = span.set_parent(submitter);
+    // while the handler runs. Not exported: the submitter's context, with
+    // the logged attempt span id, is attached instead, so the handler's
+    // outgoing calls still carry the trace.
+    let handler_context = if exporting {
+        let _ = span.set_parent(telemetry::propagation::context_of(&task.trace));
         None
     } else {
-        Some(submitter)
+        Some(telemetry::propagation::attempt_context(
+            &task.trace,
+            &logged_span_id,
+        ))
     };
     let attempt_run = async move {
         let task_id = task.id;

@@ -32,6 +32,7 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
         rpc.grpc.status_code = Empty,
         // For log lines when spans are not exported (see telemetry::exporting).
         trace_id = Empty,
+        span_id = Empty,
     );
     if telemetry::exporting() {
         let _ = span.set_parent(telemetry::propagation::extract(request.headers()));
@@ -42,6 +43,7 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
         .and_then(crate::engine::task::trace_id_of)
     {
         span.record("trace_id", trace_id);
+        span.record("span_id", telemetry::propagation::new_span_id().as_str());
     }
     span
 }

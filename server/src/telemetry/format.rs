@@ -3,8 +3,9 @@
 //! other.
 //!
 //! The ids come from the span's OpenTelemetry context when spans are
-//! exported, and otherwise from a `trace_id` field of the span or one of its
-//! parents. No other span field is formatted ([`TraceIdFieldOnly`]): the
+//! exported, and otherwise from the `trace_id` and `span_id` fields of the
+//! span or one of its parents. No other span field is formatted
+//! ([`TraceIdFieldOnly`]): the
 //! trace id leads to them, and formatting every span's fields as it opens
 //! cost more CPU per task than anything else in the logging path.
 
@@ -103,8 +104,8 @@ where
     }
 }
 
-/// Formats only a span's `trace_id` field, as the bare id (see the
-/// module's comment).
+/// Formats only a span's `trace_id` and `span_id` fields, as the bare ids
+/// separated by a space (see the module's comment).
 pub struct TraceIdFieldOnly;
 
 impl<'writer> FormatFields<'writer> for TraceIdFieldOnly {
@@ -113,11 +114,14 @@ impl<'writer> FormatFields<'writer> for TraceIdFieldOnly {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut visitor = TraceIdVisitor::default();
-        fields.record(&mut visitor);
-        match visitor.0 {
-            Some(trace_id) => write!(writer, "{trace_id}"),
-            None => Ok(()),
+        let mut ids = SpanIds::default();
+        fields.record(&mut ids);
+        match ids {
+            SpanIds {
+                trace_id: Some(trace_id),
+                span_id,
+            } => write!(writer, "{trace_id} {}", span_id.unwrap_or_default()),
+            _ => Ok(()),
         }
     }
 
@@ -126,30 +130,46 @@ impl<'writer> FormatFields<'writer> for TraceIdFieldOnly {
         current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        // A later `trace_id` replaces an earlier one rather than appending.
-        let mut visitor = TraceIdVisitor::default();
-        fields.record(&mut visitor);
-        if let Some(trace_id) = visitor.0 {
-            current.fields = trace_id;
+        // Later ids replace earlier ones rather than appending to them.
+        let mut ids = SpanIds::parse(&current.fields);
+        fields.record(&mut ids);
+        if let Some(trace_id) = ids.trace_id {
+            current.fields = format!("{trace_id} {}", ids.span_id.unwrap_or_default());
         }
         Ok(())
     }
 }
 
 #[derive(Default)]
-struct TraceIdVisitor(Option<String>);
+struct SpanIds {
+    trace_id: Option<String>,
+    span_id: Option<String>,
+}
 
-impl tracing::field::Visit for TraceIdVisitor {
+impl SpanIds {
+    fn parse(formatted: &str) -> Self {
+        let mut parts = formatted.split(' ').filter(|part| !part.is_empty());
+        Self {
+            trace_id: parts.next().map(str::to_owned),
+            span_id: parts.next().map(str::to_owned),
+        }
+    }
+}
+
+impl tracing::field::Visit for SpanIds {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "trace_id" && !value.is_empty() {
-            self.0 = Some(value.to_owned());
+        let slot = match field.name() {
+            "trace_id" => &mut self.trace_id,
+            "span_id" => &mut self.span_id,
+            _ => return,
+        };
+        if !value.is_empty() {
+            *slot = Some(value.to_owned());
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "trace_id" {
-            self.0 = Some(format!("{value:?}"));
-        }
+        self.record_str(field, &format!("{value:?}"));
     }
 }
 
@@ -181,7 +201,8 @@ where
         span.scope().find_map(|ancestor| {
             let extensions = ancestor.extensions();
             let fields = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()?;
-            (!fields.fields.is_empty()).then(|| (fields.fields.clone(), None))
+            let ids = SpanIds::parse(&fields.fields);
+            Some((ids.trace_id?, ids.span_id))
         })
     });
     Some(CurrentSpan {

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
-    trace::{SpanContext, TraceContextExt},
+    trace::{SpanContext, SpanId, TraceContextExt},
 };
 use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
@@ -106,10 +106,39 @@ pub fn current_or(incoming: TraceContext) -> TraceContext {
         return incoming;
     }
     let ids = RandomIdGenerator::default();
-    let trace_id = ids.new_trace_id();
-    tracing::Span::current().record("trace_id", trace_id.to_string().as_str());
+    let trace_id = ids.new_trace_id().to_string();
+    let span_id = new_span_id();
+    // The current RPC span stands for the span the task's context names.
+    let span = tracing::Span::current();
+    span.record("trace_id", trace_id.as_str());
+    span.record("span_id", span_id.as_str());
     TraceContext {
-        traceparent: format!("00-{trace_id}-{}-01", ids.new_span_id()),
+        traceparent: format!("00-{trace_id}-{span_id}-01"),
         ..incoming
+    }
+}
+
+/// A fresh 16-hex-digit span id, for spans that are logged but not exported.
+pub fn new_span_id() -> String {
+    RandomIdGenerator::default().new_span_id().to_string()
+}
+
+/// The context a handler runs in when spans are not exported: the
+/// submitter's, with `span_id` (the attempt's, as logged) as the parent of
+/// whatever the handler calls.
+pub fn attempt_context(trace: &TraceContext, span_id: &str) -> Context {
+    let submitter = context_of(trace);
+    let parent = submitter.span().span_context().clone();
+    match SpanId::from_hex(span_id) {
+        Ok(span_id) if parent.is_valid() => {
+            submitter.with_remote_span_context(SpanContext::new(
+                parent.trace_id(),
+                span_id,
+                parent.trace_flags(),
+                false,
+                parent.trace_state().clone(),
+            ))
+        }
+        _ => submitter,
     }
 }
