@@ -181,13 +181,6 @@ async fn run_attempt(
     attempt: Arc<RunningAttempt>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let exporting = telemetry::exporting();
-    // For log lines when spans are not exported (see telemetry::exporting).
-    let logged_span_id = if exporting {
-        String::new()
-    } else {
-        telemetry::propagation::new_span_id()
-    };
     let span = tracing::info_span!(
         "task.attempt",
         otel.name = "task.attempt",
@@ -198,21 +191,22 @@ async fn run_attempt(
         task.kind = %task.kind,
         // i64: tracing-opentelemetry exports u64 fields as text.
         task.attempt = i64::from(task.attempt),
-        trace_id = if exporting { "" } else { task.trace.trace_id().unwrap_or_default() },
-        span_id = logged_span_id.as_str(),
+        // For log lines when spans are not exported (see telemetry::exporting).
+        trace_id = Empty,
+        span_id = Empty,
     );
-    // Exported: the attempt span is the submit span's child and is active
-    // while the handler runs. Not exported: the submitter's context, with
-    // the logged attempt span id, is attached instead, so the handler's
-    // outgoing calls still carry the trace.
-    let handler_context = if exporting {
+    // The handler runs in the attempt's context, so its own spans and its
+    // outgoing calls join the trace. Exported: the attempt span, a child of
+    // the submit span. Not exported: the submitter's context with the
+    // attempt's logged span id.
+    let handler_context = if telemetry::exporting() {
         let _ = span.set_parent(telemetry::propagation::context_of(&task.trace));
-        None
+        span.context()
     } else {
-        Some(telemetry::propagation::attempt_context(
-            &task.trace,
-            &logged_span_id,
-        ))
+        let span_id = telemetry::propagation::new_span_id();
+        span.record("trace_id", task.trace.trace_id().unwrap_or_default());
+        span.record("span_id", span_id.as_str());
+        telemetry::propagation::attempt_context(&task.trace, &span_id)
     };
     let attempt_run = async move {
         let task_id = task.id;
@@ -237,10 +231,7 @@ async fn run_attempt(
         engine.inner.dispatch_wakeup.notify_one();
     }
     .instrument(span);
-    match handler_context {
-        Some(context) => attempt_run.with_context(context).await,
-        None => attempt_run.await,
-    }
+    attempt_run.with_context(handler_context).await
 }
 
 /// Runs the handler; returns how the attempt ended and the last progress
