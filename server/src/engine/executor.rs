@@ -10,8 +10,8 @@ use std::{
 };
 
 use futures::FutureExt;
-use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use opentelemetry::context::FutureExt as _;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 

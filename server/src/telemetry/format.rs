@@ -19,11 +19,13 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-/// One JSON object per event: timestamp, level, target, message, the
-/// event's fields, the current span's name, and its trace and span ids.
-pub struct JsonWithTrace;
+/// Log lines with the trace and span ids of the span they were written in,
+/// as text or as JSON.
+pub struct WithTrace {
+    pub json: bool,
+}
 
-impl<S, N> FormatEvent<S, N> for JsonWithTrace
+impl<S, N> FormatEvent<S, N> for WithTrace
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -31,77 +33,83 @@ where
     fn format_event(
         &self,
         context: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::String(
-                humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-            ),
-        );
-        line.insert(
-            "level".into(),
-            Value::String(event.metadata().level().to_string()),
-        );
-        line.insert(
-            "target".into(),
-            Value::String(event.metadata().target().to_owned()),
-        );
-        event.record(&mut FieldVisitor(&mut line));
-        if let Some(current) = current_span(context) {
-            line.insert("span".into(), Value::String(current.name.to_owned()));
-            if let Some((trace_id, span_id)) = current.ids {
-                line.insert("trace_id".into(), Value::String(trace_id));
-                if let Some(span_id) = span_id {
-                    line.insert("span_id".into(), Value::String(span_id));
-                }
+        let current = current_span(context);
+        if self.json {
+            write_json(writer, event, current)
+        } else {
+            write_text(writer, event, current)
+        }
+    }
+}
+
+/// One JSON object per event: timestamp, level, target, message, the
+/// event's fields, the current span's name, and its trace and span ids.
+fn write_json(
+    mut writer: Writer<'_>,
+    event: &Event<'_>,
+    current: Option<CurrentSpan>,
+) -> fmt::Result {
+    let mut line = Map::new();
+    line.insert(
+        "timestamp".into(),
+        Value::String(humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()),
+    );
+    line.insert(
+        "level".into(),
+        Value::String(event.metadata().level().to_string()),
+    );
+    line.insert(
+        "target".into(),
+        Value::String(event.metadata().target().to_owned()),
+    );
+    event.record(&mut FieldVisitor(&mut line));
+    if let Some(current) = current {
+        line.insert("span".into(), Value::String(current.name.to_owned()));
+        if let Some((trace_id, span_id)) = current.ids {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            if let Some(span_id) = span_id {
+                line.insert("span_id".into(), Value::String(span_id));
             }
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
     }
+    let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+    writeln!(writer, "{text}")
 }
 
 /// `2026-11-26T18:00:00.123456Z  WARN vow_server::engine::executor: attempt
 /// failed task.id=… span=task.attempt trace_id=… span_id=…`
-pub struct TextWithTrace;
-
-impl<S, N> FormatEvent<S, N> for TextWithTrace
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        context: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let metadata = event.metadata();
-        write!(
-            writer,
-            "{} {:>5} {}:",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
-            metadata.level(),
-            metadata.target()
-        )?;
-        event.record(&mut TextVisitor {
-            writer: &mut writer,
-            result: Ok(()),
-        });
-        if let Some(current) = current_span(context) {
-            write!(writer, " span={}", current.name)?;
-            if let Some((trace_id, span_id)) = current.ids {
-                write!(writer, " trace_id={trace_id}")?;
-                if let Some(span_id) = span_id {
-                    write!(writer, " span_id={span_id}")?;
-                }
+fn write_text(
+    mut writer: Writer<'_>,
+    event: &Event<'_>,
+    current: Option<CurrentSpan>,
+) -> fmt::Result {
+    let metadata = event.metadata();
+    write!(
+        writer,
+        "{} {:>5} {}:",
+        humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+        metadata.level(),
+        metadata.target()
+    )?;
+    let mut fields = TextVisitor {
+        writer: &mut writer,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    if let Some(current) = current {
+        write!(writer, " span={}", current.name)?;
+        if let Some((trace_id, span_id)) = current.ids {
+            write!(writer, " trace_id={trace_id}")?;
+            if let Some(span_id) = span_id {
+                write!(writer, " span_id={span_id}")?;
             }
         }
-        writeln!(writer)
     }
+    writeln!(writer)
 }
 
 /// Formats only a span's `trace_id` and `span_id` fields, as the bare ids

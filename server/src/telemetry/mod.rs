@@ -118,13 +118,9 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .fmt_fields(format::TraceIdFieldOnly);
-    match log_format {
-        LogFormat::Text => registry
-            .with(logs.event_format(format::TextWithTrace))
-            .try_init()?,
-        LogFormat::Json => registry
-            .with(logs.event_format(format::JsonWithTrace))
-            .try_init()?,
-    }
+    let json = matches!(log_format, LogFormat::Json);
+    registry
+        .with(logs.event_format(format::WithTrace { json }))
+        .try_init()?;
     Ok(Telemetry { provider })
 }

@@ -130,15 +130,13 @@ pub fn attempt_context(trace: &TraceContext, span_id: &str) -> Context {
     let submitter = context_of(trace);
     let parent = submitter.span().span_context().clone();
     match SpanId::from_hex(span_id) {
-        Ok(span_id) if parent.is_valid() => {
-            submitter.with_remote_span_context(SpanContext::new(
-                parent.trace_id(),
-                span_id,
-                parent.trace_flags(),
-                false,
-                parent.trace_state().clone(),
-            ))
-        }
+        Ok(span_id) if parent.is_valid() => submitter.with_remote_span_context(SpanContext::new(
+            parent.trace_id(),
+            span_id,
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        )),
         _ => submitter,
     }
 }
