@@ -489,6 +489,64 @@ fn bench_prints_one_sane_json_line_with_the_ceiling_ratio() {
     assert!(ratio > 0.0 && ratio.is_finite());
 }
 
+#[test]
+fn bench_watch_fanout_reports_delivery_delays_of_every_watcher() {
+    let vowd = Vowd::start(&[]);
+    let outcome = vow(
+        &vowd,
+        &[
+            "-o",
+            "json",
+            "bench",
+            "--mode",
+            "watch-fanout",
+            "--concurrency",
+            "50",
+            "--connections",
+            "5",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+        ],
+    );
+    outcome.assert_code(0);
+    let report = outcome.json();
+    assert_eq!(report["mode"], "watch-fanout");
+    assert_eq!(report["kind"], "sleep");
+    assert_eq!(report["watchers"], 50);
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let rounds = report["fanout_rounds"].as_u64().expect("a round count");
+    assert!(rounds >= 1, "{report}");
+    // Every watcher of every round got the terminal change.
+    assert_eq!(report["tasks"].as_u64(), Some(rounds * 50), "{report}");
+    assert!(report["tasks_per_s"].as_f64().expect("a rate") > 0.0);
+    let latency = &report["latency_us"];
+    let p50 = latency["p50"].as_u64().expect("p50");
+    let p99 = latency["p99"].as_u64().expect("p99");
+    let max = latency["max"].as_u64().expect("max");
+    assert!(p50 <= p99 && p99 <= max, "ordered percentiles: {latency}");
+    assert_eq!(report["ceiling"], Value::Null);
+}
+
+#[test]
+fn bench_refuses_the_ceiling_with_watch_fanout() {
+    let vowd = Vowd::start(&[]);
+    let outcome = vow(
+        &vowd,
+        &[
+            "bench",
+            "--mode",
+            "watch-fanout",
+            "--ceiling",
+            "--duration",
+            "1s",
+        ],
+    );
+    outcome.assert_code(2);
+    assert!(outcome.stderr.contains("--ceiling"), "{}", outcome.stderr);
+}
+
 /// An address nothing listens on (bound, then released).
 fn free_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");

@@ -27,7 +27,7 @@ use super::Mode;
 use crate::cli::{json::code_name, render::human_duration};
 
 /// Largest latency recorded exactly; slower iterations count as this.
-const MAX_RECORDED_MICROS: u64 = 60_000_000;
+pub(super) const MAX_RECORDED_MICROS: u64 = 60_000_000;
 
 /// How long one Await may wait on the server.
 const AWAIT_TIMEOUT: prost_types::Duration = prost_types::Duration {
@@ -60,6 +60,8 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// The first error seen, to explain the counts.
     pub first_error: Option<String>,
+    /// Watch fan-out rounds measured (0 in the other modes).
+    pub fanout_rounds: u64,
 }
 
 impl LoadReport {
@@ -70,10 +72,28 @@ impl LoadReport {
 }
 
 /// Why one iteration did not succeed.
-enum IterationError {
+pub(super) enum IterationError {
     Rpc(tonic::Status),
     /// The task ended in another state than SUCCEEDED (or Await gave up).
     Task(&'static str),
+    /// A watch stream did not deliver the terminal change (watch fan-out).
+    Watch(&'static str),
+}
+
+impl IterationError {
+    /// The key it is counted under (a gRPC code name or an UPPER_SNAKE_CASE
+    /// outcome) and a sentence for the first-error line.
+    fn describe(self) -> (String, String) {
+        match self {
+            Self::Rpc(status) => (
+                code_name(status.code() as i32),
+                format!("{:?}: {}", status.code(), status.message()),
+            ),
+            Self::Task(what) | Self::Watch(what) => {
+                (what.to_owned(), what.to_lowercase().replace('_', " "))
+            }
+        }
+    }
 }
 
 impl LoadReport {
@@ -85,7 +105,15 @@ impl LoadReport {
             latency: new_histogram(),
             errors: BTreeMap::new(),
             first_error: None,
+            fanout_rounds: 0,
         }
+    }
+
+    /// Counts `count` failures of one kind.
+    pub(super) fn record_errors(&mut self, error: IterationError, count: u64) {
+        let (key, text) = error.describe();
+        *self.errors.entry(key).or_default() += count;
+        self.first_error.get_or_insert(text);
     }
 
     /// Adds another measured window (a later round against the same server).
@@ -100,6 +128,7 @@ impl LoadReport {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+        self.fanout_rounds += other.fanout_rounds;
     }
 }
 
@@ -149,6 +178,7 @@ pub async fn drive(
                 latency: tally.latency,
                 errors: tally.errors,
                 first_error: tally.first_error,
+                fanout_rounds: 0,
             });
         }
     })
@@ -317,6 +347,11 @@ impl Caller {
                     .map_err(IterationError::Rpc)?;
                 Ok(())
             }
+            Mode::WatchFanout => {
+                unreachable!(
+                    "watch-fanout runs in rounds (bench::fanout), never in the caller loop"
+                )
+            }
         }
     }
 }
@@ -332,7 +367,7 @@ fn succeeded(task: Option<&proto::Task>) -> Result<(), IterationError> {
 
 /// How long a caller pauses after an error, so an overloaded or absent
 /// server is not hammered in a tight loop.
-fn backoff(error: &IterationError) -> Option<Duration> {
+pub(super) fn backoff(error: &IterationError) -> Option<Duration> {
     let IterationError::Rpc(status) = error else {
         return None;
     };
@@ -350,13 +385,7 @@ fn backoff(error: &IterationError) -> Option<Duration> {
 
 impl Tally {
     fn record_error(&mut self, error: IterationError) {
-        let (key, text) = match error {
-            IterationError::Rpc(status) => (
-                code_name(status.code() as i32),
-                format!("{:?}: {}", status.code(), status.message()),
-            ),
-            IterationError::Task(what) => (what.to_owned(), what.to_lowercase().replace('_', " ")),
-        };
+        let (key, text) = error.describe();
         *self.errors.entry(key).or_default() += 1;
         self.first_error.get_or_insert(text);
     }

@@ -1,8 +1,11 @@
 //! `vow bench`: drives a server with the load generator, optionally drives
 //! the bare ceiling server with the very same load right after, and reports
-//! throughput, latency percentiles and vowd's share of the ceiling.
+//! throughput, latency percentiles and vowd's share of the ceiling; or, with
+//! `--mode watch-fanout`, measures how fast one task's end reaches its
+//! watchers (`fanout`).
 
 pub mod ceiling;
+mod fanout;
 mod load;
 mod report;
 
@@ -25,6 +28,12 @@ pub enum Mode {
     Run,
     /// Submit only; the server executes the tasks in the background.
     SubmitOnly,
+    /// Rounds of Watch fan-out: one long sleep task, --concurrency Watch streams on it
+    /// over --connections connections, cancelled once every stream has its snapshot.
+    /// Latency is each watcher's delay from the task's end_time to the terminal
+    /// change, by the server's clock: run the bench on the server's host. The rate
+    /// is deliveries per second. Ignores --kind, --input and --payload-bytes; no --ceiling.
+    WatchFanout,
 }
 
 impl Mode {
@@ -34,6 +43,7 @@ impl Mode {
             Self::SubmitAwait => "submit-await",
             Self::Run => "run",
             Self::SubmitOnly => "submit-only",
+            Self::WatchFanout => "watch-fanout",
         }
     }
 }
@@ -41,16 +51,16 @@ impl Mode {
 /// `vow bench` options.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What each iteration does.
+    /// What each iteration (with watch-fanout: each round) does.
     #[arg(long, value_enum, default_value_t = Mode::SubmitAwait)]
     pub mode: Mode,
-    /// Callers, each with one iteration in flight at a time.
+    /// Callers, each with one iteration in flight at a time (with watch-fanout: watchers per round).
     #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
     /// HTTP/2 connections the callers are spread over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// How long to measure.
+    /// How long to measure (with watch-fanout: rounds start until it has passed; at least one runs).
     #[arg(long, short = 'd', value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// How long to run before measuring (connections, allocators and caches warm up).
@@ -101,6 +111,15 @@ pub async fn run(
         return Err(Failure::Usage(
             "--concurrency, --connections and --duration must be above zero".into(),
         ));
+    }
+    if args.mode == Mode::WatchFanout {
+        if args.ceiling {
+            return Err(Failure::Usage(
+                "--ceiling does not apply to --mode watch-fanout: the ceiling server has no Watch"
+                    .into(),
+            ));
+        }
+        return run_watch_fanout(server, format, args).await;
     }
     let input = match &args.input {
         Some(text) => {
@@ -168,6 +187,42 @@ pub async fn run(
 
     report::print(format, &setup, &target, ceiling_report.as_ref());
     if target.completed == 0 {
+        return Ok(ExitStatus::Failed);
+    }
+    Ok(ExitStatus::Succeeded)
+}
+
+/// Runs `vow bench --mode watch-fanout` (no ceiling: it has no Watch).
+async fn run_watch_fanout(
+    server: &str,
+    format: OutputFormat,
+    args: BenchArgs,
+) -> Result<ExitStatus, Failure> {
+    let setup = BenchSetup {
+        mode: args.mode,
+        kind: fanout::TASK_KIND.to_owned(),
+        concurrency: args.concurrency,
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+        // The watched task's input is a small JSON object, no binary payload.
+        payload_bytes: 0,
+        server: server.to_owned(),
+        rounds: 1,
+    };
+    let show_progress = format == OutputFormat::Human && std::io::stderr().is_terminal();
+    let channels = load::connect(&endpoint_url(server), args.connections).await?;
+    let progress = progress_bar(show_progress, "server");
+    let report = fanout::drive(
+        &channels,
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        &progress,
+    )
+    .await;
+    report::print(format, &setup, &report, None);
+    if report.completed == 0 {
         return Ok(ExitStatus::Failed);
     }
     Ok(ExitStatus::Succeeded)

@@ -6,7 +6,7 @@ use comfy_table::{CellAlignment, Table, presets};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use super::{BenchSetup, LoadReport};
+use super::{BenchSetup, LoadReport, Mode};
 use crate::cli::{
     OutputFormat,
     render::{human_duration, print_table},
@@ -56,6 +56,11 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
         unreachable!("report_json returns an object")
     };
     fields.extend(measured);
+    if setup.mode == Mode::WatchFanout {
+        // `tasks` counts deliveries here; these say how they were made.
+        fields.insert("watchers".into(), setup.concurrency.into());
+        fields.insert("fanout_rounds".into(), target.fanout_rounds.into());
+    }
     fields.insert("ceiling".into(), ceiling.map_or(Value::Null, report_json));
     let (throughput_ratio, p99_ratio) = ceiling
         .map(|ceiling| ratios(target, ceiling))
@@ -87,6 +92,21 @@ fn report_json(report: &LoadReport) -> Value {
 }
 
 fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>) {
+    if setup.mode == Mode::WatchFanout {
+        println!(
+            "watch-fanout: {} watchers of one {} task per round over {} connections, {} rounds in {} measured after {} warmup; \
+             latency from the task's end_time to each delivery of its terminal change",
+            setup.concurrency,
+            setup.kind,
+            setup.connections,
+            target.fanout_rounds,
+            human_duration(target.window),
+            human_duration(setup.warmup),
+        );
+        print_table_of(&[("server", target)], "deliveries/s");
+        print_first_errors(target, None);
+        return;
+    }
     let rounds = match setup.rounds {
         1 => String::new(),
         rounds => format!(", in {rounds} alternating rounds"),
@@ -100,16 +120,36 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
         human_duration(setup.duration),
         human_duration(setup.warmup),
     );
+    let mut rows = vec![("server", target)];
+    rows.extend(ceiling.map(|ceiling| ("ceiling", ceiling)));
+    print_table_of(&rows, "tasks/s");
+    print_first_errors(target, ceiling);
+    if let Some(ceiling) = ceiling {
+        let (throughput, p99) = ratios(target, ceiling);
+        println!(
+            "ceiling ratio {throughput:.2}: the server does {:.0}% of the ceiling's tasks/s, at {p99:.2}× its p99",
+            throughput * 100.0
+        );
+    }
+}
+
+/// One row per report: its rate (headed `rate_header`), percentiles, max and errors.
+fn print_table_of(rows: &[(&str, &LoadReport)], rate_header: &str) {
     let mut table = Table::new();
     table
         .load_style(presets::NOTHING)
         .force_no_tty()
         .set_header([
-            "server", "tasks/s", "p50", "p90", "p99", "p99.9", "max", "errors",
+            "server",
+            rate_header,
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "errors",
         ]);
-    let mut rows = vec![("server", target)];
-    rows.extend(ceiling.map(|ceiling| ("ceiling", ceiling)));
-    for (name, report) in rows {
+    for &(name, report) in rows {
         let mut row = vec![name.to_owned(), format_thousands(report.throughput())];
         row.extend(
             PERCENTILES
@@ -128,18 +168,14 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
         }
     }
     print_table(&mut table);
+}
+
+fn print_first_errors(target: &LoadReport, ceiling: Option<&LoadReport>) {
     for (name, report) in [("server", Some(target)), ("ceiling", ceiling)] {
         let Some(report) = report else { continue };
         if let Some(first) = &report.first_error {
             println!("{name} errors {:?}; first: {first}", report.errors);
         }
-    }
-    if let Some(ceiling) = ceiling {
-        let (throughput, p99) = ratios(target, ceiling);
-        println!(
-            "ceiling ratio {throughput:.2}: the server does {:.0}% of the ceiling's tasks/s, at {p99:.2}× its p99",
-            throughput * 100.0
-        );
     }
 }
 
