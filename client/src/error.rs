@@ -15,6 +15,11 @@ pub enum Error {
     /// No connection could be made.
     #[error("cannot reach {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    /// The TLS handshake was refused: the server's certificate is not trusted
+    /// or does not name the host, or the server refused the client's. Trying
+    /// again does not help; the TLS settings must change.
+    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    TlsRejected { endpoint: String, reason: String },
     /// The server answered with an error status.
     #[error("{}: {}", code_name(.0.code), .0.message)]
     Rpc(Box<RpcError>),
@@ -36,11 +41,12 @@ pub struct RpcError {
 }
 
 impl Error {
-    /// The gRPC code: the server's, or UNAVAILABLE when it could not be reached.
+    /// The gRPC code: the server's, or UNAVAILABLE when it could not be
+    /// reached (also through TLS, as gRPC itself reports a failed handshake).
     pub fn code(&self) -> Option<Code> {
         match self {
             Self::Rpc(rpc) => Some(rpc.code),
-            Self::Unreachable { .. } => Some(Code::Unavailable),
+            Self::Unreachable { .. } | Self::TlsRejected { .. } => Some(Code::Unavailable),
             Self::InvalidEndpoint { .. } => None,
         }
     }
@@ -68,9 +74,10 @@ impl Error {
         self.rpc().map_or(&[], |rpc| rpc.violations.as_slice())
     }
 
-    /// Whether a retry of the same call may succeed (AIP-194: only UNAVAILABLE).
+    /// Whether a retry of the same call may succeed (AIP-194: only
+    /// UNAVAILABLE, and not a refused TLS handshake).
     pub fn is_retryable(&self) -> bool {
-        self.code() == Some(Code::Unavailable)
+        !matches!(self, Self::TlsRejected { .. }) && self.code() == Some(Code::Unavailable)
     }
 }
 

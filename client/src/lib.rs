@@ -22,7 +22,12 @@
 //! Calls that fail with `UNAVAILABLE` are retried with exponential backoff and
 //! jitter (AIP-194). Submits are safe to retry because the client fills in an
 //! idempotency key when the caller gives none.
+//!
+//! TLS (rustls; no system OpenSSL) is on for `https://` URLs; a private CA,
+//! the name to verify and a client identity for mutual TLS are
+//! [`ConnectOptions`], used by [`Client::connect_with`].
 
+mod connect;
 mod error;
 mod propagation;
 mod submit;
@@ -31,13 +36,11 @@ mod watch;
 use std::time::Duration;
 
 use futures::Stream;
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 pub use vow_proto::v1 as proto;
 use vow_proto::v1::task_service_client::TaskServiceClient;
 
+pub use connect::ConnectOptions;
 pub use error::{Error, RpcError};
 pub use propagation::TraceInjector;
 pub use proto::{Task, TaskState};
@@ -118,16 +121,25 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect(endpoint: &str) -> Result<Self, Error> {
-        let url = endpoint_url(endpoint);
-        let channel =
-            Self::endpoint(&url)?
-                .connect()
-                .await
-                .map_err(|error| Error::Unreachable {
-                    endpoint: url.clone(),
-                    reason: source_chain(&error),
-                })?;
-        Ok(Self::from_channel(channel))
+        Self::connect_with(endpoint, &ConnectOptions::default()).await
+    }
+
+    /// Connects to `endpoint` as `options` say (TLS, certificates, connect
+    /// timeout). Fails with [`Error::InvalidEndpoint`] for unusable settings
+    /// (a PEM file without a certificate, say), [`Error::TlsRejected`] when
+    /// the handshake is refused, [`Error::Unreachable`] otherwise.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use vow_client::{Client, ConnectOptions};
+    /// let options = ConnectOptions::new()
+    ///     .ca_certificate_pem(std::fs::read("ca.pem")?)
+    ///     .identity_pem(std::fs::read("client.pem")?, std::fs::read("client.key")?);
+    /// let client = Client::connect_with("vow.internal:50051", &options).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with(endpoint: &str, options: &ConnectOptions) -> Result<Self, Error> {
+        Ok(Self::from_channel(options.channel(endpoint).await?))
     }
 
     /// Prepares a client that connects on first use, so calls made while the
@@ -141,24 +153,26 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn connect_lazy(endpoint: &str) -> Result<Self, Error> {
-        let url = endpoint_url(endpoint);
-        Ok(Self::from_channel(Self::endpoint(&url)?.connect_lazy()))
+        Self::connect_lazy_with(endpoint, &ConnectOptions::default())
     }
 
-    fn endpoint(url: &str) -> Result<Endpoint, Error> {
-        Endpoint::from_shared(url.to_owned())
-            .map(|endpoint| {
-                endpoint
-                    .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-            })
-            .map_err(|error| Error::InvalidEndpoint {
-                endpoint: url.to_owned(),
-                reason: error.to_string(),
-            })
+    /// Like [`connect_lazy`](Self::connect_lazy), with `options`; settings
+    /// are checked now, the handshake happens on first use.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = vow_client::ConnectOptions::new().ca_certificate_pem(std::fs::read("ca.pem")?);
+    /// let client = vow_client::Client::connect_lazy_with("vow.internal:50051", &options)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_lazy_with(endpoint: &str, options: &ConnectOptions) -> Result<Self, Error> {
+        Ok(Self::from_channel(
+            options.endpoint(endpoint)?.connect_lazy(),
+        ))
     }
 
-    /// Wraps an existing channel (TLS, custom connectors, in-memory tests).
+    /// Wraps an existing channel (custom connectors, in-memory tests; for
+    /// TLS see [`connect_with`](Self::connect_with)).
     pub fn from_channel(channel: Channel) -> Self {
         Self {
             tasks: TaskServiceClient::with_interceptor(channel.clone(), TraceInjector::default()),
@@ -418,14 +432,16 @@ impl Client {
 /// the same idempotency key makes safe, so it is retried like UNAVAILABLE.
 fn unavailable_if_connection_lost(status: tonic::Status) -> tonic::Status {
     use std::error::Error as _;
-    let transport_failure = status.code() == tonic::Code::Unknown
-        && status
-            .source()
-            .is_some_and(|source| source.is::<tonic::transport::Error>());
-    if transport_failure {
-        tonic::Status::unavailable(format!("connection lost: {}", source_chain(&status)))
-    } else {
-        status
+    let transport_failure = status
+        .source()
+        .filter(|source| source.is::<tonic::transport::Error>());
+    match transport_failure {
+        // The transport error's own chain: Status's Display would add its
+        // Debug form ("code: 'Unknown error', … source: …") to the message.
+        Some(source) if status.code() == tonic::Code::Unknown => {
+            tonic::Status::unavailable(format!("connection lost: {}", source_chain(source)))
+        }
+        _ => status,
     }
 }
 
@@ -482,12 +498,19 @@ pub(crate) fn duration_to_proto(duration: Duration) -> prost_types::Duration {
     })
 }
 
-fn source_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, `: `-separated; a cause that only repeats the
+/// link before it (an `io::Error` shows its inner error) is left out.
+pub(crate) fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut previous = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if cause_text != previous {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        previous = cause_text;
         source = cause.source();
     }
     text

@@ -46,7 +46,7 @@ impl ExitStatus {
     pub fn of_error(error: &Error) -> Self {
         match error {
             Error::InvalidEndpoint { .. } => Self::Usage,
-            Error::Unreachable { .. } => Self::Unreachable,
+            Error::Unreachable { .. } | Error::TlsRejected { .. } => Self::Unreachable,
             Error::Rpc(rpc) => match rpc.code {
                 Code::Unavailable => Self::Unreachable,
                 Code::InvalidArgument | Code::OutOfRange => Self::Usage,
