@@ -27,6 +27,7 @@
 //! the name to verify and a client identity for mutual TLS are
 //! [`ConnectOptions`], used by [`Client::connect_with`].
 
+pub mod ceiling;
 mod connect;
 mod error;
 mod propagation;

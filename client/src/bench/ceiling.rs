@@ -1,23 +1,11 @@
-//! The ceiling server: the same `vow.v1.TaskService` contract with nothing of
-//! the engine behind it. Submit stores a oneshot channel keyed by a fresh id
-//! and completes it at once with the echoed input; Await takes the channel
-//! and waits on it; Run does both in one call. What remains is the cost of
-//! gRPC, HTTP/2 and protobuf on this machine: the best any task server built
-//! on tonic could do, so `vow bench --ceiling` reports vowd as a fraction of it.
+//! `vow ceiling-server`: the library's ceiling service (`vow_client::ceiling`)
+//! as a process of its own, so it runs apart from the load generator exactly
+//! as vowd does.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Mutex, PoisonError},
-};
+use std::net::SocketAddr;
 
 use anyhow::Context;
-use tokio::{io::AsyncReadExt, sync::oneshot};
-use tonic::{Request, Response, Status, transport::server::TcpIncoming};
-use vow_client::proto::{
-    self, Task, TaskState,
-    task_service_server::{TaskService, TaskServiceServer},
-};
+use tokio::io::AsyncReadExt;
 
 /// The line the ceiling server prints on stdout once it accepts connections.
 pub const LISTENING_PREFIX: &str = "vow ceiling-server listening on ";
@@ -31,13 +19,11 @@ pub async fn serve_forever(listen: SocketAddr, exit_on_stdin_close: bool) -> any
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     println!("{LISTENING_PREFIX}{address}");
-    let server = tonic::transport::Server::builder()
-        .add_service(TaskServiceServer::new(CeilingService::default()))
-        // The same socket option as vowd: small frames must not wait for Nagle.
-        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
+    let server = vow_client::ceiling::serve(listener, None, std::future::pending());
     if !exit_on_stdin_close {
         return Ok(server.await?);
     }
+    // At once, not gracefully: the connections' owner is gone.
     tokio::select! {
         result = server => Ok(result?),
         () = stdin_closed() => Ok(()),
@@ -51,148 +37,5 @@ async fn stdin_closed() {
         if read == 0 {
             return;
         }
-    }
-}
-
-/// Finished results waiting for their Await, keyed by task id.
-#[derive(Default)]
-struct CeilingService {
-    results: Mutex<HashMap<String, oneshot::Receiver<Task>>>,
-}
-
-impl CeilingService {
-    fn results(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Receiver<Task>>> {
-        // The map holds no invariant a panicking holder could break.
-        self.results.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A task as vowd's echo would leave it, input and output both carried.
-fn task(id: String, kind: String, input: Option<proto::Payload>, state: TaskState) -> Task {
-    let output = (state == TaskState::Succeeded)
-        .then(|| input.clone())
-        .flatten();
-    Task {
-        id,
-        kind,
-        state: state as i32,
-        input,
-        output,
-        attempt: u32::from(state == TaskState::Succeeded),
-        max_attempts: 1,
-        ..Default::default()
-    }
-}
-
-fn unimplemented() -> Status {
-    Status::unimplemented("the ceiling server has only Submit, Await and Run")
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-#[tonic::async_trait]
-impl TaskService for CeilingService {
-    async fn submit(
-        &self,
-        request: Request<proto::SubmitRequest>,
-    ) -> Result<Response<proto::SubmitResponse>, Status> {
-        let request = request.into_inner();
-        let id = new_id();
-        let (complete, result) = oneshot::channel();
-        let finished = task(
-            id.clone(),
-            request.kind.clone(),
-            request.input.clone(),
-            TaskState::Succeeded,
-        );
-        // The receiver is alive in this scope, so the send cannot fail.
-        let _ = complete.send(finished);
-        self.results().insert(id.clone(), result);
-        let snapshot = task(id, request.kind, request.input, TaskState::Queued);
-        Ok(Response::new(proto::SubmitResponse {
-            task: Some(snapshot),
-            deduplicated: false,
-        }))
-    }
-
-    async fn r#await(
-        &self,
-        request: Request<proto::AwaitRequest>,
-    ) -> Result<Response<proto::AwaitResponse>, Status> {
-        let id = request.into_inner().id;
-        let Some(result) = self.results().remove(&id) else {
-            return Err(Status::not_found(format!("no task {id}")));
-        };
-        let task = result
-            .await
-            .map_err(|_| Status::internal("the result was dropped"))?;
-        Ok(Response::new(proto::AwaitResponse {
-            task: Some(task),
-            done: true,
-        }))
-    }
-
-    async fn run(
-        &self,
-        request: Request<proto::RunRequest>,
-    ) -> Result<Response<proto::RunResponse>, Status> {
-        let request = request.into_inner();
-        let (complete, result) = oneshot::channel();
-        let _ = complete.send(task(
-            new_id(),
-            request.kind,
-            request.input,
-            TaskState::Succeeded,
-        ));
-        let task = result
-            .await
-            .map_err(|_| Status::internal("the result was dropped"))?;
-        Ok(Response::new(proto::RunResponse { task: Some(task) }))
-    }
-
-    async fn await_many(
-        &self,
-        _request: Request<proto::AwaitManyRequest>,
-    ) -> Result<Response<proto::AwaitManyResponse>, Status> {
-        Err(unimplemented())
-    }
-
-    type WatchStream = futures::stream::Empty<Result<proto::WatchResponse, Status>>;
-
-    async fn watch(
-        &self,
-        _request: Request<proto::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(unimplemented())
-    }
-
-    async fn get(
-        &self,
-        _request: Request<proto::GetRequest>,
-    ) -> Result<Response<proto::GetResponse>, Status> {
-        Err(unimplemented())
-    }
-
-    async fn cancel(
-        &self,
-        _request: Request<proto::CancelRequest>,
-    ) -> Result<Response<proto::CancelResponse>, Status> {
-        Err(unimplemented())
-    }
-
-    async fn list(
-        &self,
-        _request: Request<proto::ListRequest>,
-    ) -> Result<Response<proto::ListResponse>, Status> {
-        Err(unimplemented())
-    }
-
-    async fn delete(
-        &self,
-        _request: Request<proto::DeleteRequest>,
-    ) -> Result<Response<proto::DeleteResponse>, Status> {
-        Err(unimplemented())
     }
 }

@@ -1,0 +1,263 @@
+//! TLS end to end: a CA and certificates made by the test (rcgen), the
+//! ceiling server serving over TLS on an ephemeral port in-process, and the
+//! client library trusting the CA, not trusting it, and presenting (or not)
+//! a client certificate to a server that requires one.
+
+use std::{net::SocketAddr, time::Duration};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use vow_client::{Client, ConnectOptions, Error, RetryConfig, TaskExt, TaskState};
+
+/// Longest any single call may take before the test fails.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A certificate and its private key, both PEM.
+struct KeyedCertificate {
+    certificate_pem: String,
+    key_pem: String,
+}
+
+/// A CA of the test's own and what it signed: a server certificate for
+/// `localhost` and a client certificate.
+struct TestPki {
+    ca_pem: String,
+    server: KeyedCertificate,
+    client: KeyedCertificate,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("no names is valid");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "vow test CA");
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let ca_pem = ca_params.self_signed(&ca_key).expect("a CA").pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        Self {
+            ca_pem,
+            server: leaf(&issuer, "localhost", ExtendedKeyUsagePurpose::ServerAuth),
+            client: leaf(
+                &issuer,
+                "vow-test-client",
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        }
+    }
+
+    fn server_tls(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(Identity::from_pem(
+            &self.server.certificate_pem,
+            &self.server.key_pem,
+        ))
+    }
+
+    /// A server that admits only clients with a certificate signed by the CA.
+    fn server_tls_requiring_client_certificates(&self) -> ServerTlsConfig {
+        self.server_tls()
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+}
+
+fn leaf(
+    issuer: &Issuer<'static, KeyPair>,
+    name: &str,
+    purpose: ExtendedKeyUsagePurpose,
+) -> KeyedCertificate {
+    let mut params = CertificateParams::new(vec![name.to_owned()]).expect("a valid name");
+    params.extended_key_usages = vec![purpose];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().expect("a leaf key");
+    let certificate = params.signed_by(&key, issuer).expect("a signed leaf");
+    KeyedCertificate {
+        certificate_pem: certificate.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// The ceiling server over TLS on `127.0.0.1:0`, stopped when dropped.
+struct TlsCeiling {
+    address: SocketAddr,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl TlsCeiling {
+    async fn start(tls: ServerTlsConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let address = listener.local_addr().expect("local address");
+        let serving = tokio::spawn(async move {
+            vow_client::ceiling::serve(listener, Some(tls), std::future::pending())
+                .await
+                .expect("the ceiling server serves");
+        });
+        Self { address, serving }
+    }
+}
+
+impl Drop for TlsCeiling {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
+}
+
+/// Options that trust the test CA and verify the name `localhost` (the
+/// server is addressed by its IP).
+fn trusting(pki: &TestPki) -> ConnectOptions {
+    ConnectOptions::new()
+        .ca_certificate_pem(pki.ca_pem.as_bytes())
+        .domain_name("localhost")
+}
+
+/// Submits an echo task and awaits it: the proof that calls go through.
+async fn submit_and_await(client: &Client) -> Result<vow_client::Awaited, Error> {
+    let input = serde_json::json!({"over": "tls"});
+    let submitted = client.submit("echo").input_json(input).send().await?;
+    client
+        .await_task(&submitted.task.id, Duration::from_secs(5))
+        .await
+}
+
+#[tokio::test]
+async fn a_client_trusting_the_ca_submits_and_awaits_over_tls() {
+    let pki = TestPki::new();
+    let server = TlsCeiling::start(pki.server_tls()).await;
+    let client = tokio::time::timeout(
+        BOUND,
+        Client::connect_with(&server.address.to_string(), &trusting(&pki)),
+    )
+    .await
+    .expect("connect in time")
+    .expect("a TLS connection to a server the CA vouches for");
+    let awaited = tokio::time::timeout(BOUND, submit_and_await(&client))
+        .await
+        .expect("calls in time")
+        .expect("submit and await over TLS");
+    assert!(awaited.done);
+    assert_eq!(awaited.task.state(), TaskState::Succeeded);
+    assert_eq!(
+        awaited.task.output_json(),
+        Some(serde_json::json!({"over": "tls"}))
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_or_misnamed_certificate_is_refused_with_a_clear_error() {
+    let pki = TestPki::new();
+    let server = TlsCeiling::start(pki.server_tls()).await;
+    let address = server.address.to_string();
+
+    let not_trusting = ConnectOptions::new().tls(true).domain_name("localhost");
+    let refused = tokio::time::timeout(BOUND, Client::connect_with(&address, &not_trusting))
+        .await
+        .expect("refused in time");
+    let Err(error) = refused else {
+        panic!("a server signed by an unknown CA must be refused");
+    };
+    assert!(matches!(error, Error::TlsRejected { .. }), "{error:?}");
+    assert!(!error.is_retryable());
+    let message = error.to_string();
+    assert!(
+        message.contains("TLS handshake") && message.contains("UnknownIssuer"),
+        "{message}"
+    );
+
+    let misnamed = ConnectOptions::new()
+        .ca_certificate_pem(pki.ca_pem.as_bytes())
+        .domain_name("not-localhost");
+    let refused = tokio::time::timeout(BOUND, Client::connect_with(&address, &misnamed))
+        .await
+        .expect("refused in time");
+    let Err(error) = refused else {
+        panic!("a certificate for another name must be refused");
+    };
+    assert!(matches!(error, Error::TlsRejected { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("not valid for name \"not-localhost\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn unusable_pem_is_an_invalid_endpoint_before_any_connection() {
+    let pki = TestPki::new();
+    let not_pem = ConnectOptions::new().ca_certificate_pem("just text");
+    let Err(Error::InvalidEndpoint { reason, .. }) =
+        Client::connect_lazy_with("127.0.0.1:1", &not_pem)
+    else {
+        panic!("a CA file without a certificate must be refused");
+    };
+    assert!(reason.contains("no PEM certificate"), "{reason}");
+
+    let key_for_certificate = trusting(&pki).identity_pem(
+        pki.client.certificate_pem.as_bytes(),
+        pki.client.certificate_pem.as_bytes(),
+    );
+    let Err(Error::InvalidEndpoint { reason, .. }) =
+        Client::connect_lazy_with("127.0.0.1:1", &key_for_certificate)
+    else {
+        panic!("a key file without a key must be refused");
+    };
+    assert!(reason.contains("client key"), "{reason}");
+
+    let plain_url = trusting(&pki);
+    let Err(Error::InvalidEndpoint { reason, .. }) =
+        Client::connect_lazy_with("http://127.0.0.1:1", &plain_url)
+    else {
+        panic!("an http:// URL with TLS settings must be refused");
+    };
+    assert!(reason.contains("https://"), "{reason}");
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_a_client_certificate_signed_by_the_ca_and_refuses_none() {
+    let pki = TestPki::new();
+    let server = TlsCeiling::start(pki.server_tls_requiring_client_certificates()).await;
+    let address = server.address.to_string();
+
+    let with_identity = trusting(&pki).identity_pem(
+        pki.client.certificate_pem.as_bytes(),
+        pki.client.key_pem.as_bytes(),
+    );
+    let admitted = tokio::time::timeout(BOUND, async {
+        let client = Client::connect_with(&address, &with_identity).await?;
+        submit_and_await(&client).await
+    })
+    .await
+    .expect("calls in time")
+    .expect("a client with a certificate from the CA is admitted");
+    assert_eq!(admitted.task.state(), TaskState::Succeeded);
+
+    // With TLS 1.3 the server judges the client's certificate after the
+    // client has finished its side of the handshake, so the refusal may come
+    // with the connection or with the first call.
+    let refused = tokio::time::timeout(BOUND, async {
+        let client = Client::connect_with(&address, &trusting(&pki))
+            .await?
+            .with_retry(RetryConfig {
+                max_attempts: 1,
+                ..RetryConfig::default()
+            });
+        submit_and_await(&client).await
+    })
+    .await
+    .expect("refused in time");
+    let Err(error) = refused else {
+        panic!("a client without a certificate must be refused");
+    };
+    let message = error.to_string();
+    assert!(message.contains("CertificateRequired"), "{message}");
+}
