@@ -1,9 +1,12 @@
 //! TLS end to end: a CA and certificates made by the test (rcgen), the
 //! ceiling server serving over TLS on an ephemeral port in-process, and the
-//! client library trusting the CA, not trusting it, and presenting (or not)
-//! a client certificate to a server that requires one.
+//! client library and the `vow` CLI (a command and the bench) trusting the
+//! CA, not trusting it, and presenting (or not) a client certificate to a
+//! server that requires one.
 
-use std::{net::SocketAddr, time::Duration};
+mod common;
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -12,7 +15,7 @@ use rcgen::{
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vow_client::{Client, ConnectOptions, Error, RetryConfig, TaskExt, TaskState};
 
-/// Longest any single call may take before the test fails.
+/// Longest any single call or CLI run may take before the test fails.
 const BOUND: Duration = Duration::from_secs(20);
 
 /// A certificate and its private key, both PEM.
@@ -260,4 +263,125 @@ async fn mutual_tls_admits_a_client_certificate_signed_by_the_ca_and_refuses_non
     };
     let message = error.to_string();
     assert!(message.contains("CertificateRequired"), "{message}");
+}
+
+/// Runs `vow <args>` against the TLS ceiling server without blocking the
+/// runtime that serves it; fails the test past [`BOUND`].
+async fn vow(server: &TlsCeiling, args: &[&str]) -> std::process::Output {
+    let child = tokio::process::Command::new(common::vow_binary())
+        .args(["--server", &server.address.to_string()])
+        .args(args)
+        .env_remove("VOW_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn vow");
+    tokio::time::timeout(BOUND, child.wait_with_output())
+        .await
+        .expect("vow finishes in time")
+        .expect("vow's output")
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_task_over_tls_with_the_ca_given_and_is_refused_without() {
+    let pki = TestPki::new();
+    let server = TlsCeiling::start(pki.server_tls()).await;
+    let files = common::TempDir::new("tls");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).expect("write the CA");
+    let ca_file = ca_file.to_str().expect("a UTF-8 temp path");
+
+    let trusted = vow(
+        &server,
+        &[
+            "--tls-ca-cert",
+            ca_file,
+            "--tls-domain",
+            "localhost",
+            "-o",
+            "json",
+            "run",
+            "echo",
+            r#"{"cli":"tls"}"#,
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&trusted.stdout);
+    let stderr = String::from_utf8_lossy(&trusted.stderr);
+    assert_eq!(trusted.status.code(), Some(0), "{stdout}\n{stderr}");
+    let task: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON task");
+    assert_eq!(task["output"]["json"]["cli"], "tls", "{task}");
+
+    // Refused at once with exit 5, not retried until --connect-timeout.
+    let untrusted = vow(
+        &server,
+        &[
+            "--tls",
+            "--tls-domain",
+            "localhost",
+            "--connect-timeout",
+            "60s",
+            "get",
+            "abc",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+
+    let missing = vow(
+        &server,
+        &["--tls-ca-cert", "/nonexistent/ca.pem", "get", "abc"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot read --tls-ca-cert /nonexistent/ca.pem"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bench_connects_with_the_cli_tls_options() {
+    let pki = TestPki::new();
+    let server = TlsCeiling::start(pki.server_tls()).await;
+    let files = common::TempDir::new("tls-bench");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).expect("write the CA");
+    let ca_file = ca_file.to_str().expect("a UTF-8 temp path");
+
+    let bench = vow(
+        &server,
+        &[
+            "--tls-ca-cert",
+            ca_file,
+            "--tls-domain",
+            "localhost",
+            "-o",
+            "json",
+            "bench",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "2",
+            "--connections",
+            "1",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&bench.stdout);
+    let stderr = String::from_utf8_lossy(&bench.stderr);
+    assert_eq!(bench.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON report");
+    assert!(
+        report["tasks"].as_u64().expect("a task count") > 0,
+        "{report}"
+    );
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
 }

@@ -19,7 +19,7 @@ use indicatif::ProgressBar;
 use tokio::{task::JoinSet, time::Instant};
 use tonic::{Code, transport::Channel};
 use vow_client::{
-    Error,
+    ConnectOptions, Error,
     proto::{self, TaskState, task_service_client::TaskServiceClient},
 };
 
@@ -196,38 +196,16 @@ pub async fn drive(
 }
 
 /// Opens `count` separate HTTP/2 connections (a tonic `Channel` is one).
-pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|error| Error::InvalidEndpoint {
-            endpoint: url.to_owned(),
-            reason: error.to_string(),
-        })?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+pub async fn connect(
+    server: &str,
+    options: &ConnectOptions,
+    count: usize,
+) -> Result<Vec<Channel>, Error> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| Error::Unreachable {
-                endpoint: url.to_owned(),
-                reason: error_chain(&error),
-            })?;
-        channels.push(channel);
+        channels.push(options.channel(server).await?);
     }
     Ok(channels)
-}
-
-/// An error and its causes, `: `-separated (tonic's own text is only "transport error").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn run_request(request: &proto::SubmitRequest) -> proto::RunRequest {

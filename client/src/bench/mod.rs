@@ -14,9 +14,13 @@ use std::{io::IsTerminal, process::Stdio, time::Duration};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncBufReadExt;
-use vow_client::{endpoint_url, proto};
+use vow_client::{ConnectOptions, proto};
 
-use crate::cli::{ExitStatus, OutputFormat, commands::Failure, parse_duration};
+use crate::cli::{
+    ExitStatus, OutputFormat,
+    commands::{Connection, Failure},
+    parse_duration,
+};
 use load::{LoadPlan, LoadReport};
 
 /// What one iteration of a caller does.
@@ -101,12 +105,13 @@ pub struct BenchSetup {
     pub rounds: u32,
 }
 
-/// Runs `vow bench`.
+/// Runs `vow bench` against `connection`'s server (with its TLS options).
 pub async fn run(
-    server: &str,
+    connection: &Connection,
     format: OutputFormat,
     args: BenchArgs,
 ) -> Result<ExitStatus, Failure> {
+    let server = connection.server.as_str();
     if args.concurrency == 0 || args.connections == 0 || args.duration.is_zero() {
         return Err(Failure::Usage(
             "--concurrency, --connections and --duration must be above zero".into(),
@@ -119,7 +124,7 @@ pub async fn run(
                     .into(),
             ));
         }
-        return run_watch_fanout(server, format, args).await;
+        return run_watch_fanout(connection, format, args).await;
     }
     let input = match &args.input {
         Some(text) => {
@@ -155,14 +160,17 @@ pub async fn run(
     };
     let show_progress = format == OutputFormat::Human && std::io::stderr().is_terminal();
 
-    let server_channels = load::connect(&endpoint_url(server), plan.connections).await?;
+    let options = connection.tls.connect_options()?;
+    let server_channels = load::connect(server, &options, plan.connections).await?;
     let ceiling = match args.ceiling {
         true => Some(CeilingProcess::start().await?),
         false => None,
     };
     let ceiling_channels = match &ceiling {
         Some(process) => {
-            Some(load::connect(&endpoint_url(&process.address), plan.connections).await?)
+            // The ceiling server is ours, on this host: plain HTTP/2.
+            let plain = ConnectOptions::new();
+            Some(load::connect(&process.address, &plain, plan.connections).await?)
         }
         None => None,
     };
@@ -194,10 +202,11 @@ pub async fn run(
 
 /// Runs `vow bench --mode watch-fanout` (no ceiling: it has no Watch).
 async fn run_watch_fanout(
-    server: &str,
+    connection: &Connection,
     format: OutputFormat,
     args: BenchArgs,
 ) -> Result<ExitStatus, Failure> {
+    let server = connection.server.as_str();
     let setup = BenchSetup {
         mode: args.mode,
         kind: fanout::TASK_KIND.to_owned(),
@@ -211,7 +220,8 @@ async fn run_watch_fanout(
         rounds: 1,
     };
     let show_progress = format == OutputFormat::Human && std::io::stderr().is_terminal();
-    let channels = load::connect(&endpoint_url(server), args.connections).await?;
+    let options = connection.tls.connect_options()?;
+    let channels = load::connect(server, &options, args.connections).await?;
     let progress = progress_bar(show_progress, "server");
     let report = fanout::drive(
         &channels,

@@ -8,7 +8,9 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 use vow_client::{Awaited, Client, Error, ListFilter, SubmitBuilder};
 
-use super::{ExitStatus, ListArgs, RunArgs, SubmitArgs, TaskArgs, input, render::Output};
+use super::{
+    ExitStatus, ListArgs, RunArgs, SubmitArgs, TaskArgs, input, render::Output, tls::TlsArgs,
+};
 
 /// Longest single Await; a longer wait is a loop of these, so a server's own
 /// cap on one Await (`--max-await`) never ends the command early.
@@ -45,21 +47,25 @@ impl Failure {
     }
 }
 
-/// Where the server is and how long to try reaching it.
+/// Where the server is, how long to try reaching it, and over what TLS.
 pub struct Connection {
     pub server: String,
     pub connect_timeout: Duration,
+    pub tls: TlsArgs,
 }
 
 impl Connection {
     /// Connects, retrying refused connections with backoff until the connect
-    /// timeout, so a server that is still starting is waited for.
+    /// timeout, so a server that is still starting is waited for. A refused
+    /// TLS handshake is not retried: only other settings can change it.
     pub async fn client(&self) -> Result<Client, Failure> {
+        let options = self.tls.connect_options()?;
         let deadline = Instant::now() + self.connect_timeout;
         let mut backoff = Duration::from_millis(20);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let error = match tokio::time::timeout(remaining, Client::connect(&self.server)).await {
+            let connect = Client::connect_with(&self.server, &options);
+            let error = match tokio::time::timeout(remaining, connect).await {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(error @ Error::Unreachable { .. })) => error,
                 Ok(Err(other)) => return Err(other.into()),

@@ -7,6 +7,7 @@ mod exit;
 mod input;
 pub mod json;
 pub mod render;
+mod tls;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -28,7 +29,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "vow", version, after_help = EXIT_CODES, after_long_help = EXIT_CODES)]
 pub struct Cli {
-    /// Server to talk to: `host:port` or an `http://` URL.
+    /// Server to talk to: `host:port`, or an `http://` or `https://` URL.
     #[arg(
         long,
         short = 's',
@@ -54,6 +55,9 @@ pub struct Cli {
     /// spans of the command under it).
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
+
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -288,6 +292,7 @@ async fn run_command(cli: Cli) -> ExitStatus {
     let connection = commands::Connection {
         server: cli.server,
         connect_timeout: cli.connect_timeout,
+        tls: cli.tls,
     };
     let result = match cli.command {
         Command::Submit(args) => commands::submit(&connection, &output, args).await,
@@ -311,7 +316,7 @@ async fn run_command(cli: Cli) -> ExitStatus {
             );
             Ok(ExitStatus::Succeeded)
         }
-        Command::Bench(args) => crate::bench::run(&connection.server, cli.output, args).await,
+        Command::Bench(args) => crate::bench::run(&connection, cli.output, args).await,
         Command::CeilingServer {
             listen,
             exit_on_stdin_close,

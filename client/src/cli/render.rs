@@ -220,7 +220,12 @@ impl Output {
                 eprintln!("  `vow rm --force` cancels it first.");
             }
         }
-        if status == ExitStatus::Unreachable {
+        if let Some(Error::TlsRejected { .. }) = error {
+            eprintln!(
+                "  check --tls-ca-cert (the CA that signed the server's certificate), --tls-domain \
+                 (a name in it) and, for mutual TLS, --tls-client-cert and --tls-client-key."
+            );
+        } else if status == ExitStatus::Unreachable {
             eprintln!("  is vowd running there? Point vow at it with --server or VOW_SERVER.");
         }
         status
