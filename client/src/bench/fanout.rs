@@ -264,6 +264,15 @@ async fn watch_until_end(
             continue;
         }
         if terminal {
+            // Read the stream to its OK: dropping it early would reset it, and
+            // thousands of resets a round make the server's HTTP/2 layer
+            // refuse the connection as a rapid-reset flood.
+            while stream
+                .message()
+                .await
+                .map_err(IterationError::Rpc)?
+                .is_some()
+            {}
             return Ok(received);
         }
     }
