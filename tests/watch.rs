@@ -167,6 +167,50 @@ async fn a_resumed_watch_continues_after_revision_k_without_gap_or_duplicate() {
 }
 
 #[tokio::test]
+async fn a_watch_broken_before_the_end_resumes_into_the_missed_changes_after_the_task_finished() {
+    let vowd = Vowd::start(&["--progress-interval", "5ms"]);
+    let client = client(&vowd).await;
+    let id = submit_sleep(&client, json!({"ms": 600, "steps": 6})).await;
+    let mut raw = raw(&vowd).await;
+
+    let mut first = raw
+        .watch(watch_request(&id, 0))
+        .await
+        .expect("watch")
+        .into_inner();
+    let snapshot = first
+        .message()
+        .await
+        .expect("message")
+        .and_then(|message| message.task)
+        .expect("a snapshot");
+    // The only watcher goes away while the task still runs...
+    drop(first);
+    let k = snapshot.revision;
+    // ...and the task finishes with nobody listening.
+    let finished = client.await_task(&id, BOUND).await.expect("await").task;
+    assert!(finished.is_terminal());
+    assert!(finished.revision > k + 1, "changes happened after k");
+
+    let mut resumed = raw
+        .watch(watch_request(&id, k))
+        .await
+        .expect("resume")
+        .into_inner();
+    let (messages, end) = drain(&mut resumed).await;
+    end.expect("the resumed stream ends OK");
+    assert!(
+        messages
+            .iter()
+            .all(|message| message.r#type() == proto::WatchEventType::Change),
+        "replayed changes, not a resync: {messages:?}"
+    );
+    let replayed = revisions(&messages);
+    let expected: Vec<u64> = (k + 1..=finished.revision).collect();
+    assert_eq!(replayed, expected, "every change after k, once, in order");
+}
+
+#[tokio::test]
 async fn resuming_from_compacted_history_yields_a_resync() {
     let vowd = Vowd::start(&["--progress-interval", "5ms", "--event-history", "2"]);
     let client = client(&vowd).await;

@@ -6,7 +6,10 @@
 //! last `history_len` changes, so a watcher that lost its stream can resume
 //! after the revision it saw without a gap. Topics of unfinished tasks stay
 //! until the task finishes or is deleted; a finished task's topic goes with
-//! its last listener.
+//! its last listener, but its history is kept a while longer (the most
+//! recently finished, up to [`RETIRED_EVENTS`] changes in all): a watcher
+//! whose stream broke just before the end resumes into the changes it missed
+//! rather than a resync.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,6 +29,9 @@ use crate::store::ChangeFeed;
 const TOPIC_CAPACITY: usize = 32;
 /// Buffer of the all-tasks topic used by filter subscribers.
 const FIREHOSE_CAPACITY: usize = 4096;
+/// Changes kept, over all finished topics, after their last listener left
+/// (a record of about a kilobyte each: at most some 16 MiB).
+const RETIRED_EVENTS: usize = 16_384;
 
 /// A published change: the task as stored after it.
 pub type TaskEvent = Arc<TaskRecord>;
@@ -37,9 +43,70 @@ struct Topic {
     finished: bool,
 }
 
+/// Live topics, and the histories of finished tasks nobody listens to any more.
+#[derive(Default)]
+struct Topics {
+    live: HashMap<TaskId, Topic>,
+    retired: RetiredHistories,
+}
+
+/// Histories of finished topics, least recently retired first out, bounded
+/// by the number of changes they hold.
+struct RetiredHistories {
+    histories: lru::LruCache<TaskId, VecDeque<TaskEvent>>,
+    events: usize,
+}
+
+impl Default for RetiredHistories {
+    fn default() -> Self {
+        Self {
+            histories: lru::LruCache::unbounded(),
+            events: 0,
+        }
+    }
+}
+
+impl RetiredHistories {
+    fn retire(&mut self, id: TaskId, history: VecDeque<TaskEvent>) {
+        if history.is_empty() || history.len() > RETIRED_EVENTS {
+            return;
+        }
+        self.events += history.len();
+        if let Some(replaced) = self.histories.put(id, history) {
+            self.events -= replaced.len();
+        }
+        while self.events > RETIRED_EVENTS {
+            let Some((_, evicted)) = self.histories.pop_lru() else {
+                break;
+            };
+            self.events -= evicted.len();
+        }
+    }
+
+    fn take(&mut self, id: &TaskId) -> Option<VecDeque<TaskEvent>> {
+        let history = self.histories.pop(id)?;
+        self.events -= history.len();
+        Some(history)
+    }
+}
+
+impl Topics {
+    /// Drops a finished topic nobody listens to, keeping its history.
+    fn close_if_unheard(&mut self, id: TaskId) {
+        if self
+            .live
+            .get(&id)
+            .is_some_and(|topic| topic.finished && topic.sender.receiver_count() == 0)
+            && let Some(topic) = self.live.remove(&id)
+        {
+            self.retired.retire(id, topic.history);
+        }
+    }
+}
+
 /// Fan-out of task changes to whoever listens in this process.
 pub struct EventHub {
-    topics: Mutex<HashMap<TaskId, Topic>>,
+    topics: Mutex<Topics>,
     firehose: broadcast::Sender<TaskEvent>,
     history_len: usize,
     live_waiters: AtomicUsize,
@@ -58,7 +125,7 @@ impl EventHub {
         }
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Topic>> {
+    fn topics(&self) -> std::sync::MutexGuard<'_, Topics> {
         self.topics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -78,10 +145,14 @@ impl EventHub {
         id: TaskId,
     ) -> (TaskSubscription, Vec<TaskEvent>) {
         let mut topics = self.topics();
-        let topic = topics.entry(id).or_insert_with(|| Topic {
-            sender: broadcast::channel(TOPIC_CAPACITY).0,
-            history: VecDeque::new(),
-            finished: false,
+        let topics = &mut *topics;
+        let topic = topics.live.entry(id).or_insert_with(|| {
+            let retired = topics.retired.take(&id);
+            Topic {
+                sender: broadcast::channel(TOPIC_CAPACITY).0,
+                finished: retired.is_some(),
+                history: retired.unwrap_or_default(),
+            }
         });
         let receiver = topic.sender.subscribe();
         let history = topic.history.iter().cloned().collect();
@@ -118,9 +189,9 @@ impl EventHub {
         self.live_watchers.load(Ordering::Relaxed)
     }
 
-    /// Topics open now (tasks with listeners or retained history).
+    /// Topics open now (tasks with listeners, or unfinished with history).
     pub fn open_topics(&self) -> usize {
-        self.topics().len()
+        self.topics().live.len()
     }
 
     fn gauge(&self, gauge: Gauge) -> &AtomicUsize {
@@ -135,7 +206,7 @@ impl ChangeFeed for EventHub {
     fn changed(&self, task: &TaskEvent) {
         {
             let mut topics = self.topics();
-            if let Some(topic) = topics.get_mut(&task.id) {
+            if let Some(topic) = topics.live.get_mut(&task.id) {
                 let contiguous = topic
                     .history
                     .back()
@@ -151,9 +222,7 @@ impl ChangeFeed for EventHub {
                 // An error only means nobody listens right now.
                 let _ = topic.sender.send(task.clone());
                 topic.finished = task.is_terminal();
-                if topic.finished && topic.sender.receiver_count() == 0 {
-                    topics.remove(&task.id);
-                }
+                topics.close_if_unheard(task.id);
             }
         }
         if self.firehose.receiver_count() > 0 {
@@ -162,8 +231,10 @@ impl ChangeFeed for EventHub {
     }
 
     fn deleted(&self, id: TaskId) {
+        let mut topics = self.topics();
         // Dropping the sender ends every subscription to the task.
-        self.topics().remove(&id);
+        topics.live.remove(&id);
+        topics.retired.take(&id);
     }
 }
 
@@ -189,13 +260,7 @@ impl TaskSubscription {
 impl Drop for TaskSubscription {
     fn drop(&mut self) {
         drop(self.receiver.take());
-        let mut topics = self.hub.topics();
-        if topics
-            .get(&self.id)
-            .is_some_and(|topic| topic.finished && topic.sender.receiver_count() == 0)
-        {
-            topics.remove(&self.id);
-        }
+        self.hub.topics().close_if_unheard(self.id);
     }
 }
 
@@ -232,5 +297,31 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.hub.gauge(self.gauge).fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!(self.gauge.metric_name()).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(len: usize) -> VecDeque<TaskEvent> {
+        let record = crate::engine::transitions::tests::running(1, 1);
+        (0..len).map(|_| Arc::new(record.clone())).collect()
+    }
+
+    #[test]
+    fn retired_histories_keep_the_most_recent_within_the_event_bound() {
+        let mut retired = RetiredHistories::default();
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::random()).collect();
+        for id in &ids {
+            retired.retire(*id, history(RETIRED_EVENTS / 4));
+        }
+        assert!(retired.events <= RETIRED_EVENTS);
+        assert!(retired.take(&ids[0]).is_none(), "the oldest went first");
+        assert_eq!(
+            retired.take(&ids[4]).map(|history| history.len()),
+            Some(RETIRED_EVENTS / 4)
+        );
+        assert_eq!(retired.events, 3 * (RETIRED_EVENTS / 4));
     }
 }

@@ -192,7 +192,7 @@ fn cancelled_error(reason: &str) -> TaskError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -201,7 +201,8 @@ mod tests {
         task::{TaskId, TraceContext},
     };
 
-    fn running(attempt: u32, max_attempts: u32) -> TaskRecord {
+    /// A running task record, for tests anywhere in the engine.
+    pub(crate) fn running(attempt: u32, max_attempts: u32) -> TaskRecord {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         TaskRecord {
             id: TaskId::random(),
