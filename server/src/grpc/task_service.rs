@@ -27,10 +27,23 @@ impl TaskServiceImpl {
     }
 }
 
-/// The trace context of a call: the RPC span's (a child of the caller's),
-/// or the caller's headers as they came when spans carry no context.
+/// The trace context to store on a task submitted by this call: the RPC
+/// span's (a child of the caller's), the caller's headers as they came when
+/// spans carry no context, or a new trace.
 fn trace_context(metadata: &MetadataMap) -> TraceContext {
     telemetry::propagation::current_or(incoming_trace_context(metadata))
+}
+
+/// The trace id of this call, if it has one: the RPC span's when spans are
+/// exported, else the caller's. Never a new one, so that a long stream does
+/// not make up a trace it may never need.
+fn call_trace_id(metadata: &MetadataMap) -> Option<String> {
+    if telemetry::exporting() {
+        Some(trace_context(metadata))
+    } else {
+        Some(incoming_trace_context(metadata))
+    }
+    .and_then(|trace| trace.trace_id().map(str::to_owned))
 }
 
 /// The W3C trace context headers of a call.
@@ -68,6 +81,8 @@ async fn handle<T>(
     let started = Instant::now();
     let result = match body.await {
         Ok(response) => Ok(Response::new(response)),
+        // On the error path only: an untraced call gets a trace id here,
+        // recorded on its span too, so the error and its log lines match.
         Err(error) => Err(engine_error_status(
             error,
             trace_context(metadata).trace_id(),
@@ -161,7 +176,7 @@ impl TaskService for TaskServiceImpl {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let trace_id = trace_context(&metadata).trace_id().map(str::to_owned);
+        let trace_id = call_trace_id(&metadata);
         handle("Watch", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let limits = WatchLimits {
