@@ -101,7 +101,7 @@ async fn replica(database: &support::TestDatabase) -> Replica {
 fn task(kind: &str) -> TaskRecord {
     let now = SystemTime::now();
     TaskRecord {
-        id: TaskId::random(),
+        id: TaskId::generate(),
         kind: kind.into(),
         state: TaskState::Queued,
         input: Arc::new(Payload::json(serde_json::json!({"n": 1}))),

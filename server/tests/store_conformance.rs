@@ -60,7 +60,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Self {
-        let path = std::env::temp_dir().join(format!("vow-conformance-{}", TaskId::random()));
+        let path = std::env::temp_dir().join(format!("vow-conformance-{}", TaskId::generate()));
         std::fs::create_dir(&path).expect("create a temp dir");
         Self(path)
     }
@@ -124,7 +124,7 @@ fn at(seconds: u64) -> SystemTime {
 
 fn task(kind: &str) -> TaskRecord {
     TaskRecord {
-        id: TaskId::random(),
+        id: TaskId::generate(),
         kind: kind.into(),
         state: TaskState::Queued,
         input: Arc::new(Payload::json(serde_json::json!({"n": 1}))),
@@ -190,7 +190,7 @@ async fn creates_and_reads_back(backend: Backend) {
         *read, original,
         "every field survives, trace context included"
     );
-    assert!(store.get(TaskId::random()).await.expect("get").is_none());
+    assert!(store.get(TaskId::generate()).await.expect("get").is_none());
     assert_eq!(backend.feed.events(), vec![(original.id, Some(1))]);
 }
 

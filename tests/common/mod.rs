@@ -390,7 +390,7 @@ pub struct TestDatabase {
 impl TestDatabase {
     pub async fn create() -> Self {
         use sqlx::Executor;
-        let name = format!("vow_test_{}", vow_server::engine::task::TaskId::random());
+        let name = format!("vow_test_{}", vow_server::engine::task::TaskId::generate());
         postgres_admin()
             .await
             .execute(format!("CREATE DATABASE {name}").as_str())

@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn retired_histories_keep_the_most_recent_within_the_event_bound() {
         let mut retired = RetiredHistories::default();
-        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::random()).collect();
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate()).collect();
         for id in &ids {
             retired.retire(*id, history(RETIRED_EVENTS / 4));
         }

@@ -306,7 +306,7 @@ impl Engine {
             (requested, bound) => requested.or(bound),
         };
         TaskRecord {
-            id: TaskId::random(),
+            id: TaskId::generate(),
             kind: spec.kind,
             state: TaskState::Queued,
             input: Arc::new(spec.input),

@@ -205,7 +205,7 @@ pub(crate) mod tests {
     pub(crate) fn running(attempt: u32, max_attempts: u32) -> TaskRecord {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         TaskRecord {
-            id: TaskId::random(),
+            id: TaskId::generate(),
             kind: "fail".into(),
             state: TaskState::Running,
             input: Default::default(),

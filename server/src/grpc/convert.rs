@@ -497,7 +497,7 @@ mod tests {
     fn page_tokens_round_trip_and_reject_garbage() {
         let cursor = ListCursor {
             created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_234_567),
-            id: TaskId::random(),
+            id: TaskId::generate(),
         };
         assert_eq!(decode_page_token(&encode_page_token(cursor)), Some(cursor));
         for garbage in [

@@ -34,7 +34,7 @@ async fn admin_connection() -> PgConnection {
 
 impl TestDatabase {
     pub async fn create() -> Self {
-        let name = format!("vow_test_{}", TaskId::random());
+        let name = format!("vow_test_{}", TaskId::generate());
         let mut admin = admin_connection().await;
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())

@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn payloads_parse() {
-        let id = TaskId::random();
+        let id = TaskId::generate();
         assert_eq!(
             parse(&format!("a1b2:{id}:7")),
             Some((
