@@ -284,14 +284,22 @@ async fn vow(server: &TlsCeiling, args: &[&str]) -> std::process::Output {
         .expect("vow's output")
 }
 
+/// The test CA written to a file in a fresh temporary directory (kept
+/// while the returned guard lives), and the file's path.
+fn write_ca_file(pki: &TestPki, name: &str) -> (common::TempDir, String) {
+    let files = common::TempDir::new(name);
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).expect("write the CA");
+    let path = ca_file.to_str().expect("a UTF-8 temp path").to_owned();
+    (files, path)
+}
+
 #[tokio::test]
 async fn the_cli_runs_a_task_over_tls_with_the_ca_given_and_is_refused_without() {
     let pki = TestPki::new();
     let server = TlsCeiling::start(pki.server_tls()).await;
-    let files = common::TempDir::new("tls");
-    let ca_file = files.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).expect("write the CA");
-    let ca_file = ca_file.to_str().expect("a UTF-8 temp path");
+    let (_files, ca_file) = write_ca_file(&pki, "tls");
+    let ca_file = ca_file.as_str();
 
     let trusted = vow(
         &server,
@@ -349,10 +357,8 @@ async fn the_cli_runs_a_task_over_tls_with_the_ca_given_and_is_refused_without()
 async fn bench_connects_with_the_cli_tls_options() {
     let pki = TestPki::new();
     let server = TlsCeiling::start(pki.server_tls()).await;
-    let files = common::TempDir::new("tls-bench");
-    let ca_file = files.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).expect("write the CA");
-    let ca_file = ca_file.to_str().expect("a UTF-8 temp path");
+    let (_files, ca_file) = write_ca_file(&pki, "tls-bench");
+    let ca_file = ca_file.as_str();
 
     let bench = vow(
         &server,

@@ -35,6 +35,18 @@ fn watch_request(id: &str, after_revision: u64) -> proto::WatchRequest {
     }
 }
 
+/// Opens a Watch of one task, after `after_revision` (0: from a snapshot).
+async fn open_watch(
+    raw: &mut TaskServiceClient<Channel>,
+    id: &str,
+    after_revision: u64,
+) -> tonic::Streaming<proto::WatchResponse> {
+    raw.watch(watch_request(id, after_revision))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
 async fn submit_sleep(client: &Client, input: serde_json::Value) -> String {
     client
         .submit("sleep")
@@ -116,11 +128,7 @@ async fn a_resumed_watch_continues_after_revision_k_without_gap_or_duplicate() {
     let id = submit_sleep(&client, json!({"ms": 1_000, "steps": 40})).await;
     let mut raw = raw(&vowd).await;
 
-    let mut first = raw
-        .watch(watch_request(&id, 0))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut first = open_watch(&mut raw, &id, 0).await;
     let mut seen = Vec::new();
     while seen.last().is_none_or(|revision| *revision < 5) {
         let message = first
@@ -133,11 +141,7 @@ async fn a_resumed_watch_continues_after_revision_k_without_gap_or_duplicate() {
     drop(first);
     let k = *seen.last().expect("revisions");
 
-    let mut resumed = raw
-        .watch(watch_request(&id, k))
-        .await
-        .expect("resume")
-        .into_inner();
+    let mut resumed = open_watch(&mut raw, &id, k).await;
     let (messages, end) = drain(&mut resumed).await;
     end.expect("the resumed stream ends OK");
     assert!(
@@ -173,11 +177,7 @@ async fn a_watch_broken_before_the_end_resumes_into_the_missed_changes_after_the
     let id = submit_sleep(&client, json!({"ms": 600, "steps": 6})).await;
     let mut raw = raw(&vowd).await;
 
-    let mut first = raw
-        .watch(watch_request(&id, 0))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut first = open_watch(&mut raw, &id, 0).await;
     let snapshot = first
         .message()
         .await
@@ -192,11 +192,7 @@ async fn a_watch_broken_before_the_end_resumes_into_the_missed_changes_after_the
     assert!(finished.is_terminal());
     assert!(finished.revision > k + 1, "changes happened after k");
 
-    let mut resumed = raw
-        .watch(watch_request(&id, k))
-        .await
-        .expect("resume")
-        .into_inner();
+    let mut resumed = open_watch(&mut raw, &id, k).await;
     let (messages, end) = drain(&mut resumed).await;
     end.expect("the resumed stream ends OK");
     assert!(
@@ -217,11 +213,7 @@ async fn resuming_from_compacted_history_yields_a_resync() {
     let id = submit_sleep(&client, json!({"ms": 2_000, "steps": 40})).await;
     let mut raw = raw(&vowd).await;
     // Hold a watch so the task's history is being kept, and let it grow past 2.
-    let mut holder = raw
-        .watch(watch_request(&id, 0))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut holder = open_watch(&mut raw, &id, 0).await;
     while holder
         .message()
         .await
@@ -230,11 +222,7 @@ async fn resuming_from_compacted_history_yields_a_resync() {
         .is_none_or(|task| task.revision < 8)
     {}
 
-    let mut resumed = raw
-        .watch(watch_request(&id, 1))
-        .await
-        .expect("resume")
-        .into_inner();
+    let mut resumed = open_watch(&mut raw, &id, 1).await;
     let first = resumed
         .message()
         .await
@@ -257,11 +245,7 @@ async fn a_thousand_watchers_all_receive_the_terminal_event() {
     let mut opened = Vec::new();
     for index in 0..1_000 {
         let mut raw = channels[index % channels.len()].clone();
-        let stream = raw
-            .watch(watch_request(&id, 0))
-            .await
-            .expect("watch")
-            .into_inner();
+        let stream = open_watch(&mut raw, &id, 0).await;
         opened.push(stream);
     }
     let watchers: Vec<_> = opened
@@ -297,11 +281,7 @@ async fn a_watcher_that_never_reads_leaves_server_memory_bounded() {
         .id;
     let mut raw = raw(&vowd).await;
     // Opened, then never read again.
-    let _stalled = raw
-        .watch(watch_request(&id, 0))
-        .await
-        .expect("watch")
-        .into_inner();
+    let _stalled = open_watch(&mut raw, &id, 0).await;
     let before = rss_kib(vowd.child.id());
 
     let awaited = client
@@ -602,12 +582,7 @@ async fn watches_end_unavailable_when_the_server_drains() {
     let vowd = Vowd::start(&["--drain-timeout", "1s"]);
     let client = client(&vowd).await;
     let id = submit_sleep(&client, json!({"ms": 60_000})).await;
-    let mut stream = raw(&vowd)
-        .await
-        .watch(watch_request(&id, 0))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = open_watch(&mut raw(&vowd).await, &id, 0).await;
     stream
         .message()
         .await
