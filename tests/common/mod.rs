@@ -359,72 +359,12 @@ impl Drop for TempDir {
     }
 }
 
-/// The PostgreSQL server the tests use, without a database name; override
-/// with `VOW_TEST_POSTGRES` (for example `postgres://postgres@127.0.0.1:5432`).
-pub fn postgres_server() -> String {
-    std::env::var("VOW_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-async fn postgres_admin() -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let admin_url = format!("{}/postgres", postgres_server());
-    sqlx::PgConnection::connect(&admin_url)
-        .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "PostgreSQL is not reachable at {admin_url} ({error}); these tests need it running \
-                 (set VOW_TEST_POSTGRES to use another server)"
-            )
-        })
-}
-
-/// A PostgreSQL database of the test's own (random name), dropped with its
-/// connections when this is dropped, also when the test panics.
-pub struct TestDatabase {
-    pub name: String,
-    /// `postgres://…/<name>`, for `--database-url`.
-    pub url: String,
-}
-
-impl TestDatabase {
-    pub async fn create() -> Self {
-        use sqlx::Executor;
-        let name = format!("vow_test_{}", vow_server::engine::task::TaskId::generate());
-        postgres_admin()
-            .await
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create a test database");
-        let url = format!("{}/{name}", postgres_server());
-        Self { name, url }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop may run inside a runtime: drop the database from a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            use sqlx::Executor;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to drop the test database");
-            runtime.block_on(async {
-                postgres_admin()
-                    .await
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await
-                    .map(drop)
-            })
-        })
-        .join();
-        if let Ok(Err(error)) = dropped {
-            eprintln!("could not drop the test database {}: {error}", self.name);
-        }
-    }
-}
+// The server's integration tests create their databases the same way: one
+// harness for both.
+#[path = "../../server/tests/support/mod.rs"]
+mod postgres_support;
+#[allow(unused_imports)] // Only the tests that need PostgreSQL use it.
+pub use postgres_support::TestDatabase;
 
 impl Vowd {
     /// Starts `vowd --store postgres --database-url <database_url> --listen
