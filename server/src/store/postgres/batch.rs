@@ -25,7 +25,7 @@ use super::{
     errors::classify,
     publish::{Change, Publisher},
     schema::{ColumnArrays, Columns},
-    writes::{COLUMNS, LOG_CHANGES},
+    writes::{COLUMNS, LOG_CHANGES, SET_FROM_INPUT},
 };
 use crate::{
     engine::task::TaskId,
@@ -63,11 +63,7 @@ static UPDATE_ROWS: LazyLock<String> = LazyLock::new(|| {
                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
                 $13::TEXT[], $14::BYTEA[], $15::BIGINT[]) AS i({COLUMNS}, expected_revision)
         ), changed AS (
-            UPDATE tasks t SET kind = i.kind, state = i.state, priority = i.priority,
-                created_at = i.created_at, due_at = i.due_at, deadline = i.deadline,
-                lease_expires_at = i.lease_expires_at, lease_token = i.lease_token,
-                expires_at = i.expires_at, revision = i.revision,
-                idempotency_key = i.idempotency_key, record = i.record
+            UPDATE tasks t SET {SET_FROM_INPUT}
             FROM input i
             WHERE t.id = i.id AND t.revision = i.expected_revision
                 AND (t.lease_token IS NULL OR i.lease_token IS NULL

@@ -56,6 +56,13 @@ pub const LOG_CHANGES: &str = "logged AS (
 pub const COLUMNS: &str = "id, kind, state, priority, created_at, due_at, deadline, \
     lease_expires_at, lease_token, expires_at, revision, idempotency_key, record";
 
+/// Every column but the id, from the input row `i` of a batched update.
+pub const SET_FROM_INPUT: &str = "kind = i.kind, state = i.state, priority = i.priority, \
+    created_at = i.created_at, due_at = i.due_at, deadline = i.deadline, \
+    lease_expires_at = i.lease_expires_at, lease_token = i.lease_token, \
+    expires_at = i.expires_at, revision = i.revision, \
+    idempotency_key = i.idempotency_key, record = i.record";
+
 /// Replaces many rows (locked by the caller) from column arrays.
 static REPLACE_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -64,11 +71,7 @@ static REPLACE_ROWS: LazyLock<String> = LazyLock::new(|| {
                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
                 $13::TEXT[], $14::BYTEA[]) AS i({COLUMNS})
         ), changed AS (
-            UPDATE tasks t SET kind = i.kind, state = i.state, priority = i.priority,
-                created_at = i.created_at, due_at = i.due_at, deadline = i.deadline,
-                lease_expires_at = i.lease_expires_at, lease_token = i.lease_token,
-                expires_at = i.expires_at, revision = i.revision,
-                idempotency_key = i.idempotency_key, record = i.record
+            UPDATE tasks t SET {SET_FROM_INPUT}
             FROM input i WHERE t.id = i.id
             RETURNING t.id, t.revision, t.record
         ), {LOG_CHANGES}"
