@@ -38,12 +38,12 @@ fn trace_context(metadata: &MetadataMap) -> TraceContext {
 /// exported, else the caller's. Never a new one, so that a long stream does
 /// not make up a trace it may never need.
 fn call_trace_id(metadata: &MetadataMap) -> Option<String> {
-    if telemetry::exporting() {
-        Some(trace_context(metadata))
+    let trace = if telemetry::exporting() {
+        trace_context(metadata)
     } else {
-        Some(incoming_trace_context(metadata))
-    }
-    .and_then(|trace| trace.trace_id().map(str::to_owned))
+        incoming_trace_context(metadata)
+    };
+    trace.trace_id().map(str::to_owned)
 }
 
 /// The W3C trace context headers of a call.
