@@ -16,7 +16,7 @@ use vow_server::{
     },
     store::{
         ChangeFeed, ClaimRequest, CreateOutcome, Durability, EmbeddedStore, ListQuery, MemoryStore,
-        PostgresOptions, PostgresStore, SharedTask, Store, StoreError,
+        OnClaimed, PostgresOptions, PostgresStore, SharedTask, Store, StoreError,
     },
 };
 
@@ -52,6 +52,8 @@ struct Backend {
     store: Arc<dyn Store>,
     feed: Arc<RecordingFeed>,
     _data_dir: Option<TempDir>,
+    /// Whether `create_and_claim` claims (it may always decline).
+    claims_on_create: bool,
     /// Dropped after the store: a database of this test's own.
     _database: Option<support::TestDatabase>,
 }
@@ -78,6 +80,7 @@ async fn memory() -> Backend {
         store: Arc::new(MemoryStore::new(feed.clone())),
         feed,
         _data_dir: None,
+        claims_on_create: true,
         _database: None,
     }
 }
@@ -91,6 +94,7 @@ async fn embedded() -> Backend {
         store: Arc::new(store),
         feed,
         _data_dir: Some(data_dir),
+        claims_on_create: true,
         _database: None,
     }
 }
@@ -114,6 +118,7 @@ async fn postgres() -> Backend {
         store: Arc::new(store),
         feed,
         _data_dir: None,
+        claims_on_create: false,
         _database: Some(database),
     }
 }
@@ -610,6 +615,131 @@ async fn the_feed_sees_every_change_in_commit_order(backend: Backend) {
     assert_eq!(backend.feed.events(), expected);
 }
 
+/// Where `create_and_claim` hands a claimed task.
+fn claimed_slot() -> (Arc<Mutex<Option<SharedTask>>>, OnClaimed) {
+    let slot = Arc::new(Mutex::new(None));
+    let handed = slot.clone();
+    let on_claimed: OnClaimed = Box::new(move |task| {
+        *handed.lock().expect("not poisoned") = Some(task);
+    });
+    (slot, on_claimed)
+}
+
+async fn create_and_claim_takes_a_new_task_only_when_nothing_else_is_due(backend: Backend) {
+    let store = backend.store;
+    let created = |outcome| match outcome {
+        Ok(CreateOutcome::Created(task)) => task,
+        other => panic!("expected a new task, got {other:?}"),
+    };
+
+    // Nothing queued: the new task may be claimed in the same write.
+    let (slot, on_claimed) = claimed_slot();
+    let first = created(
+        store
+            .create_and_claim(
+                task("echo"),
+                Some(10),
+                &claim_request(at(10), 1),
+                on_claimed,
+            )
+            .await,
+    );
+    assert_eq!((first.state, first.revision), (TaskState::Queued, 1));
+    let handed = slot.lock().expect("not poisoned").take();
+    let Some(running) = handed else {
+        assert!(!backend.claims_on_create, "this backend claims on create");
+        return;
+    };
+    assert_eq!(running.id, first.id);
+    assert_eq!(running.state, TaskState::Running);
+    assert_eq!((running.attempt, running.revision), (1, 2));
+    assert_eq!(running.started_at, Some(at(10)));
+    let lease = running.lease.as_ref().expect("a lease");
+    assert_eq!((lease.owner.as_str(), lease.expires_at), ("node-a", at(40)));
+    let stored = store.get(first.id).await.expect("get").expect("stored");
+    assert_eq!(stored, running, "the claim is what was stored");
+    assert_eq!(
+        backend.feed.events(),
+        vec![(first.id, Some(1)), (first.id, Some(2))],
+        "watchers see it queued, then running"
+    );
+
+    // A task not yet due is only created.
+    let mut later = task("echo");
+    later.next_attempt_at = Some(at(100));
+    let (slot, on_claimed) = claimed_slot();
+    let later = created(
+        store
+            .create_and_claim(later, None, &claim_request(at(10), 1), on_claimed)
+            .await,
+    );
+    assert!(slot.lock().expect("not poisoned").is_none());
+    assert_eq!(later.state, TaskState::Queued);
+
+    // Once it is due, a new task waits its turn behind it.
+    let (slot, on_claimed) = claimed_slot();
+    let mut behind = task("echo");
+    behind.created_at = at(150);
+    let behind = created(
+        store
+            .create_and_claim(behind, None, &claim_request(at(200), 1), on_claimed)
+            .await,
+    );
+    assert!(slot.lock().expect("not poisoned").is_none());
+    assert_eq!(behind.state, TaskState::Queued);
+    let next = store
+        .claim_due(&claim_request(at(200), 2))
+        .await
+        .expect("claim");
+    assert_eq!(
+        next.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![later.id, behind.id]
+    );
+    let tokens: Vec<u64> = next
+        .iter()
+        .map(|task| task.lease.as_ref().expect("lease").token)
+        .collect();
+    assert!(
+        tokens.iter().all(|&token| token > lease.token),
+        "fencing tokens keep rising across both kinds of claim"
+    );
+
+    // A full queue refuses even a task that could start at once.
+    let mut waiting = task("echo");
+    waiting.next_attempt_at = Some(at(1_000));
+    create(&store, waiting).await;
+    let (slot, on_claimed) = claimed_slot();
+    assert!(matches!(
+        store
+            .create_and_claim(
+                task("echo"),
+                Some(1),
+                &claim_request(at(300), 1),
+                on_claimed
+            )
+            .await,
+        Err(StoreError::QueueFull { limit: 1 })
+    ));
+    assert!(slot.lock().expect("not poisoned").is_none());
+
+    // A reused idempotency key answers with the existing task, unclaimed.
+    let mut keyed = task("echo");
+    keyed.idempotency_key = Some("once".into());
+    let (_, on_claimed) = claimed_slot();
+    store
+        .create_and_claim(keyed.clone(), None, &claim_request(at(300), 1), on_claimed)
+        .await
+        .expect("create");
+    let (slot, on_claimed) = claimed_slot();
+    keyed.id = TaskId::generate();
+    let again = store
+        .create_and_claim(keyed, None, &claim_request(at(300), 1), on_claimed)
+        .await
+        .expect("create again");
+    assert!(matches!(again, CreateOutcome::Existing(_)));
+    assert!(slot.lock().expect("not poisoned").is_none());
+}
+
 async fn concurrent_writers_lose_no_update(backend: Backend) {
     let store = backend.store;
     let id = create(&store, task("echo")).await.id;
@@ -663,6 +793,7 @@ macro_rules! all_cases {
             lists_filter_and_page_newest_first,
             deletes_and_sweeps_expired_tasks_in_batches,
             the_feed_sees_every_change_in_commit_order,
+            create_and_claim_takes_a_new_task_only_when_nothing_else_is_due,
             concurrent_writers_lose_no_update,
         );
     };

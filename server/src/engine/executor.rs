@@ -23,7 +23,7 @@ use super::{
     transitions::{self, AttemptOutcome},
 };
 use crate::{
-    store::{ClaimRequest, StoreError},
+    store::StoreError,
     telemetry::{self, metrics::record},
 };
 
@@ -44,16 +44,22 @@ pub(super) async fn dispatch_loop(engine: Engine) {
             },
             () = inner.stop_dispatch.cancelled() => return,
         };
-        // Claim for every free slot, then take exactly one permit per claimed
-        // task: only this loop acquires, so the permits are there.
-        let limit = (1 + inner.slots.available_permits()).min(CLAIM_BATCH);
+        // Hold every free slot while claiming (Submit takes slots too), and
+        // give back the ones left over.
+        let mut slots = vec![first_slot];
+        while slots.len() < CLAIM_BATCH {
+            match inner.slots.clone().try_acquire_owned() {
+                Ok(slot) => slots.push(slot),
+                Err(_) => break,
+            }
+        }
         let claimed = {
             let _gate = inner.claim_gate.lock().await;
-            match claim(&engine, limit).await {
+            match claim(&engine, slots.len()).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::error!(%error, "claiming due tasks failed; retrying");
-                    drop(first_slot);
+                    drop(slots);
                     tokio::select! {
                         () = tokio::time::sleep(IDLE_POLL) => continue,
                         () = inner.stop_dispatch.cancelled() => return,
@@ -63,21 +69,15 @@ pub(super) async fn dispatch_loop(engine: Engine) {
         };
 
         let claimed_any = !claimed.is_empty();
-        let mut first_slot = Some(first_slot);
         for (task, attempt) in claimed {
-            let slot = match first_slot.take() {
-                Some(slot) => slot,
-                None => inner
-                    .slots
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("the dispatcher is the only one acquiring, and it claimed no more than were free"),
-            };
+            let slot = slots
+                .pop()
+                .expect("a claim takes no more tasks than the slots it holds");
             inner
                 .attempts
                 .spawn(run_attempt(engine.clone(), task, attempt, slot));
         }
-        drop(first_slot);
+        drop(slots);
         if claimed_any {
             continue;
         }
@@ -144,13 +144,7 @@ async fn claim(
     limit: usize,
 ) -> Result<Vec<(TaskEvent, Arc<RunningAttempt>)>, StoreError> {
     let inner = &engine.inner;
-    let request = ClaimRequest {
-        now: SystemTime::now(),
-        limit,
-        owner: inner.config.node_id.clone(),
-        lease_duration: inner.config.lease_duration,
-    };
-    let claimed = inner.store.claim_due(&request).await?;
+    let claimed = inner.store.claim_due(&engine.claim_request(limit)).await?;
     let mut running = engine.lock_running();
     Ok(claimed
         .into_iter()
@@ -175,7 +169,7 @@ enum Interruption {
 /// Runs one attempt of a claimed task and stores its outcome, inside a
 /// `task.attempt` span whose parent is the span that submitted the task, so
 /// the handler's own spans and calls join the submitter's trace.
-async fn run_attempt(
+pub(super) async fn run_attempt(
     engine: Engine,
     task: TaskEvent,
     attempt: Arc<RunningAttempt>,

@@ -26,8 +26,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{Notify, Semaphore, broadcast::error::RecvError};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast::error::RecvError};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
 
 pub use error::{EngineError, FieldViolation};
 pub use events::{EventHub, TaskEvent};
@@ -36,7 +39,7 @@ use retry::RetryPolicy;
 use task::{SubmitSpec, TaskDeadline, TaskId, TaskRecord, TaskState, TraceContext};
 
 use crate::{
-    store::{CreateOutcome, ListPage, ListQuery, Store, StoreError},
+    store::{ClaimRequest, CreateOutcome, ListPage, ListQuery, Store, StoreError},
     telemetry::metrics::record,
 };
 
@@ -133,6 +136,45 @@ enum StopReason {
 struct RunningAttempt {
     cancellation: CancellationToken,
     stop_reason: Mutex<Option<StopReason>>,
+}
+
+/// An executor slot and a registered attempt, held for a task being
+/// created; given back unless the store claims the task.
+struct ReservedAttempt {
+    engine: Engine,
+    /// The store may hand the task over on a thread of its own.
+    runtime: tokio::runtime::Handle,
+    task_id: TaskId,
+    slot: Option<OwnedSemaphorePermit>,
+    attempt: Arc<RunningAttempt>,
+    _in_flight: TaskTrackerToken,
+}
+
+impl ReservedAttempt {
+    /// Runs the first attempt of the task the store claimed.
+    fn start(mut self, claimed: TaskEvent) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let attempt =
+            executor::run_attempt(self.engine.clone(), claimed, self.attempt.clone(), slot);
+        self.engine.inner.attempts.spawn_on(attempt, &self.runtime);
+    }
+}
+
+impl Drop for ReservedAttempt {
+    fn drop(&mut self) {
+        if self.slot.is_none() {
+            return;
+        }
+        let mut running = self.engine.lock_running();
+        if running
+            .get(&self.task_id)
+            .is_some_and(|registered| Arc::ptr_eq(registered, &self.attempt))
+        {
+            running.remove(&self.task_id);
+        }
+    }
 }
 
 /// What a read-modify-write decided to do with the record it read.
@@ -250,27 +292,36 @@ impl Engine {
         validate::validate(&spec, &self.inner.config, &self.inner.handlers, now)?;
         let record = self.new_record(spec, trace, deadline_bound, now);
         let idempotency_key = record.idempotency_key.clone();
-        let outcome = self
-            .inner
-            .store
-            .create(record, Some(self.inner.config.max_queued_tasks))
-            .await
-            .map_err(|error| match error {
-                StoreError::IdempotencyMismatch { existing } => EngineError::IdempotencyConflict {
-                    key: idempotency_key.unwrap_or_default(),
-                    existing,
-                },
-                StoreError::QueueFull { limit } => EngineError::QueueFull {
-                    limit,
-                    retry_after: self.queue_retry_hint(),
-                },
-                other => other.into(),
-            })?;
+        let max_queued = Some(self.inner.config.max_queued_tasks);
+        let created = match self.reserve_attempt(&record, now) {
+            Some(reserved) => {
+                let claim = self.claim_request(1);
+                let on_claimed = Box::new(move |claimed| reserved.start(claimed));
+                self.inner
+                    .store
+                    .create_and_claim(record, max_queued, &claim, on_claimed)
+                    .await
+            }
+            None => self.inner.store.create(record, max_queued).await,
+        };
+        let outcome = created.map_err(|error| match error {
+            StoreError::IdempotencyMismatch { existing } => EngineError::IdempotencyConflict {
+                key: idempotency_key.unwrap_or_default(),
+                existing,
+            },
+            StoreError::QueueFull { limit } => EngineError::QueueFull {
+                limit,
+                retry_after: self.queue_retry_hint(),
+            },
+            other => other.into(),
+        })?;
         match outcome {
             CreateOutcome::Created(task) => {
                 tracing::debug!(task.id = %task.id, task.kind = %task.kind, "task submitted");
                 record::submitted(&task.kind);
-                self.inner.dispatch_wakeup.notify_one();
+                if !self.lock_running().contains_key(&task.id) {
+                    self.inner.dispatch_wakeup.notify_one();
+                }
                 Ok(Submitted {
                     task,
                     deduplicated: false,
@@ -280,6 +331,44 @@ impl Engine {
                 task,
                 deduplicated: true,
             }),
+        }
+    }
+
+    /// Takes a free executor slot for a task about to be created, so the
+    /// store can claim it in the same write as its insert (a whole write
+    /// saved per task when nothing waits in the queue). The attempt is
+    /// registered before the store shows the task running, so Cancel and
+    /// shutdown can always reach it; the tracker token keeps shutdown
+    /// waiting for the attempt this submit may yet start.
+    fn reserve_attempt(&self, task: &TaskRecord, now: SystemTime) -> Option<ReservedAttempt> {
+        let inner = &self.inner;
+        if inner.stop_dispatch.is_cancelled() || task.due_at().is_none_or(|due| due > now) {
+            return None;
+        }
+        let in_flight = inner.attempts.token();
+        let slot = inner.slots.clone().try_acquire_owned().ok()?;
+        let attempt = Arc::new(RunningAttempt {
+            cancellation: inner.shutdown.child_token(),
+            stop_reason: Mutex::new(None),
+        });
+        self.lock_running().insert(task.id, attempt.clone());
+        Some(ReservedAttempt {
+            engine: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            task_id: task.id,
+            slot: Some(slot),
+            attempt,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// A claim by this process, as of now.
+    fn claim_request(&self, limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            now: SystemTime::now(),
+            limit,
+            owner: self.inner.config.node_id.clone(),
+            lease_duration: self.inner.config.lease_duration,
         }
     }
 

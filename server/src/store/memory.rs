@@ -12,8 +12,8 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, SharedTask, Store,
-    StoreError, StoreResult,
+    ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, OnClaimed,
+    SharedTask, Store, StoreError, StoreResult,
 };
 use crate::engine::task::{TaskId, TaskRecord, TaskState};
 
@@ -37,6 +37,35 @@ impl MemoryStore {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `create` under the lock the caller holds.
+    fn create_locked(
+        &self,
+        indexed: &mut Indexed,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+    ) -> StoreResult<CreateOutcome> {
+        if let Some(key) = &task.idempotency_key
+            && let Some(existing_id) = indexed.idempotency_keys.get(key)
+        {
+            let existing = &indexed.tasks[existing_id];
+            if existing.request_fingerprint != task.request_fingerprint {
+                return Err(StoreError::IdempotencyMismatch {
+                    existing: existing.id,
+                });
+            }
+            return Ok(CreateOutcome::Existing(existing.clone()));
+        }
+        if let Some(limit) = max_queued
+            && indexed.queued() >= limit
+        {
+            return Err(StoreError::QueueFull { limit });
+        }
+        let task = Arc::new(task);
+        indexed.insert(task.clone());
+        self.feed.changed(&task);
+        Ok(CreateOutcome::Created(task))
     }
 }
 
@@ -144,6 +173,12 @@ impl Indexed {
         task
     }
 
+    fn idempotency_key_is_free(&self, task: &TaskRecord) -> bool {
+        task.idempotency_key
+            .as_ref()
+            .is_none_or(|key| !self.idempotency_keys.contains_key(key))
+    }
+
     fn queued(&self) -> usize {
         self.ready.len() + self.waiting.len()
     }
@@ -173,27 +208,38 @@ impl Store for MemoryStore {
         task: TaskRecord,
         max_queued: Option<usize>,
     ) -> StoreResult<CreateOutcome> {
+        self.create_locked(&mut self.lock(), task, max_queued)
+    }
+
+    async fn create_and_claim(
+        &self,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+        claim: &ClaimRequest,
+        on_claimed: OnClaimed,
+    ) -> StoreResult<CreateOutcome> {
         let mut indexed = self.lock();
-        if let Some(key) = &task.idempotency_key
-            && let Some(existing_id) = indexed.idempotency_keys.get(key)
-        {
-            let existing = &indexed.tasks[existing_id];
-            if existing.request_fingerprint != task.request_fingerprint {
-                return Err(StoreError::IdempotencyMismatch {
-                    existing: existing.id,
-                });
-            }
-            return Ok(CreateOutcome::Existing(existing.clone()));
+        indexed.promote_due(claim.now);
+        // Admission comes first, as in `create`: a full queue refuses even
+        // a task that could start at once.
+        let claimable = indexed.ready.is_empty()
+            && max_queued.is_none_or(|limit| indexed.queued() < limit)
+            && indexed.idempotency_key_is_free(&task)
+            && task.due_at().is_some_and(|due| due <= claim.now);
+        if !claimable {
+            return self.create_locked(&mut indexed, task, max_queued);
         }
-        if let Some(limit) = max_queued
-            && indexed.queued() >= limit
-        {
-            return Err(StoreError::QueueFull { limit });
-        }
-        let task = Arc::new(task);
-        indexed.insert(task.clone());
-        self.feed.changed(&task);
-        Ok(CreateOutcome::Created(task))
+        let queued = Arc::new(task);
+        let mut running = TaskRecord::clone(&queued);
+        indexed.last_fencing_token += 1;
+        claim.claim(&mut running, indexed.last_fencing_token);
+        let running = Arc::new(running);
+        indexed.insert(running.clone());
+        self.feed.changed(&queued);
+        self.feed.changed(&running);
+        drop(indexed);
+        on_claimed(running);
+        Ok(CreateOutcome::Created(queued))
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>> {

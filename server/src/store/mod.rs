@@ -55,6 +55,9 @@ pub trait ChangeFeed: Send + Sync + 'static {
     fn deleted(&self, id: TaskId);
 }
 
+/// Receives a task that `create_and_claim` claimed.
+pub type OnClaimed = Box<dyn FnOnce(SharedTask) + Send>;
+
 /// Result of an insert that honours idempotency keys.
 #[derive(Debug)]
 pub enum CreateOutcome {
@@ -140,6 +143,26 @@ pub trait Store: Send + Sync + 'static {
         task: TaskRecord,
         max_queued: Option<usize>,
     ) -> StoreResult<CreateOutcome>;
+
+    /// Like [`Store::create`], and when the new task is due by `claim.now`
+    /// and no other task is due, also claims it in the same write, as
+    /// `claim_due` would, saving the claim's own write. Both changes (the task
+    /// queued, then running) reach the feed. A claimed task goes to
+    /// `on_claimed`, possibly before the write is durable, so a short attempt
+    /// can finish in the same commit; if that write then fails, the task does
+    /// not exist and the attempt's own writes fail. `on_claimed` is dropped
+    /// uncalled when the task was not claimed. A backend that gains nothing
+    /// from it may never claim.
+    async fn create_and_claim(
+        &self,
+        task: TaskRecord,
+        max_queued: Option<usize>,
+        claim: &ClaimRequest,
+        on_claimed: OnClaimed,
+    ) -> StoreResult<CreateOutcome> {
+        let _ = (claim, on_claimed);
+        self.create(task, max_queued).await
+    }
 
     /// Reads one task.
     async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>>;

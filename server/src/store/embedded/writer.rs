@@ -1,6 +1,6 @@
-//! The single writer of the embedded store: a thread that drains every
-//! pending write into one transaction (group commit: one fsync for many
-//! RPCs), then publishes the committed changes in order and answers.
+//! The single writer of the embedded store: a thread that applies every
+//! pending write inside one open transaction (group commit: one fsync for
+//! many RPCs), then publishes the committed changes in order and answers.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,12 +14,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::schema::{self, Columns, micros};
 use crate::{
     engine::task::{TaskId, TaskRecord},
-    store::{ChangeFeed, ClaimRequest, CreateOutcome, SharedTask, StoreError, StoreResult},
+    store::{
+        ChangeFeed, ClaimRequest, CreateOutcome, OnClaimed, SharedTask, StoreError, StoreResult,
+    },
 };
 
 /// Writes committed together at most; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
-/// How long a batch that already holds several writes waits for more. Only
+/// How long a batch that already holds several writes waits for more, with
+/// its transaction open: writes arriving meanwhile (among them the outcomes
+/// of attempts claimed by this batch's inserts) share its commit. Only
 /// taken under load (a lone write commits at once).
 const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(200);
 
@@ -30,6 +34,8 @@ pub enum Op {
     Create {
         task: TaskRecord,
         max_queued: Option<usize>,
+        /// Claim the task in the same write if nothing else is due.
+        claim: Option<(ClaimRequest, OnClaimed)>,
         reply: Reply<CreateOutcome>,
     },
     Update {
@@ -107,6 +113,15 @@ impl Applied {
     }
 }
 
+/// One batch's open transaction and what it did so far.
+struct Transaction {
+    batch: Batch,
+    applied: Vec<Applied>,
+    failure: Option<rusqlite::Error>,
+    /// Ops taken from the queue after the transaction failed.
+    unapplied: Vec<Op>,
+}
+
 /// Working state of one batch, kept only if the batch commits.
 struct Batch {
     depth: BTreeMap<String, usize>,
@@ -139,65 +154,104 @@ impl Writer {
     /// Serves writes until every sender is gone.
     pub fn run(mut self, mut ops: mpsc::Receiver<Op>) {
         while let Some(first) = ops.blocking_recv() {
-            let mut batch = Vec::with_capacity(16);
-            let mut close = None;
-            match first {
-                Op::Close { reply } => close = Some(reply),
-                op => batch.push(op),
+            if let Op::Close { reply } = first {
+                return self.close(reply);
             }
+            let mut transaction = self.begin();
+            let mut close = None;
+            let mut next = Some(first);
             let mut waited = false;
-            while close.is_none() && batch.len() < MAX_BATCH {
-                match ops.try_recv() {
-                    Ok(Op::Close { reply }) => close = Some(reply),
-                    Ok(op) => batch.push(op),
+            while let Some(op) = next.take() {
+                let applied = transaction.applied.len();
+                if !self.apply_in(&mut transaction, op) || applied + 1 >= MAX_BATCH {
+                    break;
+                }
+                next = match ops.try_recv() {
+                    Ok(Op::Close { reply }) => {
+                        close = Some(reply);
+                        None
+                    }
+                    Ok(op) => Some(op),
                     // Under load, a moment's wait lets more writes share the
                     // commit (each commit rewrites the index pages it touched).
-                    Err(_) if !waited && batch.len() > 1 => {
+                    Err(_) if !waited && transaction.applied.len() > 1 => {
                         waited = true;
                         std::thread::sleep(GROUP_COMMIT_WINDOW);
+                        match ops.try_recv() {
+                            Ok(Op::Close { reply }) => {
+                                close = Some(reply);
+                                None
+                            }
+                            Ok(op) => Some(op),
+                            Err(_) => None,
+                        }
                     }
-                    Err(_) => break,
-                }
+                    Err(_) => None,
+                };
             }
-            if !batch.is_empty() {
-                self.commit(batch);
-            }
+            self.end(transaction);
             if let Some(reply) = close {
-                let checkpoint = self
-                    .connection
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                    .map_err(schema::classify);
-                let _ = reply.send(checkpoint);
-                return;
+                return self.close(reply);
             }
         }
     }
 
-    fn commit(&mut self, ops: Vec<Op>) {
-        let mut batch = Batch {
-            depth: self
-                .queue_depth
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone(),
-            fencing_token: self.fencing_token,
-            written: HashMap::new(),
-        };
-        let mut applied = Vec::with_capacity(ops.len());
-        let mut failure = self.connection.execute_batch("BEGIN IMMEDIATE").err();
-        let mut ops = ops.into_iter();
-        if failure.is_none() {
-            for op in ops.by_ref() {
-                match self.apply(op, &mut batch) {
-                    Ok(done) => applied.push(done),
-                    Err((error, op_reply)) => {
-                        applied.push(op_reply);
-                        failure = Some(error);
-                        break;
-                    }
-                }
+    /// Checkpoints the log into the main file; the writer stops after it.
+    fn close(&mut self, reply: Reply<()>) {
+        let checkpoint = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(schema::classify);
+        let _ = reply.send(checkpoint);
+    }
+
+    /// Opens the transaction of a batch.
+    fn begin(&mut self) -> Transaction {
+        Transaction {
+            batch: Batch {
+                depth: self
+                    .queue_depth
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone(),
+                fencing_token: self.fencing_token,
+                written: HashMap::new(),
+            },
+            applied: Vec::with_capacity(16),
+            failure: self.connection.execute_batch("BEGIN IMMEDIATE").err(),
+            unapplied: Vec::new(),
+        }
+    }
+
+    /// Applies one op to the open transaction; false once the transaction
+    /// has failed (the op is then answered with the failure at the end).
+    fn apply_in(&mut self, transaction: &mut Transaction, op: Op) -> bool {
+        if transaction.failure.is_some() {
+            transaction.unapplied.push(op);
+            return false;
+        }
+        match self.apply(op, &mut transaction.batch) {
+            Ok(done) => {
+                transaction.applied.push(done);
+                true
+            }
+            Err((error, done)) => {
+                transaction.applied.push(done);
+                transaction.failure = Some(error);
+                false
             }
         }
+    }
+
+    /// Commits (or, after a failure, rolls back) a batch, then publishes
+    /// what it committed, in order, and answers every op in it.
+    fn end(&mut self, transaction: Transaction) {
+        let Transaction {
+            batch,
+            applied,
+            mut failure,
+            unapplied,
+        } = transaction;
         if failure.is_none() {
             failure = self.connection.execute_batch("COMMIT").err();
         }
@@ -208,7 +262,7 @@ impl Writer {
             for done in applied {
                 (done.answer)(Some(clone_error(&error)));
             }
-            for op in ops {
+            for op in unapplied {
                 answer_unapplied(op, &error);
             }
             return;
@@ -298,6 +352,7 @@ impl Writer {
             Op::Create {
                 task,
                 max_queued,
+                claim,
                 reply,
             } => {
                 if let Some(key) = &task.idempotency_key {
@@ -323,16 +378,34 @@ impl Writer {
                         Vec::new(),
                     ));
                 }
-                let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
+                let claim = match claim {
+                    Some((request, on_claimed)) => {
+                        let due_now = task.due_at().is_some_and(|due| due <= request.now);
+                        let claimable = due_now && sql!(reply, self.nothing_due(&request, batch));
+                        claimable.then_some((request, on_claimed))
+                    }
+                    None => None,
+                };
+                let queued = Arc::new(task);
+                let mut stored = TaskRecord::clone(&queued);
+                if let Some((request, _)) = &claim {
+                    batch.fencing_token += 1;
+                    request.claim(&mut stored, batch.fencing_token);
+                    sql!(reply, self.store_fencing_token(batch.fencing_token));
+                }
+                let columns = sql!(reply, Columns::of(&stored).map_err(to_sql_error));
                 sql!(reply, columns.insert(&self.connection));
-                batch.count(None, Some(&task));
-                let task = Arc::new(task);
-                batch.written.insert(task.id, Some(task.clone()));
-                Applied::new(
-                    reply,
-                    Ok(CreateOutcome::Created(task.clone())),
-                    vec![Change::Changed(task)],
-                )
+                batch.count(None, Some(&stored));
+                let stored = Arc::new(stored);
+                batch.written.insert(stored.id, Some(stored.clone()));
+                let mut changes = Vec::with_capacity(2);
+                if let Some((_, on_claimed)) = claim {
+                    changes.push(Change::Changed(queued.clone()));
+                    on_claimed(stored.clone());
+                }
+                changes.push(Change::Changed(stored.clone()));
+                let created = if changes.len() == 2 { queued } else { stored };
+                Applied::new(reply, Ok(CreateOutcome::Created(created)), changes)
             }
             Op::Update {
                 mut task,
@@ -394,16 +467,7 @@ impl Writer {
                     claimed.push(task);
                 }
                 if !claimed.is_empty() {
-                    sql!(
-                        reply,
-                        self.connection
-                            .prepare_cached(
-                                "UPDATE counters SET value = ?1 WHERE name = 'fencing_token'"
-                            )
-                            .and_then(
-                                |mut statement| statement.execute([batch.fencing_token as i64])
-                            )
-                    );
+                    sql!(reply, self.store_fencing_token(batch.fencing_token));
                 }
                 Applied::new(reply, Ok(claimed), changes)
             }
@@ -459,6 +523,25 @@ impl Writer {
             delete.execute([id.to_bytes()])?;
         }
         Ok(expired)
+    }
+
+    fn store_fencing_token(&self, token: u64) -> rusqlite::Result<()> {
+        self.connection
+            .prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'fencing_token'")?
+            .execute([token as i64])
+            .map(drop)
+    }
+
+    /// Whether no claimable task is due by `request.now`. The queue depth
+    /// answers without a query when nothing at all is claimable.
+    fn nothing_due(&self, request: &ClaimRequest, batch: &Batch) -> rusqlite::Result<bool> {
+        if batch.queued() == 0 {
+            return Ok(true);
+        }
+        let mut statement = self.connection.prepare_cached(
+            "SELECT 1 FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 LIMIT 1",
+        )?;
+        Ok(!statement.exists([micros(request.now)])?)
     }
 
     fn by_idempotency_key(&self, key: &str) -> rusqlite::Result<Option<TaskRecord>> {
