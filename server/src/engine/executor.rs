@@ -46,16 +46,24 @@ pub(super) async fn dispatch_loop(engine: Engine) {
         };
         // Hold every free slot while claiming (Submit takes slots too), and
         // give back the ones left over.
-        let mut slots = vec![first_slot];
-        while slots.len() < CLAIM_BATCH {
-            match inner.slots.clone().try_acquire_owned() {
-                Ok(slot) => slots.push(slot),
-                Err(_) => break,
+        let mut slots = first_slot;
+        // All or nothing: a Submit taking a slot meanwhile fails the batch,
+        // so fall back to one at a time rather than claim a single task.
+        let more = inner.slots.available_permits().min(CLAIM_BATCH - 1);
+        match inner.slots.clone().try_acquire_many_owned(more as u32) {
+            Ok(more) => slots.merge(more),
+            Err(_) => {
+                while let Some(slot) = (slots.num_permits() < CLAIM_BATCH)
+                    .then(|| inner.slots.clone().try_acquire_owned().ok())
+                    .flatten()
+                {
+                    slots.merge(slot);
+                }
             }
         }
         let claimed = {
             let _gate = inner.claim_gate.lock().await;
-            match claim(&engine, slots.len()).await {
+            match claim(&engine, slots.num_permits()).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::error!(%error, "claiming due tasks failed; retrying");
@@ -71,7 +79,7 @@ pub(super) async fn dispatch_loop(engine: Engine) {
         let claimed_any = !claimed.is_empty();
         for (task, attempt) in claimed {
             let slot = slots
-                .pop()
+                .split(1)
                 .expect("a claim takes no more tasks than the slots it holds");
             inner
                 .attempts
@@ -440,6 +448,8 @@ async fn flush_progress(
     updates: &mut tokio::sync::watch::Receiver<Option<ProgressReport>>,
 ) -> Option<ProgressReport> {
     let report = updates.borrow_and_update().clone()?;
+    // A report not stored (say, made before the claim was committed) stays
+    // unwritten, so it lands with the outcome.
     write_progress(
         engine,
         task,
@@ -447,8 +457,8 @@ async fn flush_progress(
         report.percent,
         report.message.clone(),
     )
-    .await;
-    Some(report)
+    .await
+    .then_some(report)
 }
 
 async fn write_progress(
@@ -457,7 +467,7 @@ async fn write_progress(
     lease_token: u64,
     percent: f32,
     message: String,
-) {
+) -> bool {
     let result = engine
         .update_task(claimed.id, |task| {
             let holds_lease = task.state == TaskState::Running
@@ -476,9 +486,10 @@ async fn write_progress(
             Mutation::Write
         })
         .await;
-    if let Err(error) = result {
+    if let Err(error) = &result {
         tracing::debug!(task.id = %claimed.id, %error, "progress not stored");
     }
+    result.is_ok()
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -497,7 +508,7 @@ fn instant_of(at: SystemTime, now: SystemTime) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::{collections::BTreeMap, sync::Arc};
 
     use async_trait::async_trait;
 
@@ -505,9 +516,12 @@ mod tests {
     use crate::{
         engine::{
             EngineConfig, EventHub, Handler, HandlerContext, HandlerRegistry,
-            task::{Payload, SubmitSpec, TraceContext},
+            task::{Payload, SubmitSpec, TaskId, TraceContext},
         },
-        store::MemoryStore,
+        store::{
+            ClaimRequest, CreateOutcome, ListPage, ListQuery, MemoryStore, OnClaimed, SharedTask,
+            Store,
+        },
     };
 
     /// Returns its own error the moment its token fires, racing the
@@ -520,6 +534,112 @@ mod tests {
             context.cancelled().await;
             Err(TaskError::new(ErrorCode::Cancelled, "stopped"))
         }
+    }
+
+    /// A store whose claiming create hands the task over, then fails, as
+    /// the embedded store does when the commit after the hand-over fails.
+    struct FailsAfterHandOver(MemoryStore);
+
+    #[async_trait]
+    impl Store for FailsAfterHandOver {
+        async fn create(
+            &self,
+            task: TaskRecord,
+            max_queued: Option<usize>,
+        ) -> Result<CreateOutcome, StoreError> {
+            self.0.create(task, max_queued).await
+        }
+        async fn create_and_claim(
+            &self,
+            mut task: TaskRecord,
+            _max_queued: Option<usize>,
+            claim: &ClaimRequest,
+            on_claimed: OnClaimed,
+        ) -> Result<CreateOutcome, StoreError> {
+            claim.claim(&mut task, 1);
+            on_claimed(Arc::new(task));
+            Err(StoreError::Unavailable("the commit failed".into()))
+        }
+        async fn get(&self, id: TaskId) -> Result<Option<SharedTask>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn update(
+            &self,
+            task: TaskRecord,
+            expected_revision: u64,
+        ) -> Result<SharedTask, StoreError> {
+            self.0.update(task, expected_revision).await
+        }
+        async fn delete(&self, id: TaskId) -> Result<bool, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+            self.0.list(query).await
+        }
+        async fn claim_due(&self, request: &ClaimRequest) -> Result<Vec<SharedTask>, StoreError> {
+            self.0.claim_due(request).await
+        }
+        async fn next_due_at(&self) -> Result<Option<SystemTime>, StoreError> {
+            self.0.next_due_at().await
+        }
+        async fn extend_lease(
+            &self,
+            id: TaskId,
+            token: u64,
+            expires_at: SystemTime,
+        ) -> Result<(), StoreError> {
+            self.0.extend_lease(id, token, expires_at).await
+        }
+        async fn overdue(
+            &self,
+            now: SystemTime,
+            limit: usize,
+        ) -> Result<Vec<SharedTask>, StoreError> {
+            self.0.overdue(now, limit).await
+        }
+        async fn expired_leases(
+            &self,
+            now: SystemTime,
+            limit: usize,
+        ) -> Result<Vec<SharedTask>, StoreError> {
+            self.0.expired_leases(now, limit).await
+        }
+        async fn delete_expired(
+            &self,
+            now: SystemTime,
+            limit: usize,
+        ) -> Result<Vec<TaskId>, StoreError> {
+            self.0.delete_expired(now, limit).await
+        }
+        async fn queue_depth(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+            self.0.queue_depth().await
+        }
+    }
+
+    /// An attempt the store started before its create failed belongs to a
+    /// task that does not exist: it is stopped and its slot comes back.
+    #[tokio::test]
+    async fn an_attempt_handed_over_by_a_failed_create_is_stopped() {
+        let hub = Arc::new(EventHub::new(16));
+        let store = Arc::new(FailsAfterHandOver(MemoryStore::new(hub.clone())));
+        let mut handlers = HandlerRegistry::new();
+        handlers.register("quits", QuitsOnCancel);
+        let config = EngineConfig::default();
+        let slots = config.max_concurrent_tasks;
+        let engine = Engine::start(config, store, hub, handlers);
+        let spec = SubmitSpec {
+            kind: "quits".into(),
+            ..SubmitSpec::default()
+        };
+        assert!(engine.submit(spec, TraceContext::default()).await.is_err());
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while engine.running_count() > 0 || engine.inner.slots.available_permits() < slots {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the orphaned attempt stops and frees its slot");
+        engine.shutdown(Duration::ZERO).await;
     }
 
     /// A handed-back attempt goes back to the queue even when the handler

@@ -295,12 +295,20 @@ impl Engine {
         let max_queued = Some(self.inner.config.max_queued_tasks);
         let created = match self.reserve_attempt(&record, now) {
             Some(reserved) => {
+                let (task_id, attempt) = (reserved.task_id, reserved.attempt.clone());
                 let claim = self.claim_request(1);
                 let on_claimed = Box::new(move |claimed| reserved.start(claimed));
-                self.inner
+                let created = self
+                    .inner
                     .store
                     .create_and_claim(record, max_queued, &claim, on_claimed)
-                    .await
+                    .await;
+                if created.is_err() {
+                    // The store may have started the attempt before its write
+                    // failed; the task does not exist, so stop it.
+                    self.stop_orphaned_attempt(task_id, &attempt);
+                }
+                created
             }
             None => self.inner.store.create(record, max_queued).await,
         };
@@ -342,10 +350,12 @@ impl Engine {
     /// waiting for the attempt this submit may yet start.
     fn reserve_attempt(&self, task: &TaskRecord, now: SystemTime) -> Option<ReservedAttempt> {
         let inner = &self.inner;
+        // Taken before looking at the drain, so a shutdown starting now
+        // waits for the attempt this submit may start.
+        let in_flight = inner.attempts.token();
         if inner.stop_dispatch.is_cancelled() || task.due_at().is_none_or(|due| due > now) {
             return None;
         }
-        let in_flight = inner.attempts.token();
         let slot = inner.slots.clone().try_acquire_owned().ok()?;
         let attempt = Arc::new(RunningAttempt {
             cancellation: inner.shutdown.child_token(),
@@ -360,6 +370,19 @@ impl Engine {
             attempt,
             _in_flight: in_flight,
         })
+    }
+
+    /// Stops an attempt started for a task whose creation was not stored.
+    fn stop_orphaned_attempt(&self, id: TaskId, attempt: &Arc<RunningAttempt>) {
+        let registered = self
+            .lock_running()
+            .get(&id)
+            .is_some_and(|registered| Arc::ptr_eq(registered, attempt));
+        if registered {
+            attempt.stop(StopReason::Cancelled(
+                "the task was not stored: its Submit failed".into(),
+            ));
+        }
     }
 
     /// A claim by this process, as of now.

@@ -368,6 +368,8 @@ pub struct RetryOverrides {
 }
 
 /// A task as stored: the spec with defaults applied, its state and its result.
+/// The embedded store writes it by field position: see `encode_record`
+/// before reordering or retyping fields here or in the types it holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: TaskId,

@@ -173,8 +173,10 @@ impl Columns {
     }
 }
 
-/// A record as stored: MessagePack, fields in declaration order (new
-/// fields go last, with a serde default, so older rows still decode).
+/// A record as stored: MessagePack, fields by position in declaration
+/// order, so the order of `TaskRecord`'s fields (and of the types inside
+/// it) is the file format: new fields go last with `#[serde(default)]`,
+/// and any other change needs a new schema version. A test pins it.
 pub fn encode_record(task: &TaskRecord) -> StoreResult<Vec<u8>> {
     rmp_serde::to_vec(task).map_err(|error| StoreError::Internal(format!("encode a task: {error}")))
 }
@@ -232,9 +234,10 @@ mod tests {
         transitions::tests::running,
     };
 
-    /// A record with every optional part set.
+    /// A record with every optional part set, the same on every run.
     fn full_record() -> TaskRecord {
         let mut task = running(2, 5);
+        task.id = TaskId::from_bytes(*b"0123456789abcdef");
         task.input = Arc::new(Payload::json(
             serde_json::json!({"n": 1.5, "list": [1, -2, "x"], "none": null}),
         ));
@@ -266,6 +269,28 @@ mod tests {
         let decoded = decode_record(&encoded).unwrap();
         assert_eq!(decoded, task);
         assert!(encoded.len() * 2 < serde_json::to_vec(&task).unwrap().len());
+    }
+
+    /// `full_record()` as version 2 wrote it. The layout is positional, so
+    /// this pins it: reordering or retyping fields breaks this test.
+    const VERSION_2_RECORD: &str = concat!(
+        "dc001bc41030313233343536373839616263646566a46661696ca752756e6e696e679281a44a736f",
+        "6e83a46c6973749301fea178a16ecb3ff8000000000000a46e6f6e65c0a09281a642696e617279a8",
+        "3030303130326666b86170706c69636174696f6e2f6f637465742d73747265616d94ab556e617661",
+        "696c61626c65a56c61746572ab554e415641494c41424c4581a16ba176029605920100920a00cb40",
+        "00000000000000cb00000000000000009093ca422a0000a468616c6692cd03e80081a47465616da1",
+        "610093a0a0a00392cd03e80092cd03e80092cd03e800c0c0c0c09200ce1dcd6500923c00a36b6579",
+        "a0c2a093a46e6f64650792cd040600",
+    );
+
+    #[test]
+    fn the_version_2_layout_is_stable() {
+        let stored = hex::decode(VERSION_2_RECORD).unwrap();
+        assert_eq!(decode_record(&stored).unwrap(), full_record());
+        assert_eq!(
+            hex::encode(encode_record(&full_record()).unwrap()),
+            VERSION_2_RECORD
+        );
     }
 
     #[test]

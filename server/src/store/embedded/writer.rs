@@ -257,6 +257,9 @@ impl Writer {
         }
         if let Some(error) = failure {
             let _ = self.connection.execute_batch("ROLLBACK");
+            // Attempts may have started under tokens of this batch: never
+            // hand those out again.
+            self.fencing_token = self.fencing_token.max(batch.fencing_token);
             tracing::error!(%error, "the embedded store could not commit a batch of writes");
             let error = schema::classify(error);
             for done in applied {
