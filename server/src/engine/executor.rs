@@ -1,6 +1,8 @@
-//! Execution: the dispatcher claims due tasks while executor slots are free,
-//! and each attempt runs its handler under a cancellation token, the attempt
-//! timeout, the task deadline, heartbeats and coalesced progress writes.
+//! Execution: the dispatcher claims due tasks while executor slots are free
+//! (Submit claims a new task itself, in the write that stores it, when a
+//! slot is free and nothing else is due), and each attempt runs its handler
+//! under a cancellation token, the attempt timeout, the task deadline,
+//! heartbeats and coalesced progress writes.
 
 use std::{
     panic::AssertUnwindSafe,
