@@ -6,7 +6,7 @@
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::Poll,
     time::{Duration, SystemTime},
 };
@@ -47,20 +47,13 @@ pub(super) async fn dispatch_loop(engine: Engine) {
             () = inner.stop_dispatch.cancelled() => return,
         };
         // Hold every free slot while claiming (Submit takes slots too), and
-        // give back the ones left over.
+        // give back the ones left over. One at a time: taking them all at
+        // once fails outright when a Submit takes one meanwhile.
         let mut slots = first_slot;
-        // All or nothing: a Submit taking a slot meanwhile fails the batch,
-        // so fall back to one at a time rather than claim a single task.
-        let more = inner.slots.available_permits().min(CLAIM_BATCH - 1);
-        match inner.slots.clone().try_acquire_many_owned(more as u32) {
-            Ok(more) => slots.merge(more),
-            Err(_) => {
-                while let Some(slot) = (slots.num_permits() < CLAIM_BATCH)
-                    .then(|| inner.slots.clone().try_acquire_owned().ok())
-                    .flatten()
-                {
-                    slots.merge(slot);
-                }
+        while slots.num_permits() < CLAIM_BATCH {
+            match inner.slots.clone().try_acquire_owned() {
+                Ok(slot) => slots.merge(slot),
+                Err(_) => break,
             }
         }
         let claimed = {
@@ -159,10 +152,7 @@ async fn claim(
     Ok(claimed
         .into_iter()
         .map(|task| {
-            let attempt = Arc::new(RunningAttempt {
-                cancellation: inner.shutdown.child_token(),
-                stop_reason: Mutex::new(None),
-            });
+            let attempt = RunningAttempt::new(&inner.shutdown);
             running.insert(task.id, attempt.clone());
             (task, attempt)
         })

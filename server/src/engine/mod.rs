@@ -138,6 +138,24 @@ struct RunningAttempt {
     stop_reason: Mutex<Option<StopReason>>,
 }
 
+impl RunningAttempt {
+    /// A new attempt, stopped at the latest when the engine shuts down.
+    fn new(shutdown: &CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            cancellation: shutdown.child_token(),
+            stop_reason: Mutex::new(None),
+        })
+    }
+
+    /// Whether this attempt (not another of the same task) is the one
+    /// registered under `id`.
+    fn is_registered(self: &Arc<Self>, running: &HashMap<TaskId, Arc<Self>>, id: TaskId) -> bool {
+        running
+            .get(&id)
+            .is_some_and(|registered| Arc::ptr_eq(registered, self))
+    }
+}
+
 /// An executor slot and a registered attempt, held for a task being
 /// created; given back unless the store claims the task.
 struct ReservedAttempt {
@@ -168,10 +186,7 @@ impl Drop for ReservedAttempt {
             return;
         }
         let mut running = self.engine.lock_running();
-        if running
-            .get(&self.task_id)
-            .is_some_and(|registered| Arc::ptr_eq(registered, &self.attempt))
-        {
+        if self.attempt.is_registered(&running, self.task_id) {
             running.remove(&self.task_id);
         }
     }
@@ -357,10 +372,7 @@ impl Engine {
             return None;
         }
         let slot = inner.slots.clone().try_acquire_owned().ok()?;
-        let attempt = Arc::new(RunningAttempt {
-            cancellation: inner.shutdown.child_token(),
-            stop_reason: Mutex::new(None),
-        });
+        let attempt = RunningAttempt::new(&inner.shutdown);
         self.lock_running().insert(task.id, attempt.clone());
         Some(ReservedAttempt {
             engine: self.clone(),
@@ -374,11 +386,7 @@ impl Engine {
 
     /// Stops an attempt started for a task whose creation was not stored.
     fn stop_orphaned_attempt(&self, id: TaskId, attempt: &Arc<RunningAttempt>) {
-        let registered = self
-            .lock_running()
-            .get(&id)
-            .is_some_and(|registered| Arc::ptr_eq(registered, attempt));
-        if registered {
+        if attempt.is_registered(&self.lock_running(), id) {
             attempt.stop(StopReason::Cancelled(
                 "the task was not stored: its Submit failed".into(),
             ));

@@ -390,25 +390,29 @@ impl Writer {
                     None => None,
                 };
                 let queued = Arc::new(task);
-                let mut stored = TaskRecord::clone(&queued);
-                if let Some((request, _)) = &claim {
-                    batch.fencing_token += 1;
-                    request.claim(&mut stored, batch.fencing_token);
-                    sql!(reply, self.store_fencing_token(batch.fencing_token));
-                }
+                // Claimed, the row is stored as running; otherwise as submitted.
+                let (stored, on_claimed) = match claim {
+                    Some((request, on_claimed)) => {
+                        let mut running = TaskRecord::clone(&queued);
+                        batch.fencing_token += 1;
+                        request.claim(&mut running, batch.fencing_token);
+                        sql!(reply, self.store_fencing_token(batch.fencing_token));
+                        (Arc::new(running), Some(on_claimed))
+                    }
+                    None => (queued.clone(), None),
+                };
                 let columns = sql!(reply, Columns::of(&stored).map_err(to_sql_error));
                 sql!(reply, columns.insert(&self.connection));
                 batch.count(None, Some(&stored));
-                let stored = Arc::new(stored);
                 batch.written.insert(stored.id, Some(stored.clone()));
-                let mut changes = Vec::with_capacity(2);
-                if let Some((_, on_claimed)) = claim {
-                    changes.push(Change::Changed(queued.clone()));
-                    on_claimed(stored.clone());
-                }
-                changes.push(Change::Changed(stored.clone()));
-                let created = if changes.len() == 2 { queued } else { stored };
-                Applied::new(reply, Ok(CreateOutcome::Created(created)), changes)
+                let changes = match on_claimed {
+                    Some(on_claimed) => {
+                        on_claimed(stored.clone());
+                        vec![Change::Changed(queued.clone()), Change::Changed(stored)]
+                    }
+                    None => vec![Change::Changed(stored)],
+                };
+                Applied::new(reply, Ok(CreateOutcome::Created(queued)), changes)
             }
             Op::Update {
                 mut task,
