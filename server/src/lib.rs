@@ -152,7 +152,7 @@ pub async fn serve(
 
     let stop_serving = CancellationToken::new();
     let server = tonic::transport::Server::builder()
-        .trace_fn(grpc::rpc_span)
+        .layer(grpc::RpcSpanLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -12,10 +12,13 @@ use std::{
 };
 
 use futures::FutureExt;
-use opentelemetry::context::FutureExt as _;
+use opentelemetry::{
+    KeyValue,
+    context::FutureExt as _,
+    trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
+};
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
-use tracing::{Instrument, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing::Instrument;
 
 use super::{
     Engine, Mutation, RunningAttempt, StopReason, TaskEvent,
@@ -175,33 +178,45 @@ pub(super) async fn run_attempt(
     attempt: Arc<RunningAttempt>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let span = tracing::info_span!(
-        "task.attempt",
-        otel.name = "task.attempt",
-        otel.kind = "consumer",
-        otel.status_code = Empty,
-        otel.status_message = Empty,
-        task.id = %task.id,
-        task.kind = %task.kind,
-        // i64: tracing-opentelemetry exports u64 fields as text.
-        task.attempt = i64::from(task.attempt),
-        // For log lines when spans are not exported (see telemetry::exporting).
-        trace_id = Empty,
-        span_id = Empty,
-    );
     // The handler runs in the attempt's context, so its own spans and its
     // outgoing calls join the trace. Exported: the attempt span, a child of
-    // the submit span. Not exported: the submitter's context with the
-    // attempt's logged span id.
-    let handler_context = if telemetry::exporting() {
-        let _ = span.set_parent(telemetry::propagation::context_of(&task.trace));
-        span.context()
-    } else {
-        let span_id = telemetry::propagation::new_span_id();
-        span.record("trace_id", task.trace.trace_id().unwrap_or_default());
-        span.record("span_id", span_id.as_str());
-        telemetry::propagation::attempt_context(&task.trace, &span_id)
+    // the submit span (made with the SDK directly, see telemetry::tracer).
+    // Not exported: the submitter's context with the attempt's logged span
+    // id. Either way a `tracing` span carries the ids for log lines.
+    let (span, handler_context) = match telemetry::tracer() {
+        Some(tracer) => {
+            let submitter = telemetry::propagation::context_of(&task.trace);
+            let attempt_span = tracer
+                .span_builder("task.attempt")
+                .with_kind(SpanKind::Consumer)
+                .with_attributes([
+                    KeyValue::new("task.id", task.id.to_string()),
+                    KeyValue::new("task.kind", task.kind.to_string()),
+                    KeyValue::new("task.attempt", i64::from(task.attempt)),
+                ])
+                .start_with_context(tracer, &submitter);
+            let ids = attempt_span.span_context();
+            let span = tracing::info_span!(
+                "task.attempt",
+                trace_id = %ids.trace_id(),
+                span_id = %ids.span_id(),
+            );
+            (span, submitter.with_span(attempt_span))
+        }
+        None => {
+            let span_id = telemetry::propagation::new_span_id();
+            let span = tracing::info_span!(
+                "task.attempt",
+                trace_id = task.trace.trace_id().unwrap_or_default(),
+                span_id = span_id.as_str(),
+            );
+            let context = telemetry::propagation::attempt_context(&task.trace, &span_id);
+            (span, context)
+        }
     };
+    // Ended here, not when the last clone of the context goes: a handler
+    // may keep one in work it leaves behind.
+    let attempt_context = handler_context.clone();
     let attempt_run = async move {
         let task_id = task.id;
         let started = Instant::now();
@@ -215,9 +230,9 @@ pub(super) async fn run_attempt(
         engine.lock_running().remove(&task_id);
         record::attempt_finished(&task.kind, outcome.label(), started.elapsed());
         if let Some(message) = outcome.failure_message() {
-            let span = tracing::Span::current();
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_message", message.as_str());
+            opentelemetry::trace::get_active_span(|span| {
+                span.set_status(Status::error(message.clone()));
+            });
             tracing::warn!(task.id = %task_id, task.kind = %task.kind, task.attempt = task.attempt, error.message = %message, "attempt failed");
         }
         store_outcome(&engine, &task, outcome, unwritten_progress).await;
@@ -225,7 +240,8 @@ pub(super) async fn run_attempt(
         engine.inner.dispatch_wakeup.notify_one();
     }
     .instrument(span);
-    attempt_run.with_context(handler_context).await
+    attempt_run.with_context(handler_context).await;
+    attempt_context.span().end();
 }
 
 /// Runs the handler; returns how the attempt ended and the last progress

@@ -9,5 +9,5 @@ mod status;
 mod task_service;
 
 pub use deadline::parse_grpc_timeout;
-pub use rpc_trace::rpc_span;
+pub use rpc_trace::RpcSpanLayer;
 pub use task_service::TaskServiceImpl;

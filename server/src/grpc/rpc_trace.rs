@@ -1,68 +1,135 @@
 //! The span of each RPC: a child of the caller's W3C context, named after
 //! the method, with the `rpc.*` attributes of the OpenTelemetry conventions.
-//! Handlers run inside it; `handle` records the status when they finish.
+//! [`RpcSpanLayer`] opens it around every call; handlers run inside it and
+//! `finish_rpc` records the status when they finish. Health checks and
+//! reflection get none: probes would drown real traces.
 
-use std::time::Instant;
+use std::{
+    task::{Context, Poll},
+    time::Instant,
+};
 
+use futures::future::Either;
+use opentelemetry::{
+    KeyValue,
+    context::{FutureExt as _, WithContext},
+    trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
+};
 use tonic::Code;
-use tracing::{Span, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing::{Instrument, Span, instrument::Instrumented};
 
 use crate::{engine::task::TraceContext, telemetry};
 
-/// Builds the span of one request (used as tonic's `trace_fn`). Health
-/// checks and reflection get none: probes would drown real traces.
-pub fn rpc_span(request: &http::Request<()>) -> Span {
-    let path = request.uri().path().trim_start_matches('/');
-    let Some((service, method)) = path.split_once('/') else {
-        return Span::none();
-    };
-    if service.starts_with("grpc.") {
-        return Span::none();
+/// Wraps the gRPC services so that each call runs in its RPC span.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcSpanLayer;
+
+impl<S> tower::Layer<S> for RpcSpanLayer {
+    type Service = RpcSpans<S>;
+
+    fn layer(&self, inner: S) -> RpcSpans<S> {
+        RpcSpans { inner }
     }
-    let span = tracing::info_span!(
-        "rpc",
-        // Plain &str values: recorded as they are, not through Display.
-        otel.name = path,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
-        // For log lines when spans are not exported (see telemetry::exporting).
-        trace_id = Empty,
-        span_id = Empty,
-    );
-    if telemetry::exporting() {
-        let _ = span.set_parent(telemetry::propagation::extract(request.headers()));
-    } else if let Some(trace_id) = request
-        .headers()
+}
+
+/// See [`RpcSpanLayer`].
+#[derive(Clone, Debug)]
+pub struct RpcSpans<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcSpans<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Instrumented<S::Future>, Instrumented<WithContext<S::Future>>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().trim_start_matches('/');
+        let Some((service, method)) = path
+            .split_once('/')
+            .filter(|(service, _)| !service.starts_with("grpc."))
+        else {
+            return Either::Left(self.inner.call(request).instrument(Span::none()));
+        };
+        let Some(tracer) = telemetry::tracer() else {
+            let span = untraced_rpc_span(request.headers());
+            return Either::Left(self.inner.call(request).instrument(span));
+        };
+        let parent = telemetry::propagation::extract(request.headers());
+        let rpc = tracer
+            .span_builder(path.to_owned())
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", service.to_owned()),
+                KeyValue::new("rpc.method", method.to_owned()),
+            ])
+            .start_with_context(tracer, &parent);
+        let ids = rpc.span_context();
+        let span = tracing::info_span!(
+            "rpc",
+            trace_id = %ids.trace_id(),
+            span_id = %ids.span_id(),
+        );
+        // The span ends when the call's future is dropped, as it completes:
+        // nothing a handler does keeps a clone of this context.
+        let context = parent.with_span(rpc);
+        Either::Right(
+            self.inner
+                .call(request)
+                .with_context(context)
+                .instrument(span),
+        )
+    }
+}
+
+/// The log span of an RPC when spans are not exported: the caller's trace
+/// id, if it sent one, and a span id for the call, for its log lines.
+fn untraced_rpc_span(headers: &http::HeaderMap) -> Span {
+    let trace_id = headers
         .get("traceparent")
         .and_then(|value| value.to_str().ok())
-        .and_then(crate::engine::task::trace_id_of)
-    {
-        span.record("trace_id", trace_id);
-        span.record("span_id", telemetry::propagation::new_span_id().as_str());
+        .and_then(crate::engine::task::trace_id_of);
+    match trace_id {
+        Some(trace_id) => tracing::info_span!(
+            "rpc",
+            trace_id,
+            span_id = telemetry::propagation::new_span_id().as_str(),
+        ),
+        // Recorded by `current_or` if the call makes up a trace.
+        None => tracing::info_span!(
+            "rpc",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        ),
     }
-    span
 }
 
 /// Records how an RPC ended on its span and in the metrics.
 pub fn finish_rpc(method: &'static str, code: Code, started: Instant) {
-    let span = Span::current();
-    span.record("rpc.grpc.status_code", code as i64);
-    // Server spans are errors only for the server's own faults (OTel semconv).
-    if matches!(
-        code,
-        Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-    ) {
-        span.record("otel.status_code", "ERROR");
+    if telemetry::exporting() {
+        opentelemetry::trace::get_active_span(|span| {
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+            // Server spans are errors only for the server's own faults (OTel semconv).
+            if matches!(
+                code,
+                Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+                    | Code::Internal
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ) {
+                span.set_status(Status::error(""));
+            }
+        });
     }
     telemetry::metrics::record::rpc(method, code_name(code), started.elapsed());
 }
@@ -74,7 +141,7 @@ pub fn link_to_task(trace: &TraceContext) {
         return;
     }
     if let Some(task_span) = telemetry::propagation::span_context_of(trace) {
-        Span::current().add_link(task_span);
+        opentelemetry::trace::get_active_span(|span| span.add_link(task_span, Vec::new()));
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::sync::LazyLock;
 
+use crate::engine::task::TraceContext;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
@@ -13,9 +14,6 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{IdGenerator, RandomIdGenerator},
 };
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-use crate::engine::task::TraceContext;
 
 /// The standard propagators: trace context and baggage.
 pub fn propagator() -> TextMapCompositePropagator {
@@ -95,7 +93,7 @@ impl Injector for TraceContext {
 /// new trace, so that every task has a trace id to search its logs by.
 pub fn current_or(incoming: TraceContext) -> TraceContext {
     if crate::telemetry::exporting() {
-        let context = tracing::Span::current().context();
+        let context = Context::current();
         if context.span().span_context().is_valid() {
             let mut stored = TraceContext::default();
             PROPAGATOR.inject_context(&context, &mut stored);
