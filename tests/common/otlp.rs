@@ -78,6 +78,127 @@ impl TraceService for Collector {
     }
 }
 
+/// The same `Export` method for load runs: it counts the spans of a request
+/// without decoding them ([`SpanCount`]), so that the receiver, sharing the
+/// machine with the `vowd` it measures, takes as little CPU as it can.
+#[derive(Clone)]
+struct CountingTraceService(Arc<Collected>);
+
+impl tonic::server::NamedService for CountingTraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
+    for CountingTraceService
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let collected = self.0.clone();
+        Box::pin(async move {
+            if !request.uri().path().ends_with("/Export") {
+                return Ok(tonic::Status::unimplemented("only Export").into_http());
+            }
+            let codec = tonic_prost::ProstCodec::<ExportTraceServiceResponse, SpanCount>::default();
+            let mut grpc = tonic::server::Grpc::new(codec);
+            Ok(grpc.unary(CountSpans(collected), request).await)
+        })
+    }
+}
+
+struct CountSpans(Arc<Collected>);
+
+impl tonic::server::UnaryService<SpanCount> for CountSpans {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<SpanCount>) -> Self::Future {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .count
+            .fetch_add(request.into_inner().spans, Ordering::Relaxed);
+        std::future::ready(Ok(tonic::Response::new(
+            ExportTraceServiceResponse::default(),
+        )))
+    }
+}
+
+/// An `ExportTraceServiceRequest` read only as far as counting its spans
+/// (`resource_spans` = 1 → `scope_spans` = 2 → `spans` = 2); every other
+/// field, and every span's content, is skipped undecoded.
+#[derive(Debug, Default)]
+struct SpanCount {
+    spans: u64,
+}
+
+impl SpanCount {
+    /// Counts the fields `path` leads to inside one length-delimited message.
+    fn count_in(
+        path: &[u32],
+        mut buf: &mut dyn prost::bytes::Buf,
+    ) -> Result<u64, prost::DecodeError> {
+        use prost::bytes::Buf as _;
+        use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+        let Some((&tag, rest)) = path.split_first() else {
+            return Ok(1);
+        };
+        let mut count = 0;
+        while buf.has_remaining() {
+            let (field, wire_type) = decode_key(&mut buf)?;
+            if field == tag && wire_type == prost::encoding::WireType::LengthDelimited {
+                let length = decode_varint(&mut buf)? as usize;
+                let mut inner = (&mut *buf).take(length);
+                count += Self::count_in(rest, &mut inner)?;
+                // Whatever the inner count left unread (none, unless `rest` is empty).
+                inner.advance(inner.remaining());
+            } else {
+                skip_field(wire_type, field, &mut buf, DecodeContext::default())?;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl prost::Message for SpanCount {
+    fn encode_raw(&self, _: &mut impl prost::bytes::BufMut) {
+        unreachable!("the receiver only decodes requests")
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        context: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if tag == 1 && wire_type == prost::encoding::WireType::LengthDelimited {
+            let length = prost::encoding::decode_varint(buf)? as usize;
+            let mut resource_spans = prost::bytes::Buf::take(&mut *buf, length);
+            self.spans += Self::count_in(&[2, 2], &mut resource_spans)?;
+            Ok(())
+        } else {
+            prost::encoding::skip_field(wire_type, tag, buf, context)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        0
+    }
+
+    fn clear(&mut self) {
+        self.spans = 0;
+    }
+}
+
 /// A running receiver; stops serving when dropped.
 pub struct OtlpReceiver {
     address: SocketAddr,
@@ -109,12 +230,19 @@ impl OtlpReceiver {
             spans: keep.then(Default::default),
             ..Default::default()
         });
-        let service = TraceServiceServer::new(Collector(collected.clone()));
+        let incoming = TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder();
+        let server = if keep {
+            let service = TraceServiceServer::new(Collector(collected.clone()));
+            tokio::spawn(server.add_service(service).serve_with_incoming(incoming))
+        } else {
+            let service = CountingTraceService(collected.clone());
+            tokio::spawn(server.add_service(service).serve_with_incoming(incoming))
+        };
         let server = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener))
+            server
                 .await
+                .expect("the OTLP receiver task runs")
                 .expect("the OTLP receiver serves");
         });
         Self {
