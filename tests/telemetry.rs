@@ -27,7 +27,7 @@ use otlp::{OtlpReceiver, ReceivedSpan, hex_id, int_attribute, string_attribute};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
-use vow_client::{Client, TaskExt, TaskState};
+use vow_client::{Client, Task, TaskExt, TaskState};
 
 /// Spans leave vowd in batches every `OTEL_BSP_SCHEDULE_DELAY` ms; the
 /// default (5 s) would make every test wait that long for its first span.
@@ -483,6 +483,47 @@ async fn metrics_count_a_known_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_line_of_a_failed_attempt_carries_the_trace_id() {
     let vowd = Vowd::start(&["--log-format", "json"]);
+    let (task, line) = failed_attempt_log_line(&vowd).await;
+    assert_eq!(line["trace_id"], task.trace_id.as_str(), "{line}");
+    let span_id = line["span_id"].as_str().expect("a span_id");
+    assert!(
+        span_id.len() == 16
+            && span_id.bytes().all(|byte| byte.is_ascii_hexdigit())
+            && span_id != "0000000000000000",
+        "span_id {span_id:?}"
+    );
+    // Every line vowd wrote is JSON, not just this one (the last line may
+    // still be in the middle of being written).
+    let logs = vowd.logs();
+    let complete = logs.rsplit_once('\n').map_or("", |(complete, _)| complete);
+    for line in complete.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
+}
+
+/// With spans exported, the log line of an attempt names the very span the
+/// receiver got: vowd's own spans have no `tracing` span, so the ids come
+/// from the context the attempt attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_line_of_an_exported_attempt_carries_its_span_ids() {
+    let receiver = OtlpReceiver::start().await;
+    let vowd = vowd_exporting_to(&receiver, &["--log-format", "json"]);
+    let (task, line) = failed_attempt_log_line(&vowd).await;
+    let attempt = wait_for_spans(&receiver, "the task.attempt span", |spans| {
+        attempt_spans_of(spans, &task.id).remove(&1)
+    })
+    .await;
+    assert_eq!(line["trace_id"], task.trace_id.as_str(), "{line}");
+    assert_eq!(line["trace_id"], hex_id(&attempt.trace_id), "{line}");
+    assert_eq!(line["span_id"], hex_id(&attempt.span_id), "{line}");
+}
+
+/// Submits a `fail` task, awaits it, and finds vowd's "attempt failed" log
+/// line of it (checked to be at WARN, in the `task.attempt` span).
+async fn failed_attempt_log_line(vowd: &Vowd) -> (Task, serde_json::Value) {
     let client = Client::connect(&vowd.address).await.expect("connect");
     let submitted = client
         .submit("fail")
@@ -509,23 +550,6 @@ async fn json_log_line_of_a_failed_attempt_carries_the_trace_id() {
     })
     .await;
     assert_eq!(line["level"], "WARN");
-    assert_eq!(line["trace_id"], task.trace_id.as_str(), "{line}");
     assert_eq!(line["span"], "task.attempt");
-    let span_id = line["span_id"].as_str().expect("a span_id");
-    assert!(
-        span_id.len() == 16
-            && span_id.bytes().all(|byte| byte.is_ascii_hexdigit())
-            && span_id != "0000000000000000",
-        "span_id {span_id:?}"
-    );
-    // Every line vowd wrote is JSON, not just this one (the last line may
-    // still be in the middle of being written).
-    let logs = vowd.logs();
-    let complete = logs.rsplit_once('\n').map_or("", |(complete, _)| complete);
-    for line in complete.lines() {
-        assert!(
-            serde_json::from_str::<serde_json::Value>(line).is_ok(),
-            "not a JSON line: {line}"
-        );
-    }
+    (task, line)
 }

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use opentelemetry::{
     KeyValue,
     context::FutureExt as _,
-    trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
+    trace::{SpanKind, Status, TraceContextExt as _, Tracer as _},
 };
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::Instrument;
@@ -180,10 +180,11 @@ pub(super) async fn run_attempt(
 ) {
     // The handler runs in the attempt's context, so its own spans and its
     // outgoing calls join the trace. Exported: the attempt span, a child of
-    // the submit span (made with the SDK directly, see telemetry::tracer).
-    // Not exported: the submitter's context with the attempt's logged span
-    // id. Either way a `tracing` span carries the ids for log lines.
-    let (span, handler_context) = match telemetry::tracer() {
+    // the submit span (made with the SDK directly, see telemetry::tracer),
+    // and log lines take their ids from that context. Not exported: the
+    // submitter's context with a made-up span id for the attempt, which a
+    // `tracing` span carries to log lines.
+    let (log_span, handler_context) = match telemetry::tracer() {
         Some(tracer) => {
             let submitter = telemetry::propagation::context_of(&task.trace);
             let attempt_span = tracer
@@ -195,13 +196,10 @@ pub(super) async fn run_attempt(
                     KeyValue::new("task.attempt", i64::from(task.attempt)),
                 ])
                 .start_with_context(tracer, &submitter);
-            let ids = attempt_span.span_context();
-            let span = tracing::info_span!(
-                "task.attempt",
-                trace_id = %ids.trace_id(),
-                span_id = %ids.span_id(),
-            );
-            (span, submitter.with_span(attempt_span))
+            let context = submitter
+                .with_span(attempt_span)
+                .with_value(telemetry::LogSpanName("task.attempt"));
+            (None, context)
         }
         None => {
             let span_id = telemetry::propagation::new_span_id();
@@ -211,7 +209,7 @@ pub(super) async fn run_attempt(
                 span_id = span_id.as_str(),
             );
             let context = telemetry::propagation::attempt_context(&task.trace, &span_id);
-            (span, context)
+            (Some(span), context)
         }
     };
     // Ended here, not when the last clone of the context goes: a handler
@@ -238,9 +236,16 @@ pub(super) async fn run_attempt(
         store_outcome(&engine, &task, outcome, unwritten_progress).await;
         record::running(engine.running_count());
         engine.inner.dispatch_wakeup.notify_one();
+    };
+    match log_span {
+        Some(log_span) => {
+            attempt_run
+                .instrument(log_span)
+                .with_context(handler_context)
+                .await;
+        }
+        None => attempt_run.with_context(handler_context).await,
     }
-    .instrument(span);
-    attempt_run.with_context(handler_context).await;
     attempt_context.span().end();
 }
 

@@ -13,7 +13,7 @@ use futures::future::Either;
 use opentelemetry::{
     KeyValue,
     context::{FutureExt as _, WithContext},
-    trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
+    trace::{SpanKind, Status, TraceContextExt, Tracer as _},
 };
 use tonic::Code;
 use tracing::{Instrument, Span, instrument::Instrumented};
@@ -44,7 +44,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Instrumented<S::Future>, Instrumented<WithContext<S::Future>>>;
+    type Future = Either<Instrumented<S::Future>, WithContext<S::Future>>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)
@@ -72,21 +72,14 @@ where
                 KeyValue::new("rpc.method", method.to_owned()),
             ])
             .start_with_context(tracer, &parent);
-        let ids = rpc.span_context();
-        let span = tracing::info_span!(
-            "rpc",
-            trace_id = %ids.trace_id(),
-            span_id = %ids.span_id(),
-        );
-        // The span ends when the call's future is dropped, as it completes:
-        // nothing a handler does keeps a clone of this context.
-        let context = parent.with_span(rpc);
-        Either::Right(
-            self.inner
-                .call(request)
-                .with_context(context)
-                .instrument(span),
-        )
+        // No `tracing` span: log lines written in the call take its ids
+        // and name from this context (see telemetry::LogSpanName). The span
+        // ends when the call's future is dropped, as it completes: nothing a
+        // handler does keeps a clone of this context.
+        let context = parent
+            .with_span(rpc)
+            .with_value(telemetry::LogSpanName("rpc"));
+        Either::Right(self.inner.call(request).with_context(context))
     }
 }
 

@@ -192,19 +192,13 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    let span = context.lookup_current()?;
+    let Some(span) = context.lookup_current() else {
+        return exported_own_span();
+    };
     let otel_context = tracing::dispatcher::get_default(|dispatch| {
         tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
     });
-    let otel_ids = otel_context.and_then(|otel_context| {
-        let span_context = otel_context.span().span_context().clone();
-        span_context.is_valid().then(|| {
-            (
-                span_context.trace_id().to_string(),
-                Some(span_context.span_id().to_string()),
-            )
-        })
-    });
+    let otel_ids = otel_context.and_then(|otel_context| ids_of(&otel_context));
     let ids = otel_ids.or_else(|| {
         span.scope().find_map(|ancestor| {
             let extensions = ancestor.extensions();
@@ -216,6 +210,27 @@ where
     Some(CurrentSpan {
         name: span.name(),
         ids,
+    })
+}
+
+/// The exported RPC or attempt span of vowd's that the event was written
+/// in, from the OpenTelemetry context it attached (see `super::LogSpanName`).
+fn exported_own_span() -> Option<CurrentSpan> {
+    let context = opentelemetry::Context::current();
+    let name = context.get::<super::LogSpanName>()?.0;
+    Some(CurrentSpan {
+        name,
+        ids: ids_of(&context),
+    })
+}
+
+fn ids_of(context: &opentelemetry::Context) -> Option<(String, Option<String>)> {
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            Some(span_context.span_id().to_string()),
+        )
     })
 }
 

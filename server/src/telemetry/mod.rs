@@ -39,11 +39,18 @@ pub fn exporting() -> bool {
 /// Those spans are made with the SDK directly, not from `tracing` spans
 /// through `tracing-opentelemetry`: that layer's bookkeeping per span (a
 /// builder filled field by field, extensions, a context lookup per parent)
-/// cost more CPU per task than the SDK's own recording. They keep a
-/// `tracing` span each, for log lines, carrying just their ids.
+/// cost more CPU per task than the SDK's own recording. Log lines written
+/// in them take their ids from the OpenTelemetry context the RPC or the
+/// attempt attaches while it runs, and their name from [`LogSpanName`].
 pub fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
 }
+
+/// The name log lines give the span of vowd's own that they were written
+/// in, when that span is exported: such spans have no `tracing` span (see
+/// [`tracer`]), so their context carries the name along with the ids.
+#[derive(Clone, Copy, Debug)]
+pub struct LogSpanName(pub &'static str);
 
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.
 pub struct Telemetry {
