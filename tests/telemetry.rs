@@ -258,6 +258,18 @@ async fn python_submit_with_traceparent_reaches_every_attempt_and_await_links_to
             StatusCode::Unset
         };
         assert_eq!(status_code(attempt), expected, "status of attempt {number}");
+        // vowd's "attempt failed" log event, on the span it was written in.
+        let failure_events = attempt
+            .events
+            .iter()
+            .filter(|event| event.name == "attempt failed")
+            .count();
+        assert_eq!(
+            failure_events,
+            usize::from(*number < 3),
+            "events of attempt {number}: {:?}",
+            attempt.events
+        );
     }
 
     let await_span = wait_for_spans(&receiver, "the Await span", |spans| {

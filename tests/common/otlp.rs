@@ -147,7 +147,7 @@ impl SpanCount {
         mut buf: &mut dyn prost::bytes::Buf,
     ) -> Result<u64, prost::DecodeError> {
         use prost::bytes::Buf as _;
-        use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+        use prost::encoding::{DecodeContext, decode_key, skip_field};
         let Some((&tag, rest)) = path.split_first() else {
             return Ok(1);
         };
@@ -155,7 +155,7 @@ impl SpanCount {
         while buf.has_remaining() {
             let (field, wire_type) = decode_key(&mut buf)?;
             if field == tag && wire_type == prost::encoding::WireType::LengthDelimited {
-                let length = decode_varint(&mut buf)? as usize;
+                let length = checked_length(&mut buf)?;
                 let mut inner = (&mut *buf).take(length);
                 count += Self::count_in(rest, &mut inner)?;
                 // Whatever the inner count left unread (none, unless `rest` is empty).
@@ -166,6 +166,18 @@ impl SpanCount {
         }
         Ok(count)
     }
+}
+
+/// The length of a length-delimited field, refused if it runs past the
+/// message (as prost's own decoding would).
+fn checked_length(buf: &mut impl prost::bytes::Buf) -> Result<usize, prost::DecodeError> {
+    let length = prost::encoding::decode_varint(buf)?;
+    if length > buf.remaining() as u64 {
+        // prost offers no other way to make a DecodeError.
+        #[allow(deprecated)]
+        return Err(prost::DecodeError::new("a field runs past its message"));
+    }
+    Ok(length as usize)
 }
 
 impl prost::Message for SpanCount {
@@ -181,7 +193,7 @@ impl prost::Message for SpanCount {
         context: prost::encoding::DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         if tag == 1 && wire_type == prost::encoding::WireType::LengthDelimited {
-            let length = prost::encoding::decode_varint(buf)? as usize;
+            let length = checked_length(buf)?;
             let mut resource_spans = prost::bytes::Buf::take(&mut *buf, length);
             self.spans += Self::count_in(&[2, 2], &mut resource_spans)?;
             Ok(())
@@ -231,18 +243,17 @@ impl OtlpReceiver {
             ..Default::default()
         });
         let incoming = TcpListenerStream::new(listener);
-        let mut server = tonic::transport::Server::builder();
-        let server = if keep {
-            let service = TraceServiceServer::new(Collector(collected.clone()));
-            tokio::spawn(server.add_service(service).serve_with_incoming(incoming))
+        let mut builder = tonic::transport::Server::builder();
+        let router = if keep {
+            builder.add_service(TraceServiceServer::new(Collector(collected.clone())))
         } else {
-            let service = CountingTraceService(collected.clone());
-            tokio::spawn(server.add_service(service).serve_with_incoming(incoming))
+            builder.add_service(CountingTraceService(collected.clone()))
         };
+        // One task, so that aborting it (on drop) stops the server.
         let server = tokio::spawn(async move {
-            server
+            router
+                .serve_with_incoming(incoming)
                 .await
-                .expect("the OTLP receiver task runs")
                 .expect("the OTLP receiver serves");
         });
         Self {
@@ -315,4 +326,79 @@ pub fn int_attribute(attributes: &[KeyValue], key: &str) -> Option<i64> {
 /// Lowercase hex of an id (trace, span) as OTLP carries it: raw bytes.
 pub fn hex_id(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+        resource::v1::Resource,
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+    use prost::Message as _;
+
+    use super::SpanCount;
+
+    fn span(name: &str) -> Span {
+        Span {
+            trace_id: vec![7; 16],
+            span_id: vec![9; 8],
+            name: name.into(),
+            attributes: vec![KeyValue {
+                key: "task.id".into(),
+                value: Some(AnyValue {
+                    value: Some(Value::StringValue("x".repeat(32))),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn scope(name: &str, spans: usize) -> ScopeSpans {
+        ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: name.into(),
+                ..Default::default()
+            }),
+            spans: (0..spans)
+                .map(|index| span(&format!("span {index}")))
+                .collect(),
+            schema_url: "https://example.com/schema".into(),
+        }
+    }
+
+    #[test]
+    fn counts_the_spans_of_every_resource_and_scope() {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(Resource::default()),
+                    scope_spans: vec![scope("vowd", 3), scope("handler", 2)],
+                    schema_url: String::new(),
+                },
+                ResourceSpans {
+                    resource: None,
+                    scope_spans: vec![scope("other", 4), scope("empty", 0)],
+                    schema_url: "x".into(),
+                },
+            ],
+        };
+        let encoded = request.encode_to_vec();
+        let counted = SpanCount::decode(encoded.as_slice()).expect("a valid request");
+        assert_eq!(counted.spans, 9);
+    }
+
+    #[test]
+    fn a_truncated_request_is_refused() {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![scope("vowd", 2)],
+                ..Default::default()
+            }],
+        };
+        let encoded = request.encode_to_vec();
+        assert!(SpanCount::decode(&encoded[..encoded.len() - 5]).is_err());
+    }
 }

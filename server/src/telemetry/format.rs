@@ -36,7 +36,7 @@ where
         writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let current = current_span(context);
+        let current = current_span(context, event.metadata().target());
         if self.json {
             write_json(writer, event, current)
         } else {
@@ -187,13 +187,13 @@ struct CurrentSpan {
     ids: Option<(String, Option<String>)>,
 }
 
-fn current_span<S, N>(context: &FmtContext<'_, S, N>) -> Option<CurrentSpan>
+fn current_span<S, N>(context: &FmtContext<'_, S, N>, event_target: &str) -> Option<CurrentSpan>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
     let Some(span) = context.lookup_current() else {
-        return exported_own_span();
+        return exported_own_span(event_target);
     };
     let otel_context = tracing::dispatcher::get_default(|dispatch| {
         tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
@@ -207,6 +207,8 @@ where
             Some((ids.trace_id?, ids.span_id))
         })
     });
+    // A span without ids of its own, inside an exported RPC or attempt.
+    let ids = ids.or_else(|| exported_own_span(event_target).and_then(|own| own.ids));
     Some(CurrentSpan {
         name: span.name(),
         ids,
@@ -215,7 +217,12 @@ where
 
 /// The exported RPC or attempt span of vowd's that the event was written
 /// in, from the OpenTelemetry context it attached (see `super::LogSpanName`).
-fn exported_own_span() -> Option<CurrentSpan> {
+fn exported_own_span(event_target: &str) -> Option<CurrentSpan> {
+    // The SDK's own diagnostics are written while it holds the current
+    // context; reading the context again then would be a reentrant borrow.
+    if event_target.starts_with("opentelemetry") {
+        return None;
+    }
     let context = opentelemetry::Context::current();
     let name = context.get::<super::LogSpanName>()?.0;
     Some(CurrentSpan {

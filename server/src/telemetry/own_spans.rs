@@ -5,11 +5,24 @@
 //! with less code, but it makes `tracing` ask the global filter about every
 //! callsite at every call, disabled `trace!`s of hyper and h2 included,
 //! which cost more than it saved.
+//!
+//! vowd's exported RPCs and attempts have no `tracing` span, so an event
+//! written in one outside any span (vowd's own, or a handler's) would reach
+//! no OpenTelemetry span at all. Such events are added to the span of the
+//! attached context here, as `tracing-opentelemetry` adds events to its
+//! spans: named by the message, with the level, target and fields as
+//! attributes, and an ERROR event marking the span as failed.
 
-use std::any::TypeId;
+use std::{any::TypeId, fmt};
 
-use tracing::{Event, Metadata, Subscriber, span};
+use opentelemetry::{
+    KeyValue,
+    trace::{Status, TraceContextExt as _},
+};
+use tracing::{Event, Level, Metadata, Subscriber, field::Field, span};
 use tracing_subscriber::{Layer, layer::Context, registry::LookupSpan};
+
+use super::LogSpanName;
 
 /// `inner`, blind to the spans and events of this crate.
 pub struct WithoutOwnSpans<L> {
@@ -23,7 +36,82 @@ impl<L> WithoutOwnSpans<L> {
 }
 
 fn is_own(metadata: &Metadata<'_>) -> bool {
-    metadata.target().starts_with(env!("CARGO_CRATE_NAME"))
+    let crate_name = env!("CARGO_CRATE_NAME");
+    metadata
+        .target()
+        .strip_prefix(crate_name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
+/// Adds `event` to the exported span of vowd's that is running, if the
+/// event was written outside every `tracing` span; true if it did.
+fn add_to_own_span(event: &Event<'_>) -> bool {
+    // The SDK's own diagnostics are written while it holds the current
+    // context; reading the context again then would be a reentrant borrow.
+    if event.metadata().target().starts_with("opentelemetry") {
+        return false;
+    }
+    let context = opentelemetry::Context::current();
+    if context.get::<LogSpanName>().is_none() {
+        return false;
+    }
+    let metadata = event.metadata();
+    let mut fields = EventFields {
+        message: None,
+        attributes: vec![
+            KeyValue::new("level", metadata.level().as_str()),
+            KeyValue::new("target", metadata.target().to_owned()),
+        ],
+    };
+    event.record(&mut fields);
+    let span = context.span();
+    if *metadata.level() == Level::ERROR {
+        span.set_status(Status::error(fields.message.clone().unwrap_or_default()));
+    }
+    span.add_event(
+        fields.message.unwrap_or_else(|| metadata.name().to_owned()),
+        fields.attributes,
+    );
+    true
+}
+
+struct EventFields {
+    message: Option<String>,
+    attributes: Vec<KeyValue>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_owned());
+        } else {
+            self.attributes
+                .push(KeyValue::new(field.name(), value.to_owned()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match i64::try_from(value) {
+            Ok(value) => self.record_i64(field, value),
+            Err(_) => self.record_str(field, &value.to_string()),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
 }
 
 fn is_own_span<S>(id: &span::Id, context: &Context<'_, S>) -> bool
@@ -70,6 +158,11 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, context: Context<'_, S>) {
+        let in_a_span = event.parent().is_some()
+            || (event.is_contextual() && context.lookup_current().is_some());
+        if !in_a_span && add_to_own_span(event) {
+            return;
+        }
         if !is_own(event.metadata()) {
             self.inner.on_event(event, context);
         }
@@ -114,8 +207,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use opentelemetry::{
-        Context,
-        trace::{Span as _, TraceContextExt, Tracer as _, TracerProvider as _},
+        Context, KeyValue,
+        trace::{Span as _, Status, TraceContextExt, Tracer as _, TracerProvider as _},
     };
     use opentelemetry_sdk::{
         error::OTelSdkResult,
@@ -123,7 +216,7 @@ mod tests {
     };
     use tracing_subscriber::layer::SubscriberExt;
 
-    use super::WithoutOwnSpans;
+    use super::{LogSpanName, WithoutOwnSpans};
 
     #[derive(Clone, Debug, Default)]
     struct Collect(Arc<Mutex<Vec<SpanData>>>);
@@ -151,12 +244,14 @@ mod tests {
 
         tracing::subscriber::with_default(subscriber, || {
             let _attached = attempt.clone().attach();
-            // vowd's own log span of the attempt, as the executor opens it.
+            // vowd's own log span, as the export-off path opens it.
             let own = tracing::info_span!("task.attempt", trace_id = "x", span_id = "y");
             let _in_own = own.enter();
-            tracing::warn!("an event of vowd's own, inside its span");
             let handler = tracing::info_span!(target: "a_handler", "handler.work");
-            handler.in_scope(|| tracing::info!(target: "a_handler", "inside"));
+            handler.in_scope(|| {
+                tracing::info!(target: "a_handler", "inside");
+                tracing::warn!("an event of vowd's own, inside a handler's span");
+            });
         });
         attempt.span().end();
 
@@ -168,6 +263,53 @@ mod tests {
             spans[0].span_context.trace_id(),
             spans[1].span_context.trace_id()
         );
-        assert_eq!(spans[0].events.len(), 1, "the handler's own event is kept");
+        let events: Vec<&str> = spans[0]
+            .events
+            .iter()
+            .map(|event| event.name.as_ref())
+            .collect();
+        assert_eq!(events, ["inside"], "only the handler's own event");
+    }
+
+    /// Exported RPCs and attempts have no `tracing` span: events written in
+    /// them outside any span land on the span of the attached context.
+    #[test]
+    fn events_outside_spans_land_on_the_running_own_span() {
+        let exported = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exported.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_context_activation(false);
+        let subscriber = tracing_subscriber::registry().with(WithoutOwnSpans::new(layer));
+        let attempt = Context::current_with_span(provider.tracer("vowd").start("task.attempt"))
+            .with_value(LogSpanName("task.attempt"));
+
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("before: no span is running");
+            let _attached = attempt.clone().attach();
+            tracing::warn!(task.attempt = 2_u64, "attempt failed");
+            tracing::error!(target: "a_handler", "the handler gave up");
+        });
+        attempt.span().end();
+
+        let spans = exported.0.lock().unwrap();
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        let events: Vec<&str> = span
+            .events
+            .iter()
+            .map(|event| event.name.as_ref())
+            .collect();
+        assert_eq!(events, ["attempt failed", "the handler gave up"]);
+        assert!(
+            span.events[0]
+                .attributes
+                .contains(&KeyValue::new("task.attempt", 2_i64)),
+            "{:?}",
+            span.events[0].attributes
+        );
+        assert_eq!(span.status, Status::error("the handler gave up"));
     }
 }
