@@ -228,8 +228,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn handler_spans_join_the_attempt_and_own_spans_stay_out() {
+    /// A subscriber as vowd's with spans exported, whose spans are
+    /// collected as they end; and the provider for vowd's own spans.
+    fn exporting_subscriber() -> (Collect, SdkTracerProvider, impl tracing::Subscriber) {
         let exported = Collect::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exported.clone())
@@ -238,6 +239,12 @@ mod tests {
             .with_tracer(provider.tracer("test"))
             .with_context_activation(false);
         let subscriber = tracing_subscriber::registry().with(WithoutOwnSpans::new(layer));
+        (exported, provider, subscriber)
+    }
+
+    #[test]
+    fn handler_spans_join_the_attempt_and_own_spans_stay_out() {
+        let (exported, provider, subscriber) = exporting_subscriber();
         let attempt = provider.tracer("vowd").start("task.attempt");
         let attempt_id = attempt.span_context().span_id();
         let attempt = Context::current_with_span(attempt);
@@ -275,14 +282,7 @@ mod tests {
     /// them outside any span land on the span of the attached context.
     #[test]
     fn events_outside_spans_land_on_the_running_own_span() {
-        let exported = Collect::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exported.clone())
-            .build();
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_context_activation(false);
-        let subscriber = tracing_subscriber::registry().with(WithoutOwnSpans::new(layer));
+        let (exported, provider, subscriber) = exporting_subscriber();
         let attempt = Context::current_with_span(provider.tracer("vowd").start("task.attempt"))
             .with_value(LogSpanName("task.attempt"));
 
