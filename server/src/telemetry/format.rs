@@ -218,12 +218,7 @@ where
 /// The exported RPC or attempt span of vowd's that the event was written
 /// in, from the OpenTelemetry context it attached (see `super::LogSpanName`).
 fn exported_own_span(event_target: &str) -> Option<CurrentSpan> {
-    // The SDK's own diagnostics are written while it holds the current
-    // context; reading the context again then would be a reentrant borrow.
-    if event_target.starts_with("opentelemetry") {
-        return None;
-    }
-    let context = opentelemetry::Context::current();
+    let context = super::own_span_context(event_target)?;
     let name = context.get::<super::LogSpanName>()?.0;
     Some(CurrentSpan {
         name,

@@ -52,6 +52,19 @@ pub fn tracer() -> Option<&'static SdkTracer> {
 #[derive(Clone, Copy, Debug)]
 pub struct LogSpanName(pub &'static str);
 
+/// The context of vowd's exported RPC or attempt running on this thread, for
+/// an event of `event_target` written in it; `None` outside one.
+fn own_span_context(event_target: &str) -> Option<opentelemetry::Context> {
+    // The SDK's own diagnostics are written while it holds the current
+    // context; reading the context again then would be a reentrant borrow.
+    if event_target.starts_with("opentelemetry") {
+        return None;
+    }
+    let context = opentelemetry::Context::current();
+    context.get::<LogSpanName>()?;
+    Some(context)
+}
+
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,

@@ -22,8 +22,6 @@ use opentelemetry::{
 use tracing::{Event, Level, Metadata, Subscriber, field::Field, span};
 use tracing_subscriber::{Layer, layer::Context, registry::LookupSpan};
 
-use super::LogSpanName;
-
 /// `inner`, blind to the spans and events of this crate.
 pub struct WithoutOwnSpans<L> {
     inner: L,
@@ -46,16 +44,10 @@ fn is_own(metadata: &Metadata<'_>) -> bool {
 /// Adds `event` to the exported span of vowd's that is running, if the
 /// event was written outside every `tracing` span; true if it did.
 fn add_to_own_span(event: &Event<'_>) -> bool {
-    // The SDK's own diagnostics are written while it holds the current
-    // context; reading the context again then would be a reentrant borrow.
-    if event.metadata().target().starts_with("opentelemetry") {
-        return false;
-    }
-    let context = opentelemetry::Context::current();
-    if context.get::<LogSpanName>().is_none() {
-        return false;
-    }
     let metadata = event.metadata();
+    let Some(context) = super::own_span_context(metadata.target()) else {
+        return false;
+    };
     let mut fields = EventFields {
         message: None,
         attributes: vec![
@@ -216,7 +208,8 @@ mod tests {
     };
     use tracing_subscriber::layer::SubscriberExt;
 
-    use super::{LogSpanName, WithoutOwnSpans};
+    use super::WithoutOwnSpans;
+    use crate::telemetry::LogSpanName;
 
     #[derive(Clone, Debug, Default)]
     struct Collect(Arc<Mutex<Vec<SpanData>>>);
