@@ -2,8 +2,6 @@
 //! process boundaries: read from gRPC metadata, stored on tasks, and turned
 //! back into parent contexts and links.
 
-use std::sync::LazyLock;
-
 use crate::engine::task::TraceContext;
 use opentelemetry::{
     Context,
@@ -23,9 +21,6 @@ pub fn propagator() -> TextMapCompositePropagator {
     ])
 }
 
-/// Built once: every RPC and every attempt goes through it.
-static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(propagator);
-
 /// Reads propagation headers from HTTP/2 (gRPC) headers.
 pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
 
@@ -41,12 +36,24 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The caller's context from request headers.
 pub fn extract(headers: &http::HeaderMap) -> Context {
-    PROPAGATOR.extract(&HeaderExtractor(headers))
+    extract_from(&HeaderExtractor(headers), headers.contains_key("baggage"))
 }
 
 /// The context of a task's submitter, as stored.
 pub fn context_of(trace: &TraceContext) -> Context {
-    PROPAGATOR.extract(trace)
+    extract_from(trace, !trace.baggage.is_empty())
+}
+
+/// What [`propagator`] extracts, from an empty parent context. Every RPC and
+/// attempt extracts a context and few carry baggage: the composite
+/// propagator would look for it, and copy the context, every time.
+fn extract_from(extractor: &dyn Extractor, has_baggage: bool) -> Context {
+    let context = TraceContextPropagator::new().extract_with_context(&Context::new(), extractor);
+    if has_baggage {
+        BaggagePropagator::new().extract_with_context(&context, extractor)
+    } else {
+        context
+    }
 }
 
 impl Extractor for TraceContext {
@@ -70,7 +77,7 @@ impl Extractor for TraceContext {
 
 /// The span context stored on a task, if it names a valid span.
 pub fn span_context_of(trace: &TraceContext) -> Option<SpanContext> {
-    let context = context_of(trace);
+    let context = TraceContextPropagator::new().extract_with_context(&Context::new(), trace);
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
 }
@@ -96,7 +103,8 @@ pub fn current_or(incoming: TraceContext) -> TraceContext {
         let context = Context::current();
         if context.span().span_context().is_valid() {
             let mut stored = TraceContext::default();
-            PROPAGATOR.inject_context(&context, &mut stored);
+            TraceContextPropagator::new().inject_context(&context, &mut stored);
+            BaggagePropagator::new().inject_context(&context, &mut stored);
             return stored;
         }
     }
