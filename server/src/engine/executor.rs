@@ -196,10 +196,7 @@ pub(super) async fn run_attempt(
                     KeyValue::new("task.attempt", i64::from(task.attempt)),
                 ])
                 .start_with_context(tracer, &submitter);
-            let context = submitter
-                .with_span(attempt_span)
-                .with_value(telemetry::LogSpanName("task.attempt"));
-            (None, context)
+            (None, submitter.with_span(attempt_span))
         }
         None => {
             let span_id = telemetry::propagation::new_span_id();
@@ -244,7 +241,7 @@ pub(super) async fn run_attempt(
                 .with_context(handler_context)
                 .await;
         }
-        None => attempt_run.with_context(handler_context).await,
+        None => telemetry::in_own_span(attempt_run, handler_context, "task.attempt").await,
     }
     attempt_context.span().end();
 }

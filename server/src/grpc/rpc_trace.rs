@@ -5,20 +5,26 @@
 //! reflection get none: probes would drown real traces.
 
 use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::LazyLock,
     task::{Context, Poll},
     time::Instant,
 };
 
 use futures::future::Either;
 use opentelemetry::{
-    KeyValue,
-    context::{FutureExt as _, WithContext},
+    KeyValue, Value,
     trace::{SpanKind, Status, TraceContextExt, Tracer as _},
 };
+use prost::Message as _;
 use tonic::Code;
 use tracing::{Instrument, Span, instrument::Instrumented};
 
-use crate::{engine::task::TraceContext, telemetry};
+use crate::{
+    engine::task::TraceContext,
+    telemetry::{self, InOwnSpan},
+};
 
 /// Wraps the gRPC services so that each call runs in its RPC span.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,7 +50,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Instrumented<S::Future>, WithContext<S::Future>>;
+    type Future = Either<Instrumented<S::Future>, InOwnSpan<S::Future>>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)
@@ -63,25 +69,70 @@ where
             return Either::Left(self.inner.call(request).instrument(span));
         };
         let parent = telemetry::propagation::extract(request.headers());
+        let (name, service, method) = match OWN_METHODS.get(path) {
+            Some(own) => (own.path.into(), own.service.into(), own.method.into()),
+            None => (
+                Cow::Owned(path.to_owned()),
+                Value::from(service.to_owned()),
+                Value::from(method.to_owned()),
+            ),
+        };
         let rpc = tracer
-            .span_builder(path.to_owned())
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes([
                 KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", service.to_owned()),
-                KeyValue::new("rpc.method", method.to_owned()),
+                KeyValue::new("rpc.service", service),
+                KeyValue::new("rpc.method", method),
             ])
             .start_with_context(tracer, &parent);
-        // No `tracing` span: log lines written in the call take its ids
-        // and name from this context (see telemetry::LogSpanName). The span
-        // ends when the call's future is dropped, as it completes: nothing a
-        // handler does keeps a clone of this context.
-        let context = parent
-            .with_span(rpc)
-            .with_value(telemetry::LogSpanName("rpc"));
-        Either::Right(self.inner.call(request).with_context(context))
+        // No `tracing` span: log lines written in the call take their ids
+        // from this context (see telemetry::InOwnSpan). The span ends when
+        // the call's future is dropped, as it completes: nothing a handler
+        // does keeps a clone of this context.
+        let context = parent.with_span(rpc);
+        Either::Right(telemetry::in_own_span(
+            self.inner.call(request),
+            context,
+            "rpc",
+        ))
     }
 }
+
+/// The span name and `rpc.*` values of one of vowd's methods.
+struct OwnMethod {
+    path: &'static str,
+    service: &'static str,
+    method: &'static str,
+}
+
+/// vowd's methods by path, from its file descriptor set: made once, so an
+/// RPC span copies no string for them (a span's strings are copied again
+/// by the exporter before it converts them).
+static OWN_METHODS: LazyLock<HashMap<&'static str, OwnMethod>> = LazyLock::new(|| {
+    let files = prost_types::FileDescriptorSet::decode(vow_proto::FILE_DESCRIPTOR_SET)
+        .expect("the file descriptor set built with the server decodes");
+    let mut methods = HashMap::new();
+    for file in &files.file {
+        for service in &file.service {
+            let service_name: &'static str =
+                format!("{}.{}", file.package(), service.name()).leak();
+            for method in &service.method {
+                let path: &'static str = format!("{service_name}/{}", method.name()).leak();
+                let method = &path[service_name.len() + 1..];
+                methods.insert(
+                    path,
+                    OwnMethod {
+                        path,
+                        service: service_name,
+                        method,
+                    },
+                );
+            }
+        }
+    }
+    methods
+});
 
 /// The log span of an RPC when spans are not exported: the caller's trace
 /// id, if it sent one, and a span id for the call, for its log lines.
@@ -157,5 +208,22 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OWN_METHODS;
+
+    #[test]
+    fn own_methods_name_their_spans_as_the_path_does() {
+        let submit = &OWN_METHODS["vow.v1.TaskService/Submit"];
+        assert_eq!(submit.path, "vow.v1.TaskService/Submit");
+        assert_eq!(submit.service, "vow.v1.TaskService");
+        assert_eq!(submit.method, "Submit");
+        assert!(OWN_METHODS.contains_key("vow.v1.TaskService/Watch"));
+        for (path, own) in OWN_METHODS.iter() {
+            assert_eq!(format!("{}/{}", own.service, own.method), *path);
+        }
     }
 }

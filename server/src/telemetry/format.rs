@@ -216,10 +216,9 @@ where
 }
 
 /// The exported RPC or attempt span of vowd's that the event was written
-/// in, from the OpenTelemetry context it attached (see `super::LogSpanName`).
+/// in, from the OpenTelemetry context it attached (see `super::InOwnSpan`).
 fn exported_own_span(event_target: &str) -> Option<CurrentSpan> {
-    let context = super::own_span_context(event_target)?;
-    let name = context.get::<super::LogSpanName>()?.0;
+    let (context, name) = super::own_span_context(event_target)?;
     Some(CurrentSpan {
         name,
         ids: ids_of(&context),

@@ -9,7 +9,12 @@ pub mod metrics;
 mod own_spans;
 pub mod propagation;
 
-use std::sync::OnceLock;
+use std::{
+    cell::Cell,
+    pin::Pin,
+    sync::OnceLock,
+    task::{self, Poll},
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
@@ -40,29 +45,82 @@ pub fn exporting() -> bool {
 /// through `tracing-opentelemetry`: that layer's bookkeeping per span (a
 /// builder filled field by field, extensions, a context lookup per parent)
 /// cost more CPU per task than the SDK's own recording. Log lines written
-/// in them take their ids from the OpenTelemetry context the RPC or the
-/// attempt attaches while it runs, and their name from [`LogSpanName`].
+/// in them take their ids and name from [`InOwnSpan`].
 pub fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
 }
 
-/// The name log lines give the span of vowd's own that they were written
-/// in, when that span is exported: such spans have no `tracing` span (see
-/// [`tracer`]), so their context carries the name along with the ids.
-#[derive(Clone, Copy, Debug)]
-pub struct LogSpanName(pub &'static str);
+thread_local! {
+    /// The name of vowd's exported RPC or attempt span being polled on this
+    /// thread (see [`InOwnSpan`]).
+    static OWN_SPAN_NAME: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
 
-/// The context of vowd's exported RPC or attempt running on this thread, for
-/// an event of `event_target` written in it; `None` outside one.
-fn own_span_context(event_target: &str) -> Option<opentelemetry::Context> {
+pin_project_lite::pin_project! {
+    /// A future that runs in one of vowd's exported spans: while it is
+    /// polled, the span's context is current, and log lines written in it
+    /// take their ids from that context and `name` as their span's name.
+    /// Such spans have no `tracing` span (see [`tracer`]). The name is kept
+    /// on the thread, not as a context value: a value would cost every
+    /// RPC and attempt a map allocated for it.
+    pub struct InOwnSpan<F> {
+        #[pin]
+        inner: F,
+        context: opentelemetry::Context,
+        name: &'static str,
+    }
+}
+
+impl<F: Future> Future for InOwnSpan<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, task: &mut task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _attached = this.context.clone().attach();
+        let _named = NamedOwnSpan::enter(this.name);
+        this.inner.poll(task)
+    }
+}
+
+/// Runs `inner` in the exported span of `context`, named `name` in logs.
+pub fn in_own_span<F: Future>(
+    inner: F,
+    context: opentelemetry::Context,
+    name: &'static str,
+) -> InOwnSpan<F> {
+    InOwnSpan {
+        inner,
+        context,
+        name,
+    }
+}
+
+/// Names the own span on this thread until dropped, then restores the
+/// name of the one it was nested in, if any.
+struct NamedOwnSpan(Option<&'static str>);
+
+impl NamedOwnSpan {
+    fn enter(name: &'static str) -> Self {
+        Self(OWN_SPAN_NAME.replace(Some(name)))
+    }
+}
+
+impl Drop for NamedOwnSpan {
+    fn drop(&mut self) {
+        OWN_SPAN_NAME.set(self.0);
+    }
+}
+
+/// The context and name of vowd's exported RPC or attempt running on this
+/// thread, for an event of `event_target` written in it; `None` outside one.
+fn own_span_context(event_target: &str) -> Option<(opentelemetry::Context, &'static str)> {
     // The SDK's own diagnostics are written while it holds the current
     // context; reading the context again then would be a reentrant borrow.
     if event_target.starts_with("opentelemetry") {
         return None;
     }
-    let context = opentelemetry::Context::current();
-    context.get::<LogSpanName>()?;
-    Some(context)
+    let name = OWN_SPAN_NAME.get()?;
+    Some((opentelemetry::Context::current(), name))
 }
 
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.

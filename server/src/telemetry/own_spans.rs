@@ -45,7 +45,7 @@ fn is_own(metadata: &Metadata<'_>) -> bool {
 /// event was written outside every `tracing` span; true if it did.
 fn add_to_own_span(event: &Event<'_>) -> bool {
     let metadata = event.metadata();
-    let Some(context) = super::own_span_context(metadata.target()) else {
+    let Some((context, _)) = super::own_span_context(metadata.target()) else {
         return false;
     };
     let mut fields = EventFields {
@@ -209,7 +209,7 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::WithoutOwnSpans;
-    use crate::telemetry::LogSpanName;
+    use crate::telemetry::NamedOwnSpan;
 
     #[derive(Clone, Debug, Default)]
     struct Collect(Arc<Mutex<Vec<SpanData>>>);
@@ -276,12 +276,12 @@ mod tests {
     #[test]
     fn events_outside_spans_land_on_the_running_own_span() {
         let (exported, provider, subscriber) = exporting_subscriber();
-        let attempt = Context::current_with_span(provider.tracer("vowd").start("task.attempt"))
-            .with_value(LogSpanName("task.attempt"));
+        let attempt = Context::current_with_span(provider.tracer("vowd").start("task.attempt"));
 
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!("before: no span is running");
             let _attached = attempt.clone().attach();
+            let _named = NamedOwnSpan::enter("task.attempt");
             tracing::warn!(task.attempt = 2_u64, "attempt failed");
             tracing::error!(target: "a_handler", "the handler gave up");
         });
