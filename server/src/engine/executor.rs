@@ -178,41 +178,7 @@ pub(super) async fn run_attempt(
     attempt: Arc<RunningAttempt>,
     _slot: OwnedSemaphorePermit,
 ) {
-    // The handler runs in the attempt's context, so its own spans and its
-    // outgoing calls join the trace. Exported: the attempt span, a child of
-    // the submit span (made with the SDK directly, see telemetry::tracer),
-    // and log lines take their ids from that context. Not exported: the
-    // submitter's context with a made-up span id for the attempt, which a
-    // `tracing` span carries to log lines.
-    let (log_span, handler_context) = match telemetry::tracer() {
-        Some(tracer) => {
-            let submitter = telemetry::propagation::context_of(&task.trace);
-            let attempt_span = tracer
-                .span_builder("task.attempt")
-                .with_kind(SpanKind::Consumer)
-                .with_attributes([
-                    KeyValue::new("task.id", task.id.to_string()),
-                    KeyValue::new("task.kind", task.kind.to_string()),
-                    KeyValue::new("task.attempt", i64::from(task.attempt)),
-                ])
-                .start_with_context(tracer, &submitter);
-            (None, submitter.with_span(attempt_span))
-        }
-        None => {
-            let span_id = telemetry::propagation::new_span_id();
-            let span = tracing::info_span!(
-                "task.attempt",
-                trace_id = task.trace.trace_id().unwrap_or_default(),
-                span_id = span_id.as_str(),
-            );
-            let context = telemetry::propagation::attempt_context(&task.trace, &span_id);
-            (Some(span), context)
-        }
-    };
-    // Ended here, not when the last clone of the context goes: a handler
-    // may keep one in work it leaves behind.
-    let attempt_context = handler_context.clone();
-    let attempt_run = async move {
+    let attempt_run = async {
         let task_id = task.id;
         let started = Instant::now();
         // A first attempt waited since submit; a retry's due time is gone by now.
@@ -234,16 +200,42 @@ pub(super) async fn run_attempt(
         record::running(engine.running_count());
         engine.inner.dispatch_wakeup.notify_one();
     };
-    match log_span {
-        Some(log_span) => {
-            attempt_run
-                .instrument(log_span)
-                .with_context(handler_context)
-                .await;
+    // The handler runs in the attempt's context, so its own spans and its
+    // outgoing calls join the trace.
+    match telemetry::tracer() {
+        // Exported: the attempt span, a child of the submit span (made with
+        // the SDK directly, see telemetry::tracer); log lines take their ids
+        // from its context.
+        Some(tracer) => {
+            let submitter = telemetry::propagation::context_of(&task.trace);
+            let attempt_span = tracer
+                .span_builder("task.attempt")
+                .with_kind(SpanKind::Consumer)
+                .with_attributes([
+                    KeyValue::new("task.id", task.id.to_string()),
+                    KeyValue::new("task.kind", task.kind.to_string()),
+                    KeyValue::new("task.attempt", i64::from(task.attempt)),
+                ])
+                .start_with_context(tracer, &submitter);
+            let context = submitter.with_span(attempt_span);
+            telemetry::in_own_span(attempt_run, context.clone(), "task.attempt").await;
+            // Ended here, not when the last clone of the context goes: a
+            // handler may keep one in work it leaves behind.
+            context.span().end();
         }
-        None => telemetry::in_own_span(attempt_run, handler_context, "task.attempt").await,
+        // Not exported: the submitter's context with a made-up span id for
+        // the attempt, which a `tracing` span carries to log lines.
+        None => {
+            let span_id = telemetry::propagation::new_span_id();
+            let log_span = tracing::info_span!(
+                "task.attempt",
+                trace_id = task.trace.trace_id().unwrap_or_default(),
+                span_id = span_id.as_str(),
+            );
+            let context = telemetry::propagation::attempt_context(&task.trace, &span_id);
+            attempt_run.instrument(log_span).with_context(context).await;
+        }
     }
-    attempt_context.span().end();
 }
 
 /// Runs the handler; returns how the attempt ended and the last progress
