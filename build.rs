@@ -21,6 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types::pb")
+        // Written out so that a server can send a task encoded once to many
+        // watchers (see proto/watch_response.rs).
+        .extern_path(
+            ".vow.v1.WatchResponse",
+            "crate::watch_response::WatchResponse",
+        )
         .codec_path("crate::codec::VowCodec")
         .compile_fds(file_descriptors)?;
     Ok(())
