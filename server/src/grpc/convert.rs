@@ -10,6 +10,7 @@ use std::{
 use prost::Message;
 use vow_proto::v1 as pb;
 
+use super::shared_encoding::SharedTaskEncodings;
 use crate::{
     engine::watch::{AwaitMode, AwaitedMany, WatchEvent, WatchFilter},
     engine::{
@@ -455,17 +456,21 @@ pub fn await_many_response(awaited: AwaitedMany) -> pb::AwaitManyResponse {
     }
 }
 
-/// A watch event as a Watch message.
-pub fn watch_response(event: WatchEvent) -> pb::WatchResponse {
+/// A watch event as a Watch message, its task encoded once for all streams.
+pub fn watch_response(event: WatchEvent, encodings: &SharedTaskEncodings) -> pb::WatchResponse {
     let (event_type, task) = match event {
         WatchEvent::Snapshot(task) => (pb::WatchEventType::Snapshot, Some(task)),
         WatchEvent::Change(task) => (pb::WatchEventType::Change, Some(task)),
         WatchEvent::Resync(task) => (pb::WatchEventType::Resync, task),
         WatchEvent::Heartbeat => (pb::WatchEventType::Heartbeat, None),
     };
-    pb::WatchResponse {
-        r#type: event_type as i32,
-        task: task.map(|task| task_to_proto(&task)),
+    match task {
+        Some(task) => pb::WatchResponse::with_encoded_task(event_type, encodings.encode(&task)),
+        None => {
+            let mut message = pb::WatchResponse::default();
+            message.set_type(event_type);
+            message
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod convert;
 mod deadline;
 mod rpc_trace;
+mod shared_encoding;
 mod status;
 mod task_service;
 

@@ -3,6 +3,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -10,7 +11,9 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use vow_proto::v1::{self as pb, task_service_server::TaskService};
 
-use super::{convert, deadline, rpc_trace, status::engine_error_status};
+use super::{
+    convert, deadline, rpc_trace, shared_encoding::SharedTaskEncodings, status::engine_error_status,
+};
 use crate::engine::{Engine, EngineError, task::TraceContext, watch::WatchLimits};
 use crate::telemetry;
 
@@ -19,11 +22,15 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 /// The gRPC face of the engine.
 pub struct TaskServiceImpl {
     engine: Engine,
+    watch_encodings: Arc<SharedTaskEncodings>,
 }
 
 impl TaskServiceImpl {
     pub fn new(engine: Engine) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            watch_encodings: Arc::default(),
+        }
     }
 }
 
@@ -64,10 +71,11 @@ fn incoming_trace_context(metadata: &MetadataMap) -> TraceContext {
 
 fn to_watch_message(
     event: Result<crate::engine::watch::WatchEvent, EngineError>,
+    encodings: &SharedTaskEncodings,
     trace_id: Option<&str>,
 ) -> Result<pb::WatchResponse, Status> {
     event
-        .map(convert::watch_response)
+        .map(|event| convert::watch_response(event, encodings))
         .map_err(|error| engine_error_status(error, trace_id))
 }
 
@@ -184,10 +192,14 @@ impl TaskService for TaskServiceImpl {
                 until: call_timeout
                     .map(|timeout| tokio::time::Instant::now() + deadline::usable(timeout)),
             };
+            let encodings = Arc::clone(&self.watch_encodings);
             let events: WatchStream = if request.id.is_empty() {
                 let filter = convert::watch_filter(&request)?;
                 let events = self.engine.watch_filtered(filter, limits).await?;
-                Box::pin(events.map(move |event| to_watch_message(event, trace_id.as_deref())))
+                Box::pin(
+                    events
+                        .map(move |event| to_watch_message(event, &encodings, trace_id.as_deref())),
+                )
             } else {
                 let id = convert::task_id("id", &request.id)?;
                 let events = self
@@ -197,7 +209,10 @@ impl TaskService for TaskServiceImpl {
                 if let Ok(task) = self.engine.get(id).await {
                     rpc_trace::link_to_task(&task.trace);
                 }
-                Box::pin(events.map(move |event| to_watch_message(event, trace_id.as_deref())))
+                Box::pin(
+                    events
+                        .map(move |event| to_watch_message(event, &encodings, trace_id.as_deref())),
+                )
             };
             Ok(events)
         })
