@@ -6,8 +6,11 @@
 //! generated message can only hold a `Task`; this one can also hold a `Task`
 //! already encoded, which it writes as is. On the wire, and to every reader,
 //! it is the message `proto/vow/v1/task_service.proto` declares: the build
-//! points prost at this type with `extern_path`, and a test checks that it
-//! encodes and decodes as the generated one would.
+//! points prost at this type with `extern_path`. Tests check that it encodes
+//! and decodes as a derived message would, and that the .proto still declares
+//! exactly the two fields it handles.
+
+use std::fmt;
 
 use prost::{
     DecodeError, Message,
@@ -21,13 +24,17 @@ const TYPE_TAG: u32 = 1;
 const TASK_TAG: u32 = 2;
 
 /// One message of a watch.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Two messages are equal when their fields are, the encoded task included:
+/// one made by [`WatchResponse::with_encoded_task`] never equals a decoded one.
+#[derive(Clone, Default, PartialEq)]
 pub struct WatchResponse {
     /// What this message is (a [`WatchEventType`]).
     pub r#type: i32,
     /// The task after the change (unset for heartbeats).
     pub task: Option<Task>,
-    /// The task already encoded, sent in place of `task`; never set by decoding.
+    /// The task already encoded, sent in place of `task` (which is then
+    /// ignored); never set by decoding.
     encoded_task: Option<Bytes>,
 }
 
@@ -49,6 +56,21 @@ impl WatchResponse {
 
     pub fn set_type(&mut self, value: WatchEventType) {
         self.r#type = value as i32;
+    }
+}
+
+impl fmt::Debug for WatchResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("WatchResponse");
+        match WatchEventType::try_from(self.r#type) {
+            Ok(known) => debug.field("r#type", &known),
+            Err(_) => debug.field("r#type", &self.r#type),
+        };
+        match &self.encoded_task {
+            Some(encoded) => debug.field("encoded_task_bytes", &encoded.len()),
+            None => debug.field("task", &self.task),
+        };
+        debug.finish()
     }
 }
 
@@ -198,6 +220,73 @@ mod tests {
         let decoded = WatchResponse::decode(bytes.as_slice()).unwrap();
         assert_eq!(decoded.r#type, 99);
         assert_eq!(decoded.r#type(), WatchEventType::Unspecified);
+    }
+
+    /// The .proto may grow a field that this type would drop without a word:
+    /// this test fails first.
+    #[test]
+    fn the_proto_declares_exactly_the_fields_handled_here() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+
+        let files = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+        let message = files
+            .file
+            .iter()
+            .filter(|file| file.package() == "vow.v1")
+            .flat_map(|file| &file.message_type)
+            .find(|message| message.name() == "WatchResponse")
+            .expect("vow.v1.WatchResponse is declared");
+        let fields: Vec<_> = message
+            .field
+            .iter()
+            .map(|field| {
+                (
+                    field.number(),
+                    field.name(),
+                    field.r#type(),
+                    field.type_name(),
+                    field.label(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    TYPE_TAG as i32,
+                    "type",
+                    Type::Enum,
+                    ".vow.v1.WatchEventType",
+                    Label::Optional
+                ),
+                (
+                    TASK_TAG as i32,
+                    "task",
+                    Type::Message,
+                    ".vow.v1.Task",
+                    Label::Optional
+                ),
+            ]
+        );
+        assert!(message.oneof_decl.is_empty());
+    }
+
+    #[test]
+    fn debug_names_the_event_type() {
+        let shared =
+            WatchResponse::with_encoded_task(WatchEventType::Change, Bytes::from_static(&[0; 3]));
+        assert_eq!(
+            format!("{shared:?}"),
+            "WatchResponse { r#type: Change, encoded_task_bytes: 3 }"
+        );
+        let unknown = WatchResponse {
+            r#type: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            format!("{unknown:?}"),
+            "WatchResponse { r#type: 99, task: None }"
+        );
     }
 
     #[test]
