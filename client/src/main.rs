@@ -19,9 +19,14 @@ fn main() -> ExitCode {
     // The bench drives load from every core; one-shot commands need only one
     // thread, which also keeps their start-up cheap.
     let runtime = if arguments.needs_all_cores() {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime.enable_all();
+        // As in vowd (server/src/main.rs): a connection's task writes what
+        // several callers queued, not one request per syscall. The ceiling
+        // server runs here too, so both servers of a bench run alike.
+        #[cfg(tokio_unstable)]
+        runtime.disable_lifo_slot();
+        runtime.build()
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
