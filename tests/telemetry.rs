@@ -27,7 +27,10 @@ use otlp::{OtlpReceiver, ReceivedSpan, hex_id, int_attribute, string_attribute};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
-use vow_client::{Client, Task, TaskExt, TaskState};
+use vow_client::{
+    Client, Task, TaskExt, TaskState,
+    proto::{self, task_service_client::TaskServiceClient},
+};
 
 /// Spans leave vowd in batches every `OTEL_BSP_SCHEDULE_DELAY` ms; the
 /// default (5 s) would make every test wait that long for its first span.
@@ -362,6 +365,71 @@ async fn rust_client_injects_the_context_of_the_current_tracing_span() {
     })
     .await;
     assert_eq!(hex_id(&submit.parent_span_id), caller.span_id().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_span_links_to_the_task_it_watches() {
+    const TRACE_ID: &str = "6e0c63257de34c92bf9efcd03927272e";
+    const SPAN_ID: &str = "1b5c5a1d2c3e4f60";
+    const WATCH_TRACE_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    const WATCH_SPAN_ID: &str = "0f1e2d3c4b5a6978";
+    let receiver = OtlpReceiver::start().await;
+    let vowd = vowd_exporting_to(&receiver, &[]);
+    let client = Client::connect(&vowd.address).await.expect("connect");
+    let caller = Context::new().with_remote_span_context(known_span_context(TRACE_ID, SPAN_ID));
+    let submitted = client
+        .submit("echo")
+        .send()
+        .with_context(caller)
+        .await
+        .expect("submit");
+    let submit = wait_for_spans(&receiver, "the Submit span", |spans| {
+        submit_span_of(spans, TRACE_ID)
+    })
+    .await;
+
+    // A watcher from another trace, with the raw stub and its own traceparent.
+    let mut raw = TaskServiceClient::connect(vowd.url())
+        .await
+        .expect("connect the raw stub");
+    let mut request = tonic::Request::new(proto::WatchRequest {
+        id: submitted.task.id.clone(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{WATCH_TRACE_ID}-{WATCH_SPAN_ID}-01")
+            .parse()
+            .expect("an ASCII header"),
+    );
+    let mut stream = raw.watch(request).await.expect("watch").into_inner();
+    // The echo task ends at once: the stream closes with OK after its end.
+    while stream
+        .message()
+        .await
+        .expect("the watch ends cleanly")
+        .is_some()
+    {}
+
+    let watch_span = wait_for_spans(&receiver, "the Watch span", |spans| {
+        spans
+            .iter()
+            .map(|received| &received.span)
+            .find(|span| {
+                span.name == "vow.v1.TaskService/Watch" && hex_id(&span.trace_id) == WATCH_TRACE_ID
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(hex_id(&watch_span.parent_span_id), WATCH_SPAN_ID);
+    assert!(
+        watch_span
+            .links
+            .iter()
+            .any(|link| hex_id(&link.trace_id) == TRACE_ID && link.span_id == submit.span_id),
+        "the Watch span links to the Submit span: {:?}",
+        watch_span.links
+    );
 }
 
 /// The value of `name` whose labels are exactly `labels`, in a Prometheus text body.

@@ -206,7 +206,11 @@ impl TaskService for TaskServiceImpl {
                     .engine
                     .watch_task(id, request.after_revision, limits)
                     .await?;
-                if let Ok(task) = self.engine.get(id).await {
+                // Only an exported span has somewhere to put the link: otherwise
+                // the read would be a second store query per Watch for nothing.
+                if telemetry::exporting()
+                    && let Ok(task) = self.engine.get(id).await
+                {
                     rpc_trace::link_to_task(&task.trace);
                 }
                 Box::pin(
