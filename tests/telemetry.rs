@@ -275,24 +275,35 @@ async fn python_submit_with_traceparent_reaches_every_attempt_and_await_links_to
         );
     }
 
-    let await_span = wait_for_spans(&receiver, "the Await span", |spans| {
+    assert_waiter_span_links_to(&receiver, "Await", AWAIT_TRACE_ID, AWAIT_SPAN_ID, &submit).await;
+}
+
+/// Waits for the span of a `method` call made from (`trace_id`, `span_id`)
+/// and checks that it is that caller's child and links to the task's
+/// `submit` span.
+async fn assert_waiter_span_links_to(
+    receiver: &OtlpReceiver,
+    method: &str,
+    trace_id: &str,
+    span_id: &str,
+    submit: &Span,
+) {
+    let name = format!("vow.v1.TaskService/{method}");
+    let span = wait_for_spans(receiver, &format!("the {method} span"), |spans| {
         spans
             .iter()
             .map(|received| &received.span)
-            .find(|span| {
-                span.name == "vow.v1.TaskService/Await" && hex_id(&span.trace_id) == AWAIT_TRACE_ID
-            })
+            .find(|span| span.name == name && hex_id(&span.trace_id) == trace_id)
             .cloned()
     })
     .await;
-    assert_eq!(hex_id(&await_span.parent_span_id), AWAIT_SPAN_ID);
+    assert_eq!(hex_id(&span.parent_span_id), span_id, "child of its caller");
     assert!(
-        await_span
-            .links
+        span.links
             .iter()
-            .any(|link| hex_id(&link.trace_id) == TRACE_ID && link.span_id == submit.span_id),
-        "the Await span links to the Submit span: {:?}",
-        await_span.links
+            .any(|link| link.trace_id == submit.trace_id && link.span_id == submit.span_id),
+        "the {method} span links to the Submit span: {:?}",
+        span.links
     );
 }
 
@@ -411,25 +422,7 @@ async fn a_watch_span_links_to_the_task_it_watches() {
         .is_some()
     {}
 
-    let watch_span = wait_for_spans(&receiver, "the Watch span", |spans| {
-        spans
-            .iter()
-            .map(|received| &received.span)
-            .find(|span| {
-                span.name == "vow.v1.TaskService/Watch" && hex_id(&span.trace_id) == WATCH_TRACE_ID
-            })
-            .cloned()
-    })
-    .await;
-    assert_eq!(hex_id(&watch_span.parent_span_id), WATCH_SPAN_ID);
-    assert!(
-        watch_span
-            .links
-            .iter()
-            .any(|link| hex_id(&link.trace_id) == TRACE_ID && link.span_id == submit.span_id),
-        "the Watch span links to the Submit span: {:?}",
-        watch_span.links
-    );
+    assert_waiter_span_links_to(&receiver, "Watch", WATCH_TRACE_ID, WATCH_SPAN_ID, &submit).await;
 }
 
 /// The value of `name` whose labels are exactly `labels`, in a Prometheus text body.
