@@ -93,18 +93,25 @@ impl Engine {
     /// or a resync carries the current state when they are gone. The stream
     /// ends after the terminal change, or at `limits.until`; it fails with
     /// `ShuttingDown` when the server drains and `NotFound` if the task is deleted.
+    /// Also returns the task as read when the watch started.
     pub async fn watch_task(
         &self,
         id: TaskId,
         after_revision: u64,
         limits: WatchLimits,
-    ) -> Result<impl Stream<Item = Result<WatchEvent, EngineError>> + Send + 'static, EngineError>
-    {
+    ) -> Result<
+        (
+            TaskEvent,
+            impl Stream<Item = Result<WatchEvent, EngineError>> + Send + 'static,
+        ),
+        EngineError,
+    > {
         let engine = self.clone();
         let watcher = self.inner.hub.watcher_guard();
         let (mut subscription, history) = self.inner.hub.subscribe_with_history(id);
         let current = self.get(id).await?;
-        Ok(async_stream::try_stream! {
+        let started = current.clone();
+        let events = async_stream::try_stream! {
             let _watcher = watcher;
             let mut last = current.clone();
             if after_revision == 0 {
@@ -154,7 +161,8 @@ impl Engine {
                     Step::Shutdown => Err(EngineError::ShuttingDown)?,
                 }
             }
-        })
+        };
+        Ok((started, events))
     }
 
     /// Streams the changes of every task matching `filter`, opening with a

@@ -202,17 +202,11 @@ impl TaskService for TaskServiceImpl {
                 )
             } else {
                 let id = convert::task_id("id", &request.id)?;
-                let events = self
+                let (task, events) = self
                     .engine
                     .watch_task(id, request.after_revision, limits)
                     .await?;
-                // Only an exported span has somewhere to put the link: otherwise
-                // the read would be a second store query per Watch for nothing.
-                if telemetry::exporting()
-                    && let Ok(task) = self.engine.get(id).await
-                {
-                    rpc_trace::link_to_task(&task.trace);
-                }
+                rpc_trace::link_to_task(&task.trace);
                 Box::pin(
                     events
                         .map(move |event| to_watch_message(event, &encodings, trace_id.as_deref())),
