@@ -38,15 +38,17 @@ const EXPORT_DELAY_MS: &str = "100";
 /// Bound of every wait on spans, metrics or logs: generous for a loaded CI box.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// `vowd --store memory` exporting spans to `receiver`, with extra flags.
-fn vowd_exporting_to(receiver: &OtlpReceiver, extra_args: &[&str]) -> Vowd {
-    Vowd::start_with_env(
+/// An OTLP receiver and `vowd --store memory` exporting spans to it, with extra flags.
+async fn vowd_exporting(extra_args: &[&str]) -> (OtlpReceiver, Vowd) {
+    let receiver = OtlpReceiver::start().await;
+    let vowd = Vowd::start_with_env(
         extra_args,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
             ("OTEL_BSP_SCHEDULE_DELAY", EXPORT_DELAY_MS),
         ],
-    )
+    );
+    (receiver, vowd)
 }
 
 /// Waits (bounded) until the received spans satisfy `find`, and returns
@@ -159,8 +161,7 @@ async fn python_submit_with_traceparent_reaches_every_attempt_and_await_links_to
     const SPAN_ID: &str = "b7ad6b7169203331";
     const AWAIT_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const AWAIT_SPAN_ID: &str = "00f067aa0ba902b7";
-    let receiver = OtlpReceiver::start().await;
-    let vowd = vowd_exporting_to(&receiver, &[]);
+    let (receiver, vowd) = vowd_exporting(&[]).await;
 
     let submitted = traced_python(&[
         &vowd.address,
@@ -321,8 +322,7 @@ fn known_span_context(trace_id: &str, span_id: &str) -> SpanContext {
 async fn rust_client_injects_the_current_context() {
     const TRACE_ID: &str = "5b8efff798038103d269b633813fc60c";
     const SPAN_ID: &str = "eee19b7ec3c1b174";
-    let receiver = OtlpReceiver::start().await;
-    let vowd = vowd_exporting_to(&receiver, &[]);
+    let (receiver, vowd) = vowd_exporting(&[]).await;
     let client = Client::connect(&vowd.address).await.expect("connect");
 
     // A context made current with the OpenTelemetry API (attached on every poll).
@@ -349,8 +349,7 @@ async fn rust_client_injects_the_current_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_client_injects_the_context_of_the_current_tracing_span() {
-    let receiver = OtlpReceiver::start().await;
-    let vowd = vowd_exporting_to(&receiver, &[]);
+    let (receiver, vowd) = vowd_exporting(&[]).await;
     let client = Client::connect(&vowd.address).await.expect("connect");
 
     // How a traced application looks: `tracing` spans backed by an SDK
@@ -384,8 +383,7 @@ async fn a_watch_span_links_to_the_task_it_watches() {
     const SPAN_ID: &str = "1b5c5a1d2c3e4f60";
     const WATCH_TRACE_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
     const WATCH_SPAN_ID: &str = "0f1e2d3c4b5a6978";
-    let receiver = OtlpReceiver::start().await;
-    let vowd = vowd_exporting_to(&receiver, &[]);
+    let (receiver, vowd) = vowd_exporting(&[]).await;
     let client = Client::connect(&vowd.address).await.expect("connect");
     let caller = Context::new().with_remote_span_context(known_span_context(TRACE_ID, SPAN_ID));
     let submitted = client
@@ -582,8 +580,7 @@ async fn json_log_line_of_a_failed_attempt_carries_the_trace_id() {
 /// from the context the attempt attaches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_line_of_an_exported_attempt_carries_its_span_ids() {
-    let receiver = OtlpReceiver::start().await;
-    let vowd = vowd_exporting_to(&receiver, &["--log-format", "json"]);
+    let (receiver, vowd) = vowd_exporting(&["--log-format", "json"]).await;
     let (task, line) = failed_attempt_log_line(&vowd).await;
     let attempt = wait_for_spans(&receiver, "the task.attempt span", |spans| {
         attempt_spans_of(spans, &task.id).remove(&1)
