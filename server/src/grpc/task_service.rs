@@ -7,7 +7,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, future::Either};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use vow_proto::v1::{self as pb, task_service_server::TaskService};
 
@@ -193,13 +193,9 @@ impl TaskService for TaskServiceImpl {
                     .map(|timeout| tokio::time::Instant::now() + deadline::usable(timeout)),
             };
             let encodings = Arc::clone(&self.watch_encodings);
-            let events: WatchStream = if request.id.is_empty() {
+            let events = if request.id.is_empty() {
                 let filter = convert::watch_filter(&request)?;
-                let events = self.engine.watch_filtered(filter, limits).await?;
-                Box::pin(
-                    events
-                        .map(move |event| to_watch_message(event, &encodings, trace_id.as_deref())),
-                )
+                Either::Left(self.engine.watch_filtered(filter, limits).await?)
             } else {
                 let id = convert::task_id("id", &request.id)?;
                 let (task, events) = self
@@ -207,12 +203,12 @@ impl TaskService for TaskServiceImpl {
                     .watch_task(id, request.after_revision, limits)
                     .await?;
                 rpc_trace::link_to_task(&task.trace);
-                Box::pin(
-                    events
-                        .map(move |event| to_watch_message(event, &encodings, trace_id.as_deref())),
-                )
+                Either::Right(events)
             };
-            Ok(events)
+            let messages: WatchStream = Box::pin(
+                events.map(move |event| to_watch_message(event, &encodings, trace_id.as_deref())),
+            );
+            Ok(messages)
         })
         .await
     }
