@@ -492,6 +492,7 @@ fn bench_prints_one_sane_json_line_with_the_ceiling_ratio() {
 #[test]
 fn bench_watch_fanout_reports_delivery_delays_of_every_watcher() {
     let vowd = Vowd::start(&[]);
+    let server_pid = vowd.child.id().to_string();
     let outcome = vow(
         &vowd,
         &[
@@ -508,6 +509,8 @@ fn bench_watch_fanout_reports_delivery_delays_of_every_watcher() {
             "2s",
             "--warmup",
             "0s",
+            "--server-pid",
+            &server_pid,
         ],
     );
     outcome.assert_code(0);
@@ -527,6 +530,47 @@ fn bench_watch_fanout_reports_delivery_delays_of_every_watcher() {
     let max = latency["max"].as_u64().expect("max");
     assert!(p50 <= p99 && p99 <= max, "ordered percentiles: {latency}");
     assert_eq!(report["ceiling"], Value::Null);
+    // Sending 50 terminal changes and ending 50 streams takes the server some CPU.
+    let server_cpu = report["server_cpu_per_delivery_us"].as_f64();
+    assert!(server_cpu.is_some_and(|micros| micros > 0.0), "{report}");
+}
+
+#[test]
+fn bench_refuses_a_server_pid_it_cannot_measure() {
+    let vowd = Vowd::start(&[]);
+    let no_such_process = free_pid();
+    let outcome = vow(
+        &vowd,
+        &[
+            "bench",
+            "--mode",
+            "watch-fanout",
+            "--server-pid",
+            &no_such_process,
+        ],
+    );
+    outcome.assert_code(2);
+    assert!(
+        outcome.stderr.contains("--server-pid"),
+        "{}",
+        outcome.stderr
+    );
+
+    let server_pid = vowd.child.id().to_string();
+    let outcome = vow(&vowd, &["bench", "--server-pid", &server_pid]);
+    outcome.assert_code(2);
+    assert!(
+        outcome.stderr.contains("watch-fanout"),
+        "{}",
+        outcome.stderr
+    );
+}
+
+/// A process id no process has: one above the kernel's maximum.
+fn free_pid() -> String {
+    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max").expect("read pid_max");
+    let max: u64 = max.trim().parse().expect("pid_max is a number");
+    (max + 1).to_string()
 }
 
 #[test]

@@ -33,15 +33,46 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The kind of the watched task, as the report restates it.
 pub const TASK_KIND: &str = "sleep";
 
+/// The server's process, when it runs on this host (`--server-pid`), for
+/// the CPU time its deliveries cost.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerProcess(u32);
+
+impl ServerProcess {
+    /// The process `pid`, if this host shows its threads' CPU time (Linux).
+    pub fn find(pid: u32) -> Option<Self> {
+        let process = Self(pid);
+        process.cpu_time().map(|_| process)
+    }
+
+    /// CPU time its threads have used, to the nanosecond: the first field of
+    /// each thread's `schedstat` (`stat` counts 10 ms ticks, a tenth of a
+    /// whole round's deliveries). A thread that has ended is not counted:
+    /// vowd's runtime workers live as long as the process.
+    fn cpu_time(self) -> Option<Duration> {
+        let threads = std::fs::read_dir(format!("/proc/{}/task", self.0)).ok()?;
+        let mut nanos = 0_u64;
+        for thread in threads.flatten() {
+            let Ok(schedstat) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+                continue; // ended since the listing
+            };
+            nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(Duration::from_nanos(nanos))
+    }
+}
+
 /// Runs rounds of `watchers` watchers over `channels`: unrecorded ones until
 /// `warmup` has passed, then recorded ones until `duration` has (at least
 /// one). The report's latency is the delivery delays, its count the
-/// deliveries and its window the wall time of the recorded rounds.
+/// deliveries and its window the wall time of the recorded rounds; with
+/// `server`, also the server's CPU time spent delivering.
 pub async fn drive(
     channels: &[Channel],
     watchers: usize,
     warmup: Duration,
     duration: Duration,
+    server: Option<ServerProcess>,
     progress: &ProgressBar,
 ) -> LoadReport {
     let clients: Vec<_> = channels
@@ -57,7 +88,7 @@ pub async fn drive(
             human_duration(warmup)
         ));
         progress.tick();
-        run_round(&clients, watchers).await;
+        run_round(&clients, watchers, server).await;
     }
 
     let mut report = LoadReport::empty();
@@ -70,8 +101,11 @@ pub async fn drive(
             report.fanout_rounds + 1
         ));
         progress.tick();
-        let round = run_round(&clients, watchers).await;
+        let round = run_round(&clients, watchers, server).await;
         report.fanout_rounds += 1;
+        if let Some(cpu) = round.server_cpu {
+            *report.fanout_server_cpu.get_or_insert_default() += cpu;
+        }
         report.completed += round.delays.len() as u64;
         for delay in round.delays {
             let micros = delay.as_micros().min(u128::from(MAX_RECORDED_MICROS)) as u64;
@@ -95,14 +129,21 @@ struct RoundOutcome {
     delays: Vec<Duration>,
     /// Failures, each with how many watchers (or calls) it hit.
     errors: Vec<(IterationError, u64)>,
+    /// The server's CPU time from the cancel to the last delivery.
+    server_cpu: Option<Duration>,
 }
 
 /// One round: submit, attach every watcher, cancel, collect the deliveries,
 /// read `end_time`. Never fails as a whole: what went wrong is in the errors.
-async fn run_round(clients: &[TaskServiceClient<Channel>], watchers: usize) -> RoundOutcome {
+async fn run_round(
+    clients: &[TaskServiceClient<Channel>],
+    watchers: usize,
+    server: Option<ServerProcess>,
+) -> RoundOutcome {
     let mut outcome = RoundOutcome {
         delays: Vec::with_capacity(watchers),
         errors: Vec::new(),
+        server_cpu: None,
     };
     let mut control = clients[0].clone();
     let id = match control.submit(sleep_request()).await {
@@ -144,6 +185,7 @@ async fn run_round(clients: &[TaskServiceClient<Channel>], watchers: usize) -> R
         let _ = control.cancel(cancel_request(&id)).await;
         return outcome;
     }
+    let cpu_before = server.and_then(ServerProcess::cpu_time);
     if let Err(status) = control.cancel(cancel_request(&id)).await {
         outcome.errors.push((IterationError::Rpc(status), 1));
         collect(
@@ -162,6 +204,10 @@ async fn run_round(clients: &[TaskServiceClient<Channel>], watchers: usize) -> R
         &mut outcome,
     )
     .await;
+    let cpu_after = server.and_then(ServerProcess::cpu_time);
+    outcome.server_cpu = cpu_before
+        .zip(cpu_after)
+        .map(|(before, after)| after.saturating_sub(before));
 
     let ended = match control.get(proto::GetRequest { id }).await {
         Ok(response) => response

@@ -62,6 +62,9 @@ pub struct LoadReport {
     pub first_error: Option<String>,
     /// Watch fan-out rounds measured (0 in the other modes).
     pub fanout_rounds: u64,
+    /// Watch fan-out with `--server-pid`: the server's CPU time from each
+    /// measured round's cancel to its last delivery, summed over the rounds.
+    pub fanout_server_cpu: Option<Duration>,
 }
 
 impl LoadReport {
@@ -106,6 +109,7 @@ impl LoadReport {
             errors: BTreeMap::new(),
             first_error: None,
             fanout_rounds: 0,
+            fanout_server_cpu: None,
         }
     }
 
@@ -129,6 +133,10 @@ impl LoadReport {
             self.first_error = other.first_error;
         }
         self.fanout_rounds += other.fanout_rounds;
+        self.fanout_server_cpu = match (self.fanout_server_cpu, other.fanout_server_cpu) {
+            (Some(mine), Some(theirs)) => Some(mine + theirs),
+            (mine, theirs) => mine.or(theirs),
+        };
     }
 }
 
@@ -179,6 +187,7 @@ pub async fn drive(
                 errors: tally.errors,
                 first_error: tally.first_error,
                 fanout_rounds: 0,
+                fanout_server_cpu: None,
             });
         }
     })

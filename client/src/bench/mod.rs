@@ -86,6 +86,12 @@ pub struct BenchArgs {
     /// server and ceiling, so load from other processes hits both alike.
     #[arg(long, default_value_t = 1, requires = "ceiling")]
     pub rounds: u32,
+    /// With watch-fanout: the server's process id on this host (Linux). The
+    /// report adds the server's CPU time per delivery, from each cancel to the
+    /// round's last delivery: what the server alone spends, apart from the bench's
+    /// own share of the cores.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
 }
 
 /// Unmeasured run-in before each later round, after the other server had the machine.
@@ -125,6 +131,11 @@ pub async fn run(
             ));
         }
         return run_watch_fanout(connection, format, args).await;
+    }
+    if args.server_pid.is_some() {
+        return Err(Failure::Usage(
+            "--server-pid applies only to --mode watch-fanout".into(),
+        ));
     }
     let input = match &args.input {
         Some(text) => {
@@ -207,6 +218,14 @@ async fn run_watch_fanout(
     args: BenchArgs,
 ) -> Result<ExitStatus, Failure> {
     let server = connection.server.as_str();
+    let server_process = match args.server_pid {
+        Some(pid) => Some(fanout::ServerProcess::find(pid).ok_or_else(|| {
+            Failure::Usage(format!(
+                "--server-pid {pid}: no such process whose CPU time this host shows (/proc/{pid}/task)"
+            ))
+        })?),
+        None => None,
+    };
     let setup = BenchSetup {
         mode: args.mode,
         kind: fanout::TASK_KIND.to_owned(),
@@ -228,6 +247,7 @@ async fn run_watch_fanout(
         args.concurrency,
         args.warmup,
         args.duration,
+        server_process,
         &progress,
     )
     .await;

@@ -2,6 +2,8 @@
 //! throughput, latency percentiles in microseconds, errors by code and the
 //! ratio of vowd to the ceiling server.
 
+use std::time::Duration;
+
 use comfy_table::{CellAlignment, Table, presets};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -60,6 +62,10 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
         // `tasks` counts deliveries here; these say how they were made.
         fields.insert("watchers".into(), setup.concurrency.into());
         fields.insert("fanout_rounds".into(), target.fanout_rounds.into());
+        if let Some(per_delivery) = server_cpu_per_delivery(target) {
+            let micros = round(per_delivery.as_secs_f64() * 1e6, 2);
+            fields.insert("server_cpu_per_delivery_us".into(), micros.into());
+        }
     }
     fields.insert("ceiling".into(), ceiling.map_or(Value::Null, report_json));
     let (throughput_ratio, p99_ratio) = ceiling
@@ -104,6 +110,12 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
             human_duration(setup.warmup),
         );
         print_table_of(&[("server", target)], "deliveries/s");
+        if let Some(per_delivery) = server_cpu_per_delivery(target) {
+            println!(
+                "server CPU per delivery: {:.2} µs (its CPU time from each cancel to the round's last delivery)",
+                per_delivery.as_secs_f64() * 1e6
+            );
+        }
         print_first_errors(target, None);
         return;
     }
@@ -183,6 +195,14 @@ fn micros(histogram: &Histogram<u64>, percentile: f64) -> String {
     human_duration(std::time::Duration::from_micros(
         histogram.value_at_percentile(percentile),
     ))
+}
+
+/// The server's CPU time per delivery of a fan-out run with `--server-pid`.
+fn server_cpu_per_delivery(report: &LoadReport) -> Option<Duration> {
+    let deliveries = u32::try_from(report.completed)
+        .ok()
+        .filter(|&count| count > 0)?;
+    Some(report.fanout_server_cpu? / deliveries)
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
