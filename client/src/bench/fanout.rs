@@ -17,7 +17,7 @@ use tokio::{sync::oneshot, task::JoinSet, time::Instant};
 use tonic::transport::Channel;
 use vow_client::proto::{self, task_service_client::TaskServiceClient};
 
-use super::load::{IterationError, LoadReport, MAX_RECORDED_MICROS, backoff};
+use super::load::{IterationError, LoadReport, MAX_RECORDED_MICROS, backoff, sum};
 use crate::cli::render::human_duration;
 
 /// The task every round watches: it would sleep for an hour in one step, so
@@ -33,12 +33,12 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The kind of the watched task, as the report restates it.
 pub const TASK_KIND: &str = "sleep";
 
-/// The server's process, when it runs on this host (`--server-pid`), for
-/// the CPU time its deliveries cost.
+/// A process on this host whose CPU time a round's deliveries cost: the
+/// server's (`--server-pid`) or the bench's own.
 #[derive(Clone, Copy, Debug)]
-pub struct ServerProcess(u32);
+pub struct ProcessCpu(u32);
 
-impl ServerProcess {
+impl ProcessCpu {
     /// The process `pid`, if this host shows its threads' CPU time (Linux).
     pub fn find(pid: u32) -> Option<Self> {
         let process = Self(pid);
@@ -48,7 +48,7 @@ impl ServerProcess {
     /// CPU time its threads have used, to the nanosecond: the first field of
     /// each thread's `schedstat` (`stat` counts 10 ms ticks, a tenth of a
     /// whole round's deliveries). A thread that has ended is not counted:
-    /// vowd's runtime workers live as long as the process.
+    /// the runtime workers of vowd and of the bench live as long as their process.
     fn cpu_time(self) -> Option<Duration> {
         let threads = std::fs::read_dir(format!("/proc/{}/task", self.0)).ok()?;
         let mut nanos = 0_u64;
@@ -72,7 +72,7 @@ pub async fn drive(
     watchers: usize,
     warmup: Duration,
     duration: Duration,
-    server: Option<ServerProcess>,
+    server: Option<ProcessCpu>,
     progress: &ProgressBar,
 ) -> LoadReport {
     let clients: Vec<_> = channels
@@ -88,9 +88,10 @@ pub async fn drive(
             human_duration(warmup)
         ));
         progress.tick();
-        run_round(&clients, watchers, server).await;
+        run_round(&clients, watchers, server, None).await;
     }
 
+    let bench = ProcessCpu::find(std::process::id());
     let mut report = LoadReport::empty();
     let window_start = Instant::now();
     loop {
@@ -101,11 +102,10 @@ pub async fn drive(
             report.fanout_rounds + 1
         ));
         progress.tick();
-        let round = run_round(&clients, watchers, server).await;
+        let round = run_round(&clients, watchers, server, bench).await;
         report.fanout_rounds += 1;
-        if let Some(cpu) = round.server_cpu {
-            *report.fanout_server_cpu.get_or_insert_default() += cpu;
-        }
+        report.fanout_server_cpu = sum(report.fanout_server_cpu, round.server_cpu);
+        report.fanout_bench_cpu = sum(report.fanout_bench_cpu, round.bench_cpu);
         report.completed += round.delays.len() as u64;
         for delay in round.delays {
             let micros = delay.as_micros().min(u128::from(MAX_RECORDED_MICROS)) as u64;
@@ -131,6 +131,8 @@ struct RoundOutcome {
     errors: Vec<(IterationError, u64)>,
     /// The server's CPU time from the cancel to the last delivery.
     server_cpu: Option<Duration>,
+    /// The bench's own over the same span.
+    bench_cpu: Option<Duration>,
 }
 
 /// One round: submit, attach every watcher, cancel, collect the deliveries,
@@ -138,12 +140,14 @@ struct RoundOutcome {
 async fn run_round(
     clients: &[TaskServiceClient<Channel>],
     watchers: usize,
-    server: Option<ServerProcess>,
+    server: Option<ProcessCpu>,
+    bench: Option<ProcessCpu>,
 ) -> RoundOutcome {
     let mut outcome = RoundOutcome {
         delays: Vec::with_capacity(watchers),
         errors: Vec::new(),
         server_cpu: None,
+        bench_cpu: None,
     };
     let mut control = clients[0].clone();
     let id = match control.submit(sleep_request()).await {
@@ -185,7 +189,8 @@ async fn run_round(
         let _ = control.cancel(cancel_request(&id)).await;
         return outcome;
     }
-    let cpu_before = server.and_then(ServerProcess::cpu_time);
+    let server_before = server.and_then(ProcessCpu::cpu_time);
+    let bench_before = bench.and_then(ProcessCpu::cpu_time);
     if let Err(status) = control.cancel(cancel_request(&id)).await {
         outcome.errors.push((IterationError::Rpc(status), 1));
         collect(
@@ -204,10 +209,12 @@ async fn run_round(
         &mut outcome,
     )
     .await;
-    let cpu_after = server.and_then(ServerProcess::cpu_time);
-    outcome.server_cpu = cpu_before
-        .zip(cpu_after)
-        .map(|(before, after)| after.saturating_sub(before));
+    let spent = |before: Option<Duration>, process: Option<ProcessCpu>| {
+        let after = process.and_then(ProcessCpu::cpu_time)?;
+        Some(after.saturating_sub(before?))
+    };
+    outcome.server_cpu = spent(server_before, server);
+    outcome.bench_cpu = spent(bench_before, bench);
 
     let ended = match control.get(proto::GetRequest { id }).await {
         Ok(response) => response

@@ -65,6 +65,8 @@ pub struct LoadReport {
     /// Watch fan-out with `--server-pid`: the server's CPU time from each
     /// measured round's cancel to its last delivery, summed over the rounds.
     pub fanout_server_cpu: Option<Duration>,
+    /// Watch fan-out: the bench's own CPU time over the same spans.
+    pub fanout_bench_cpu: Option<Duration>,
 }
 
 impl LoadReport {
@@ -110,6 +112,7 @@ impl LoadReport {
             first_error: None,
             fanout_rounds: 0,
             fanout_server_cpu: None,
+            fanout_bench_cpu: None,
         }
     }
 
@@ -133,10 +136,16 @@ impl LoadReport {
             self.first_error = other.first_error;
         }
         self.fanout_rounds += other.fanout_rounds;
-        self.fanout_server_cpu = match (self.fanout_server_cpu, other.fanout_server_cpu) {
-            (Some(mine), Some(theirs)) => Some(mine + theirs),
-            (mine, theirs) => mine.or(theirs),
-        };
+        self.fanout_server_cpu = sum(self.fanout_server_cpu, other.fanout_server_cpu);
+        self.fanout_bench_cpu = sum(self.fanout_bench_cpu, other.fanout_bench_cpu);
+    }
+}
+
+/// The sum of the times measured.
+pub(super) fn sum(one: Option<Duration>, other: Option<Duration>) -> Option<Duration> {
+    match (one, other) {
+        (Some(one), Some(other)) => Some(one + other),
+        (one, other) => one.or(other),
     }
 }
 
@@ -188,6 +197,7 @@ pub async fn drive(
                 first_error: tally.first_error,
                 fanout_rounds: 0,
                 fanout_server_cpu: None,
+                fanout_bench_cpu: None,
             });
         }
     })

@@ -219,7 +219,7 @@ async fn run_watch_fanout(
 ) -> Result<ExitStatus, Failure> {
     let server = connection.server.as_str();
     let server_process = match args.server_pid {
-        Some(pid) => Some(fanout::ServerProcess::find(pid).ok_or_else(|| {
+        Some(pid) => Some(fanout::ProcessCpu::find(pid).ok_or_else(|| {
             Failure::Usage(format!(
                 "--server-pid {pid}: no such process whose CPU time this host shows (/proc/{pid}/task)"
             ))

@@ -62,9 +62,14 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
         // `tasks` counts deliveries here; these say how they were made.
         fields.insert("watchers".into(), setup.concurrency.into());
         fields.insert("fanout_rounds".into(), target.fanout_rounds.into());
-        if let Some(per_delivery) = server_cpu_per_delivery(target) {
-            let micros = round(per_delivery.as_secs_f64() * 1e6, 2);
-            fields.insert("server_cpu_per_delivery_us".into(), micros.into());
+        for (name, cpu) in [
+            ("server_cpu_per_delivery_us", target.fanout_server_cpu),
+            ("bench_cpu_per_delivery_us", target.fanout_bench_cpu),
+        ] {
+            if let Some(per_delivery) = per_delivery(target, cpu) {
+                let micros = round(per_delivery.as_secs_f64() * 1e6, 2);
+                fields.insert(name.into(), micros.into());
+            }
         }
     }
     fields.insert("ceiling".into(), ceiling.map_or(Value::Null, report_json));
@@ -110,11 +115,16 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
             human_duration(setup.warmup),
         );
         print_table_of(&[("server", target)], "deliveries/s");
-        if let Some(per_delivery) = server_cpu_per_delivery(target) {
-            println!(
-                "server CPU per delivery: {:.2} µs (its CPU time from each cancel to the round's last delivery)",
-                per_delivery.as_secs_f64() * 1e6
-            );
+        for (whose, cpu) in [
+            ("server", target.fanout_server_cpu),
+            ("bench", target.fanout_bench_cpu),
+        ] {
+            if let Some(per_delivery) = per_delivery(target, cpu) {
+                println!(
+                    "{whose} CPU per delivery: {:.2} µs (its CPU time from each cancel to the round's last delivery)",
+                    per_delivery.as_secs_f64() * 1e6
+                );
+            }
         }
         print_first_errors(target, None);
         return;
@@ -197,12 +207,12 @@ fn micros(histogram: &Histogram<u64>, percentile: f64) -> String {
     ))
 }
 
-/// The server's CPU time per delivery of a fan-out run with `--server-pid`.
-fn server_cpu_per_delivery(report: &LoadReport) -> Option<Duration> {
+/// A process's CPU time per delivery of a fan-out run.
+fn per_delivery(report: &LoadReport, cpu: Option<Duration>) -> Option<Duration> {
     let deliveries = u32::try_from(report.completed)
         .ok()
         .filter(|&count| count > 0)?;
-    Some(report.fanout_server_cpu? / deliveries)
+    Some(cpu? / deliveries)
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
