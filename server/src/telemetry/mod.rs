@@ -5,6 +5,7 @@
 //! calls in.
 
 mod format;
+mod grouped_spans;
 pub mod metrics;
 mod own_spans;
 pub mod propagation;
@@ -19,7 +20,7 @@ use std::{
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
-    trace::{SdkTracer, SdkTracerProvider},
+    trace::{SdkTracer, SdkTracerProvider, SpanProcessor as _},
 };
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -176,15 +177,18 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
-        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        let resource = resource();
+        let mut batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
+        // Set here: once grouped, the provider cannot reach it (see GroupedSpans::new).
+        batches.set_resource(&resource);
         Some(
             SdkTracerProvider::builder()
-                .with_resource(resource())
-                .with_span_processor(processor)
+                .with_resource(resource)
+                .with_span_processor(grouped_spans::GroupedSpans::new(batches))
                 .build(),
         )
     } else {
