@@ -7,12 +7,13 @@
 //! in the same turn.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak},
     time::Duration,
 };
 
 use opentelemetry::Context;
 use opentelemetry_sdk::{
+    Resource,
     error::OTelSdkResult,
     trace::{Span, SpanData, SpanProcessor},
 };
@@ -33,40 +34,67 @@ pub struct GroupedSpans<P: SpanProcessor> {
 
 #[derive(Debug)]
 struct Shared<P> {
-    inner: P,
+    /// Written only by `set_resource`, while the provider is built.
+    inner: RwLock<P>,
     pending: Mutex<Vec<SpanData>>,
+    /// Held by whoever hands a group over, taken while `pending` is still
+    /// held: so a flush, which takes it after `pending`, waits for every
+    /// group taken before it to reach `inner`.
+    handing_over: Mutex<()>,
 }
 
 impl<P: SpanProcessor> Shared<P> {
-    /// Hands everything pending to the inner processor.
-    fn pass_on(&self) {
-        let group = std::mem::take(&mut *self.lock());
+    /// Takes what `pending` holds when `full` says so, and hands it over
+    /// after every group taken before it.
+    fn hand_over(&self, pending: MutexGuard<'_, Vec<SpanData>>, full: bool) {
+        let mut pending = pending;
+        let group = if full {
+            std::mem::replace(&mut *pending, Vec::with_capacity(GROUP))
+        } else {
+            Vec::new()
+        };
+        let _handing_over = unpoisoned(self.handing_over.lock());
+        drop(pending);
+        let inner = unpoisoned(self.inner.read());
         for span in group {
-            self.inner.on_end(span);
+            inner.on_end(span);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SpanData>> {
-        // A panic while pushing leaves a whole Vec behind: still usable.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Hands over everything pending, and waits for groups on their way.
+    fn pass_on(&self) {
+        let pending = self.lock_pending();
+        let any = !pending.is_empty();
+        self.hand_over(pending, any);
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Vec<SpanData>> {
+        unpoisoned(self.pending.lock())
     }
 }
 
+/// A lock's guard even after a panic while it was held: the data here (a
+/// `Vec` of whole spans, a processor) stays usable.
+fn unpoisoned<T>(result: Result<T, PoisonError<T>>) -> T {
+    result.unwrap_or_else(PoisonError::into_inner)
+}
+
 impl<P: SpanProcessor + 'static> GroupedSpans<P> {
-    /// Wraps `inner`, whose resource must already be set: the tracer
-    /// provider's `set_resource` cannot reach a processor shared with the
-    /// task that passes on held spans. Must run inside the Tokio runtime.
+    /// Wraps `inner`. Must run inside the Tokio runtime: a task there passes
+    /// on held spans.
     pub fn new(inner: P) -> Self {
         let shared = Arc::new(Shared {
-            inner,
+            inner: RwLock::new(inner),
             pending: Mutex::new(Vec::with_capacity(GROUP)),
+            handing_over: Mutex::new(()),
         });
         tokio::spawn(pass_on_held(Arc::downgrade(&shared)));
         Self { shared }
     }
 }
 
-/// Passes on what is held every [`HOLD`], until the processor is dropped.
+/// Passes on what is held every [`HOLD`], for as long as the processor
+/// lives (in vowd, as long as the process: the provider stays installed).
 async fn pass_on_held<P: SpanProcessor>(shared: Weak<Shared<P>>) {
     let mut ticks = tokio::time::interval(HOLD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -81,34 +109,32 @@ async fn pass_on_held<P: SpanProcessor>(shared: Weak<Shared<P>>) {
 
 impl<P: SpanProcessor> SpanProcessor for GroupedSpans<P> {
     fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.shared.inner.on_start(span, cx);
+        unpoisoned(self.shared.inner.read()).on_start(span, cx);
     }
 
     fn on_end(&self, span: SpanData) {
         if !span.span_context.is_sampled() {
             return;
         }
-        let group = {
-            let mut pending = self.shared.lock();
-            pending.push(span);
-            if pending.len() < GROUP {
-                return;
-            }
-            std::mem::replace(&mut *pending, Vec::with_capacity(GROUP))
-        };
-        for span in group {
-            self.shared.inner.on_end(span);
+        let mut pending = self.shared.lock_pending();
+        pending.push(span);
+        if pending.len() >= GROUP {
+            self.shared.hand_over(pending, true);
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
         self.shared.pass_on();
-        self.shared.inner.force_flush()
+        unpoisoned(self.shared.inner.read()).force_flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         self.shared.pass_on();
-        self.shared.inner.shutdown_with_timeout(timeout)
+        unpoisoned(self.shared.inner.read()).shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        unpoisoned(self.shared.inner.write()).set_resource(resource);
     }
 }
 
@@ -129,6 +155,9 @@ mod tests {
     struct Recorder {
         ended: Arc<Mutex<Vec<SpanData>>>,
         shut_down: Arc<Mutex<bool>>,
+        resource: Arc<Mutex<Option<Resource>>>,
+        /// How long taking one span takes.
+        slowness: Duration,
     }
 
     impl Recorder {
@@ -142,6 +171,7 @@ mod tests {
         fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
         fn on_end(&self, span: SpanData) {
+            std::thread::sleep(self.slowness);
             self.ended.lock().unwrap().push(span);
         }
 
@@ -152,6 +182,10 @@ mod tests {
         fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
             *self.shut_down.lock().unwrap() = true;
             Ok(())
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            *self.resource.lock().unwrap() = Some(resource.clone());
         }
     }
 
@@ -206,6 +240,43 @@ mod tests {
         provider.shutdown().unwrap();
         assert_eq!(recorder.names(), ["span 0", "span 1", "span 0"]);
         assert!(*recorder.shut_down.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_for_a_group_on_its_way() {
+        let recorder = Recorder {
+            slowness: Duration::from_millis(1),
+            ..Recorder::default()
+        };
+        let provider = provider_over(&recorder);
+        let ending = std::thread::spawn({
+            let provider = provider.clone();
+            move || end_spans(&provider, GROUP)
+        });
+        // The group is on its way once the first of it has arrived.
+        let bound = std::time::Instant::now() + Duration::from_secs(10);
+        while recorder.names().is_empty() {
+            assert!(std::time::Instant::now() < bound, "no group handed over");
+            std::thread::yield_now();
+        }
+        provider.force_flush().unwrap();
+        assert_eq!(
+            recorder.names().len(),
+            GROUP,
+            "the whole group before the flush"
+        );
+        ending.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_providers_resource_reaches_the_inner_processor() {
+        let recorder = Recorder::default();
+        let resource = Resource::builder().with_service_name("grouped").build();
+        let _provider = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_span_processor(GroupedSpans::new(recorder.clone()))
+            .build();
+        assert_eq!(*recorder.resource.lock().unwrap(), Some(resource));
     }
 
     /// Records every span but marks none sampled.

@@ -20,7 +20,7 @@ use std::{
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
-    trace::{SdkTracer, SdkTracerProvider, SpanProcessor as _},
+    trace::{SdkTracer, SdkTracerProvider},
 };
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -177,17 +177,14 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
-        let resource = resource();
-        let mut batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        let batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        // Set here: once grouped, the provider cannot reach it (see GroupedSpans::new).
-        batches.set_resource(&resource);
         Some(
             SdkTracerProvider::builder()
-                .with_resource(resource)
+                .with_resource(resource())
                 .with_span_processor(grouped_spans::GroupedSpans::new(batches))
                 .build(),
         )
