@@ -9,7 +9,10 @@
 //! Like the load generator it talks to the raw tonic stub over plain
 //! channels, so the client library's retries never stretch a measurement.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use futures::future::join_all;
 use indicatif::ProgressBar;
@@ -17,7 +20,7 @@ use tokio::{sync::oneshot, task::JoinSet, time::Instant};
 use tonic::transport::Channel;
 use vow_client::proto::{self, task_service_client::TaskServiceClient};
 
-use super::load::{IterationError, LoadReport, MAX_RECORDED_MICROS, backoff, sum};
+use super::load::{IterationError, LoadReport, MAX_RECORDED_MICROS, backoff};
 use crate::cli::render::human_duration;
 
 /// The task every round watches: it would sleep for an hour in one step, so
@@ -42,23 +45,43 @@ impl ProcessCpu {
     /// The process `pid`, if this host shows its threads' CPU time (Linux).
     pub fn find(pid: u32) -> Option<Self> {
         let process = Self(pid);
-        process.cpu_time().map(|_| process)
+        process.threads_cpu().map(|_| process)
     }
 
-    /// CPU time its threads have used, to the nanosecond: the first field of
-    /// each thread's `schedstat` (`stat` counts 10 ms ticks, a tenth of a
-    /// whole round's deliveries). A thread that has ended is not counted:
-    /// the runtime workers of vowd and of the bench live as long as their process.
-    fn cpu_time(self) -> Option<Duration> {
+    /// CPU time each of its threads has used, by thread id, to the
+    /// nanosecond: the first field of each thread's `schedstat` (`stat`
+    /// counts 10 ms ticks, a tenth of a whole round's deliveries). A running
+    /// thread's count lags by up to a scheduler tick (1–4 ms), at both ends
+    /// of a round alike.
+    fn threads_cpu(self) -> Option<ThreadsCpu> {
         let threads = std::fs::read_dir(format!("/proc/{}/task", self.0)).ok()?;
-        let mut nanos = 0_u64;
+        let mut used = HashMap::new();
         for thread in threads.flatten() {
             let Ok(schedstat) = std::fs::read_to_string(thread.path().join("schedstat")) else {
                 continue; // ended since the listing
             };
-            nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+            let nanos = schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+            used.insert(thread.file_name(), nanos);
         }
-        Some(Duration::from_nanos(nanos))
+        Some(ThreadsCpu(used))
+    }
+}
+
+/// What [`ProcessCpu::threads_cpu`] read.
+struct ThreadsCpu(HashMap<std::ffi::OsString, u64>);
+
+impl ThreadsCpu {
+    /// CPU time used between `self` and `later`: each thread's growth, a
+    /// thread started in between in full. A thread that ended in between
+    /// takes its last stretch with it (Tokio's blocking threads end after
+    /// 10 s idle), so this can only read low, never below zero.
+    fn used_until(&self, later: &ThreadsCpu) -> Duration {
+        let nanos = later
+            .0
+            .iter()
+            .map(|(thread, &after)| after.saturating_sub(self.0.get(thread).copied().unwrap_or(0)))
+            .sum();
+        Duration::from_nanos(nanos)
     }
 }
 
@@ -104,9 +127,19 @@ pub async fn drive(
         progress.tick();
         let round = run_round(&clients, watchers, server, bench).await;
         report.fanout_rounds += 1;
-        report.fanout_server_cpu = sum(report.fanout_server_cpu, round.server_cpu);
-        report.fanout_bench_cpu = sum(report.fanout_bench_cpu, round.bench_cpu);
-        report.completed += round.delays.len() as u64;
+        let delivered = round.delays.len() as u64;
+        // Only rounds whose deliveries were counted count their CPU.
+        if delivered > 0 {
+            for (total, spent) in [
+                (&mut report.fanout_server_cpu, round.server_cpu),
+                (&mut report.fanout_bench_cpu, round.bench_cpu),
+            ] {
+                if let Some(spent) = spent {
+                    total.get_or_insert_default().add(spent, delivered);
+                }
+            }
+        }
+        report.completed += delivered;
         for delay in round.delays {
             let micros = delay.as_micros().min(u128::from(MAX_RECORDED_MICROS)) as u64;
             report.latency.saturating_record(micros.max(1));
@@ -189,8 +222,8 @@ async fn run_round(
         let _ = control.cancel(cancel_request(&id)).await;
         return outcome;
     }
-    let server_before = server.and_then(ProcessCpu::cpu_time);
-    let bench_before = bench.and_then(ProcessCpu::cpu_time);
+    let server_before = server.and_then(ProcessCpu::threads_cpu);
+    let bench_before = bench.and_then(ProcessCpu::threads_cpu);
     if let Err(status) = control.cancel(cancel_request(&id)).await {
         outcome.errors.push((IterationError::Rpc(status), 1));
         collect(
@@ -209,12 +242,13 @@ async fn run_round(
         &mut outcome,
     )
     .await;
-    let spent = |before: Option<Duration>, process: Option<ProcessCpu>| {
-        let after = process.and_then(ProcessCpu::cpu_time)?;
-        Some(after.saturating_sub(before?))
-    };
-    outcome.server_cpu = spent(server_before, server);
-    outcome.bench_cpu = spent(bench_before, bench);
+    // The bench first: reading the server's threads is the bench's work.
+    let bench_after = bench.and_then(ProcessCpu::threads_cpu);
+    let server_after = server.and_then(ProcessCpu::threads_cpu);
+    let used =
+        |before: Option<ThreadsCpu>, after: Option<ThreadsCpu>| Some(before?.used_until(&after?));
+    outcome.server_cpu = used(server_before, server_after);
+    outcome.bench_cpu = used(bench_before, bench_after);
 
     let ended = match control.get(proto::GetRequest { id }).await {
         Ok(response) => response
@@ -349,5 +383,45 @@ fn cancel_request(id: &str) -> proto::CancelRequest {
     proto::CancelRequest {
         id: id.to_owned(),
         reason: "vow bench: watch fan-out round".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(used: &[(&str, u64)]) -> ThreadsCpu {
+        ThreadsCpu(used.iter().map(|&(id, nanos)| (id.into(), nanos)).collect())
+    }
+
+    #[test]
+    fn cpu_used_counts_each_threads_growth_and_new_threads_in_full() {
+        let before = threads(&[("1", 1_000), ("2", 5_000), ("3", 900_000)]);
+        // Thread 3 ended, taking its 900 µs out of any total; 4 started.
+        let after = threads(&[("1", 4_000), ("2", 5_000), ("4", 2_000)]);
+        assert_eq!(
+            before.used_until(&after),
+            Duration::from_nanos(3_000 + 2_000)
+        );
+    }
+
+    #[test]
+    fn this_process_shows_its_cpu_time() {
+        let process = ProcessCpu::find(std::process::id()).expect("Linux shows /proc");
+        let before = process.threads_cpu().unwrap();
+        // A running thread's count moves at the scheduler's next tick: spin
+        // until it has, within a bound.
+        let bound = std::time::Instant::now() + Duration::from_secs(10);
+        let mut spin = 0_u64;
+        loop {
+            for step in 0..1_000_000_u64 {
+                spin = std::hint::black_box(spin.wrapping_add(step));
+            }
+            let after = process.threads_cpu().unwrap();
+            if before.used_until(&after) > Duration::ZERO {
+                break;
+            }
+            assert!(std::time::Instant::now() < bound, "no CPU time shown");
+        }
     }
 }

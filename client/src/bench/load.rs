@@ -63,10 +63,33 @@ pub struct LoadReport {
     /// Watch fan-out rounds measured (0 in the other modes).
     pub fanout_rounds: u64,
     /// Watch fan-out with `--server-pid`: the server's CPU time from each
-    /// measured round's cancel to its last delivery, summed over the rounds.
-    pub fanout_server_cpu: Option<Duration>,
-    /// Watch fan-out: the bench's own CPU time over the same spans.
-    pub fanout_bench_cpu: Option<Duration>,
+    /// measured round's cancel to its last delivery.
+    pub fanout_server_cpu: Option<DeliveryCpu>,
+    /// Watch fan-out: the bench's own CPU time over the same stretches.
+    pub fanout_bench_cpu: Option<DeliveryCpu>,
+}
+
+/// CPU time spent on watch fan-out rounds, and the deliveries they made.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeliveryCpu {
+    pub spent: Duration,
+    pub deliveries: u64,
+}
+
+impl DeliveryCpu {
+    /// Counts a round.
+    pub fn add(&mut self, spent: Duration, deliveries: u64) {
+        self.spent += spent;
+        self.deliveries += deliveries;
+    }
+
+    /// The time per delivery, if any was made.
+    pub fn per_delivery(self) -> Option<Duration> {
+        let deliveries = u32::try_from(self.deliveries)
+            .ok()
+            .filter(|&count| count > 0)?;
+        Some(self.spent / deliveries)
+    }
 }
 
 impl LoadReport {
@@ -136,16 +159,15 @@ impl LoadReport {
             self.first_error = other.first_error;
         }
         self.fanout_rounds += other.fanout_rounds;
-        self.fanout_server_cpu = sum(self.fanout_server_cpu, other.fanout_server_cpu);
-        self.fanout_bench_cpu = sum(self.fanout_bench_cpu, other.fanout_bench_cpu);
-    }
-}
-
-/// The sum of the times measured.
-pub(super) fn sum(one: Option<Duration>, other: Option<Duration>) -> Option<Duration> {
-    match (one, other) {
-        (Some(one), Some(other)) => Some(one + other),
-        (one, other) => one.or(other),
+        for (mine, theirs) in [
+            (&mut self.fanout_server_cpu, other.fanout_server_cpu),
+            (&mut self.fanout_bench_cpu, other.fanout_bench_cpu),
+        ] {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_default()
+                    .add(theirs.spent, theirs.deliveries);
+            }
+        }
     }
 }
 

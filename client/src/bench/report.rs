@@ -2,13 +2,11 @@
 //! throughput, latency percentiles in microseconds, errors by code and the
 //! ratio of vowd to the ceiling server.
 
-use std::time::Duration;
-
 use comfy_table::{CellAlignment, Table, presets};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use super::{BenchSetup, LoadReport, Mode};
+use super::{BenchSetup, LoadReport, Mode, load::DeliveryCpu};
 use crate::cli::{
     OutputFormat,
     render::{human_duration, print_table},
@@ -66,7 +64,7 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
             ("server_cpu_per_delivery_us", target.fanout_server_cpu),
             ("bench_cpu_per_delivery_us", target.fanout_bench_cpu),
         ] {
-            if let Some(per_delivery) = per_delivery(target, cpu) {
+            if let Some(per_delivery) = cpu.and_then(DeliveryCpu::per_delivery) {
                 let micros = round(per_delivery.as_secs_f64() * 1e6, 2);
                 fields.insert(name.into(), micros.into());
             }
@@ -119,7 +117,7 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
             ("server", target.fanout_server_cpu),
             ("bench", target.fanout_bench_cpu),
         ] {
-            if let Some(per_delivery) = per_delivery(target, cpu) {
+            if let Some(per_delivery) = cpu.and_then(DeliveryCpu::per_delivery) {
                 println!(
                     "{whose} CPU per delivery: {:.2} µs (its CPU time from each cancel to the round's last delivery)",
                     per_delivery.as_secs_f64() * 1e6
@@ -205,14 +203,6 @@ fn micros(histogram: &Histogram<u64>, percentile: f64) -> String {
     human_duration(std::time::Duration::from_micros(
         histogram.value_at_percentile(percentile),
     ))
-}
-
-/// A process's CPU time per delivery of a fan-out run.
-fn per_delivery(report: &LoadReport, cpu: Option<Duration>) -> Option<Duration> {
-    let deliveries = u32::try_from(report.completed)
-        .ok()
-        .filter(|&count| count > 0)?;
-    Some(cpu? / deliveries)
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
