@@ -20,7 +20,7 @@ use tokio::{sync::oneshot, task::JoinSet, time::Instant};
 use tonic::transport::Channel;
 use vow_client::proto::{self, task_service_client::TaskServiceClient};
 
-use super::load::{IterationError, LoadReport, MAX_RECORDED_MICROS, backoff};
+use super::load::{DeliveryCpu, IterationError, LoadReport, MAX_RECORDED_MICROS, backoff};
 use crate::cli::render::human_duration;
 
 /// The task every round watches: it would sleep for an hour in one step, so
@@ -88,8 +88,9 @@ impl ThreadsCpu {
 /// Runs rounds of `watchers` watchers over `channels`: unrecorded ones until
 /// `warmup` has passed, then recorded ones until `duration` has (at least
 /// one). The report's latency is the delivery delays, its count the
-/// deliveries and its window the wall time of the recorded rounds; with
-/// `server`, also the server's CPU time spent delivering.
+/// deliveries and its window the wall time of the recorded rounds, and with
+/// them the bench's CPU time spent delivering (on Linux) and, with `server`,
+/// the server's.
 pub async fn drive(
     channels: &[Channel],
     watchers: usize,
@@ -111,7 +112,7 @@ pub async fn drive(
             human_duration(warmup)
         ));
         progress.tick();
-        run_round(&clients, watchers, server, None).await;
+        run_round(&clients, watchers, None, None).await;
     }
 
     let bench = ProcessCpu::find(std::process::id());
@@ -135,7 +136,10 @@ pub async fn drive(
                 (&mut report.fanout_bench_cpu, round.bench_cpu),
             ] {
                 if let Some(spent) = spent {
-                    total.get_or_insert_default().add(spent, delivered);
+                    *total.get_or_insert_default() += DeliveryCpu {
+                        spent,
+                        deliveries: delivered,
+                    };
                 }
             }
         }

@@ -76,13 +76,14 @@ pub struct DeliveryCpu {
     pub deliveries: u64,
 }
 
-impl DeliveryCpu {
-    /// Counts a round.
-    pub fn add(&mut self, spent: Duration, deliveries: u64) {
-        self.spent += spent;
-        self.deliveries += deliveries;
+impl std::ops::AddAssign for DeliveryCpu {
+    fn add_assign(&mut self, other: Self) {
+        self.spent += other.spent;
+        self.deliveries += other.deliveries;
     }
+}
 
+impl DeliveryCpu {
     /// The time per delivery, if any was made.
     pub fn per_delivery(self) -> Option<Duration> {
         let deliveries = u32::try_from(self.deliveries)
@@ -164,8 +165,7 @@ impl LoadReport {
             (&mut self.fanout_bench_cpu, other.fanout_bench_cpu),
         ] {
             if let Some(theirs) = theirs {
-                mine.get_or_insert_default()
-                    .add(theirs.spent, theirs.deliveries);
+                *mine.get_or_insert_default() += theirs;
             }
         }
     }

@@ -44,14 +44,13 @@ struct Shared<P> {
 }
 
 impl<P: SpanProcessor> Shared<P> {
-    /// Takes what `pending` holds when `full` says so, and hands it over
-    /// after every group taken before it.
-    fn hand_over(&self, pending: MutexGuard<'_, Vec<SpanData>>, full: bool) {
-        let mut pending = pending;
-        let group = if full {
-            std::mem::replace(&mut *pending, Vec::with_capacity(GROUP))
-        } else {
+    /// Takes what `pending` holds and hands it over after every group taken
+    /// before it.
+    fn hand_over(&self, mut pending: MutexGuard<'_, Vec<SpanData>>) {
+        let group = if pending.is_empty() {
             Vec::new()
+        } else {
+            std::mem::replace(&mut *pending, Vec::with_capacity(GROUP))
         };
         let _handing_over = unpoisoned(self.handing_over.lock());
         drop(pending);
@@ -63,9 +62,7 @@ impl<P: SpanProcessor> Shared<P> {
 
     /// Hands over everything pending, and waits for groups on their way.
     fn pass_on(&self) {
-        let pending = self.lock_pending();
-        let any = !pending.is_empty();
-        self.hand_over(pending, any);
+        self.hand_over(self.lock_pending());
     }
 
     fn lock_pending(&self) -> MutexGuard<'_, Vec<SpanData>> {
@@ -119,7 +116,7 @@ impl<P: SpanProcessor> SpanProcessor for GroupedSpans<P> {
         let mut pending = self.shared.lock_pending();
         pending.push(span);
         if pending.len() >= GROUP {
-            self.shared.hand_over(pending, true);
+            self.shared.hand_over(pending);
         }
     }
 
