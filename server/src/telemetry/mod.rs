@@ -5,10 +5,10 @@
 //! calls in.
 
 mod format;
-mod grouped_spans;
 pub mod metrics;
 mod own_spans;
 pub mod propagation;
+mod span_batches;
 
 use std::{
     cell::Cell,
@@ -177,15 +177,12 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
-        let batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
-            opentelemetry_sdk::runtime::Tokio,
-        )
-        .build();
+        let batches =
+            span_batches::SpanBatches::new(exporter, span_batches::BatchConfig::from_env());
         Some(
             SdkTracerProvider::builder()
                 .with_resource(resource())
-                .with_span_processor(grouped_spans::GroupedSpans::new(batches))
+                .with_span_processor(batches)
                 .build(),
         )
     } else {
