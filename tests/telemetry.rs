@@ -623,3 +623,50 @@ async fn failed_attempt_log_line(vowd: &Vowd) -> (Task, serde_json::Value) {
     assert_eq!(line["span"], "task.attempt");
     (task, line)
 }
+
+/// A collector that accepts connections and never answers: exports hang,
+/// yet calls go on being served, and the spans beyond the queue are
+/// dropped and reported in the log while it happens, not only at exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_spans_not_calls() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("address"));
+    // Holds every connection open without a byte in reply.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in silent.incoming() {
+            held.push(connection);
+        }
+    });
+    let vowd = Vowd::start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "600000"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "600000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", EXPORT_DELAY_MS),
+        ],
+    );
+    let client = Client::connect(&vowd.address).await.expect("connect");
+    for _ in 0..3 {
+        let submitted = client.submit("echo").send().await.expect("submit");
+        let task = client
+            .await_task(&submitted.task.id, BOUND)
+            .await
+            .expect("await")
+            .task;
+        assert_eq!(task.state(), TaskState::Succeeded);
+    }
+    common::eventually(BOUND, "the log to report dropped spans", || {
+        let reported = vowd.logs().contains("spans are being dropped");
+        async move { reported }
+    })
+    .await;
+    // Shutting down waits for the hung export a few seconds, not forever.
+    let mut vowd = vowd;
+    vowd.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(vowd.wait_exit(BOUND).success());
+    assert!(vowd.logs().contains("flushing spans failed"), "{}", vowd.logs());
+}
