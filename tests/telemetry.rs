@@ -668,5 +668,9 @@ async fn a_collector_that_never_answers_costs_spans_not_calls() {
     let mut vowd = vowd;
     vowd.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(vowd.wait_exit(BOUND).success());
-    assert!(vowd.logs().contains("flushing spans failed"), "{}", vowd.logs());
+    assert!(
+        vowd.logs().contains("flushing spans failed"),
+        "{}",
+        vowd.logs()
+    );
 }

@@ -13,7 +13,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, Weak,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::RecvTimeoutError,
     },
     time::Duration,
@@ -31,6 +31,10 @@ use opentelemetry_sdk::{
     },
 };
 use tokio::sync::mpsc;
+
+/// The shortest scheduled delay: a delay of 0 (allowed by the spec) means
+/// as soon as possible, and a ticker needs a period.
+const SHORTEST_DELAY: Duration = Duration::from_millis(1);
 
 /// How spans are batched: the SDK's defaults, overridden by the standard
 /// variables as the SDK reads them.
@@ -62,7 +66,8 @@ impl BatchConfig {
         Self {
             max_queue_size,
             scheduled_delay: number(OTEL_BSP_SCHEDULE_DELAY)
-                .map_or(OTEL_BSP_SCHEDULE_DELAY_DEFAULT, Duration::from_millis),
+                .map_or(OTEL_BSP_SCHEDULE_DELAY_DEFAULT, Duration::from_millis)
+                .max(SHORTEST_DELAY),
             max_export_batch_size: count(OTEL_BSP_MAX_EXPORT_BATCH_SIZE)
                 .unwrap_or(OTEL_BSP_MAX_EXPORT_BATCH_SIZE_DEFAULT)
                 .min(max_queue_size)
@@ -93,6 +98,8 @@ struct Shared {
     /// Spans filling or on their way, for `max_queue_size`.
     held: AtomicUsize,
     dropped: AtomicUsize,
+    /// Set when the exporting task has ended, however it ended.
+    stopped: AtomicBool,
 }
 
 /// Where the exporting task answers a flush or shutdown.
@@ -123,11 +130,17 @@ impl Shared {
 impl SpanBatches {
     /// Starts the exporting task. Must run inside the Tokio runtime.
     pub fn new<E: SpanExporter + 'static>(exporter: E, config: BatchConfig) -> Self {
+        let config = BatchConfig {
+            scheduled_delay: config.scheduled_delay.max(SHORTEST_DELAY),
+            max_export_batch_size: config.max_export_batch_size.max(1),
+            ..config
+        };
         let shared = Arc::new(Shared {
             config,
             filling: Mutex::new(Vec::with_capacity(config.max_export_batch_size)),
             held: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
         });
         let (commands, received) = mpsc::unbounded_channel();
         tokio::spawn(export_batches(exporter, Arc::clone(&shared), received));
@@ -182,8 +195,13 @@ impl SpanProcessor for SpanBatches {
         filling.push(span);
         if filling.len() >= shared.config.max_export_batch_size {
             let batch = shared.take(&mut filling);
-            // Fails only once the task has stopped; the spans go with it.
-            let _ = self.commands.send(Command::Export(batch));
+            if let Err(mpsc::error::SendError(Command::Export(lost))) =
+                self.commands.send(Command::Export(batch))
+            {
+                // The exporting task has ended: these spans are dropped.
+                shared.held.fetch_sub(lost.len(), Ordering::Relaxed);
+                shared.dropped.fetch_add(lost.len(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -224,9 +242,16 @@ async fn export_batches<E: SpanExporter>(
     let delay = shared.config.scheduled_delay;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + delay, delay);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let _stopped = StoppedOnExit(&shared);
     let mut health = ExportHealth::default();
+    // The first export to fail since the last flush: a flush answers for
+    // every span ended before it, not only for the batch it took.
+    let mut failed_since_flush = None;
     loop {
         let command = tokio::select! {
+            // Commands first: the resource, sent first, goes ahead of any
+            // batch a tick takes.
+            biased;
             command = commands.recv() => command,
             _ = ticks.tick() => Some(Command::Export(shared.take(&mut shared.lock_filling()))),
         };
@@ -235,25 +260,43 @@ async fn export_batches<E: SpanExporter>(
             Some(Command::Export(batch)) if batch.is_empty() => {}
             Some(Command::Export(batch)) => {
                 let exported = export(&exporter, &shared, batch).await;
-                match (health.turn(exported.is_ok()), exported) {
+                match (health.turn(exported.is_ok()), &exported) {
                     (Some(Turn::Failing), Err(error)) => {
                         tracing::warn!(%error, "exporting spans failed; the spans are dropped");
                     }
                     (Some(Turn::Recovered), _) => tracing::info!("exporting spans again"),
                     _ => {}
                 }
+                if let Err(error) = exported {
+                    failed_since_flush.get_or_insert(error);
+                }
             }
             Some(Command::Flush(batch, reply)) => {
-                let _ = reply.send(export(&exporter, &shared, batch).await);
+                let exported = export(&exporter, &shared, batch).await;
+                let _ = reply.send(failed_since_flush.take().map_or(exported, Err));
             }
             Some(Command::Shutdown(batch, reply)) => {
                 let exported = export(&exporter, &shared, batch).await;
+                let exported = failed_since_flush.take().map_or(exported, Err);
                 let _ = reply.send(exported.and(exporter.shutdown()));
                 return;
             }
             Some(Command::SetResource(resource)) => exporter.set_resource(&resource),
             // The processor was dropped without a shutdown.
             None => return,
+        }
+    }
+}
+
+/// Marks the exporting task ended when dropped: on return, and on a panic
+/// of the exporter, after which every span is dropped.
+struct StoppedOnExit<'a>(&'a Shared);
+
+impl Drop for StoppedOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+        if std::thread::panicking() {
+            tracing::error!("the span exporter panicked: spans are no longer exported");
         }
     }
 }
@@ -270,6 +313,11 @@ async fn report_drops(shared: Weak<Shared>, every: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        // Once exporting has ended, drops are the exporter's story, told
+        // at shutdown or by the panic.
+        if shared.stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let dropped = shared.dropped.load(Ordering::Relaxed);
         if dropped > told {
             told = dropped;
@@ -348,6 +396,8 @@ mod tests {
         shut_down: Arc<Mutex<bool>>,
         resource: Arc<Mutex<Option<Resource>>>,
         gate: Option<Arc<Semaphore>>,
+        /// Exports still to fail, without keeping their spans.
+        failures: Arc<AtomicUsize>,
     }
 
     impl Recorder {
@@ -382,6 +432,14 @@ mod tests {
         async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
             if let Some(gate) = &self.gate {
                 gate.acquire().await.expect("the gate stays open").forget();
+            }
+            let fail = |left: usize| left.checked_sub(1);
+            if self
+                .failures
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, fail)
+                .is_ok()
+            {
+                return Err(OTelSdkError::InternalFailure("refused".into()));
             }
             let names = batch.iter().map(|span| span.name.to_string()).collect();
             self.batches.lock().unwrap().push(names);
@@ -447,8 +505,9 @@ mod tests {
         };
         let provider = provider_over(SpanBatches::new(recorder.clone(), config));
         end_spans(&provider, 0..3);
-        recorder.wait_for("exported on the delay", |batches| !batches.is_empty());
-        assert_eq!(recorder.names(), names(0..3));
+        recorder.wait_for("exported on the delay", |batches| {
+            batches.concat() == names(0..3)
+        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +535,6 @@ mod tests {
             let provider = provider.clone();
             move || provider.force_flush()
         });
-        assert!(recorder.names().is_empty(), "held at the gate");
         gate.add_permits(3);
         flushing.join().unwrap().unwrap();
         assert_eq!(recorder.batches(), [names(0..2), names(2..4), names(4..5)]);
@@ -499,6 +557,64 @@ mod tests {
         provider.force_flush().unwrap();
         assert_eq!(recorder.names().last().map(String::as_str), Some("span 7"));
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_answers_for_batches_that_failed_before_it() {
+        let recorder = Recorder {
+            failures: Arc::new(AtomicUsize::new(1)),
+            ..Recorder::default()
+        };
+        let provider = provider_over(SpanBatches::new(recorder.clone(), config(100, 2)));
+        end_spans(&provider, 0..3);
+        assert!(provider.force_flush().is_err(), "spans 0 and 1 were lost");
+        assert_eq!(recorder.names(), names(2..3));
+        end_spans(&provider, 3..4);
+        provider
+            .force_flush()
+            .expect("nothing lost since the last flush");
+    }
+
+    /// An exporter that panics.
+    #[derive(Debug)]
+    struct Panicking;
+
+    impl SpanExporter for Panicking {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            panic!("the exporter broke")
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_the_exporter_panics_spans_are_counted_as_dropped() {
+        let batches = SpanBatches::new(Panicking, config(100, 1));
+        let shared = Arc::clone(&batches.shared);
+        let provider = provider_over(batches);
+        end_spans(&provider, 0..1);
+        let bound = std::time::Instant::now() + Duration::from_secs(10);
+        while !shared.stopped.load(Ordering::Relaxed) {
+            assert!(std::time::Instant::now() < bound, "the task never ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        end_spans(&provider, 1..3);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            shared.held.load(Ordering::Relaxed),
+            1,
+            "only the span lost in the panic"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scheduled_delay_of_zero_exports_soon() {
+        let recorder = Recorder::default();
+        let config = BatchConfig {
+            scheduled_delay: Duration::ZERO,
+            ..config(100, 50)
+        };
+        let provider = provider_over(SpanBatches::new(recorder.clone(), config));
+        end_spans(&provider, 0..2);
+        recorder.wait_for("exported soon", |batches| batches.concat() == names(0..2));
     }
 
     /// An exporter whose exports never finish.
@@ -642,6 +758,8 @@ mod tests {
         assert_eq!(odd.max_export_batch_size, 100, "no larger than the queue");
         assert_eq!(odd.scheduled_delay, Duration::from_secs(5));
         assert_eq!(odd.max_export_timeout, Duration::from_secs(30));
+        let at_once = from(&[("OTEL_BSP_SCHEDULE_DELAY", "0")]);
+        assert_eq!(at_once.scheduled_delay, Duration::from_millis(1));
         let empty_batches = from(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0")]);
         assert_eq!(empty_batches.max_export_batch_size, 1);
     }
