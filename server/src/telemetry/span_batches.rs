@@ -66,14 +66,22 @@ impl BatchConfig {
         Self {
             max_queue_size,
             scheduled_delay: number(OTEL_BSP_SCHEDULE_DELAY)
-                .map_or(OTEL_BSP_SCHEDULE_DELAY_DEFAULT, Duration::from_millis)
-                .max(SHORTEST_DELAY),
+                .map_or(OTEL_BSP_SCHEDULE_DELAY_DEFAULT, Duration::from_millis),
             max_export_batch_size: count(OTEL_BSP_MAX_EXPORT_BATCH_SIZE)
-                .unwrap_or(OTEL_BSP_MAX_EXPORT_BATCH_SIZE_DEFAULT)
-                .min(max_queue_size)
-                .max(1),
+                .unwrap_or(OTEL_BSP_MAX_EXPORT_BATCH_SIZE_DEFAULT),
             max_export_timeout: number(OTEL_BSP_EXPORT_TIMEOUT)
                 .map_or(OTEL_BSP_EXPORT_TIMEOUT_DEFAULT, Duration::from_millis),
+        }
+        .usable()
+    }
+
+    /// A ticker needs a period, a batch a span, and a batch no larger than
+    /// the queue could ever fill (the SDK caps it the same way).
+    fn usable(self) -> Self {
+        Self {
+            scheduled_delay: self.scheduled_delay.max(SHORTEST_DELAY),
+            max_export_batch_size: self.max_export_batch_size.min(self.max_queue_size).max(1),
+            ..self
         }
     }
 }
@@ -130,11 +138,7 @@ impl Shared {
 impl SpanBatches {
     /// Starts the exporting task. Must run inside the Tokio runtime.
     pub fn new<E: SpanExporter + 'static>(exporter: E, config: BatchConfig) -> Self {
-        let config = BatchConfig {
-            scheduled_delay: config.scheduled_delay.max(SHORTEST_DELAY),
-            max_export_batch_size: config.max_export_batch_size.max(1),
-            ..config
-        };
+        let config = config.usable();
         let shared = Arc::new(Shared {
             config,
             filling: Mutex::new(Vec::with_capacity(config.max_export_batch_size)),
@@ -420,11 +424,16 @@ mod tests {
 
         /// Waits, boundedly, until `done` holds for the batches exported.
         fn wait_for(&self, what: &str, done: impl Fn(&[Vec<String>]) -> bool) {
-            let bound = std::time::Instant::now() + Duration::from_secs(10);
-            while !done(&self.batches()) {
-                assert!(std::time::Instant::now() < bound, "never {what}");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            wait_until(what, || done(&self.batches()));
+        }
+    }
+
+    /// Waits until `done` holds, failing the test after 10 s.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let bound = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < bound, "never {what}");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -591,11 +600,7 @@ mod tests {
         let shared = Arc::clone(&batches.shared);
         let provider = provider_over(batches);
         end_spans(&provider, 0..1);
-        let bound = std::time::Instant::now() + Duration::from_secs(10);
-        while !shared.stopped.load(Ordering::Relaxed) {
-            assert!(std::time::Instant::now() < bound, "the task never ended");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until("the task ended", || shared.stopped.load(Ordering::Relaxed));
         end_spans(&provider, 1..3);
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
         assert_eq!(
