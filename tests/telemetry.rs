@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::{Vowd, poll_until};
+use common::{Vowd, poll_until, vowd_until_exit_with_env};
 use opentelemetry::{
     Context,
     context::FutureExt as _,
@@ -673,4 +673,39 @@ async fn a_collector_that_never_answers_costs_spans_not_calls() {
         "{}",
         vowd.logs()
     );
+}
+
+#[test]
+fn an_exporter_setting_vowd_cannot_honour_stops_it_at_start_with_the_reason() {
+    let args = ["--store", "memory", "--listen", "127.0.0.1:0"].map(std::ffi::OsStr::new);
+    for (setting, value, reason) in [
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/protobuf",
+            "OTLP/gRPC only",
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd", "\"gzip\""),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector:4317",
+            "TLS",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://bad host:4317",
+            "invalid OTLP endpoint",
+        ),
+    ] {
+        let mut env = vec![(setting, value)];
+        if setting != "OTEL_EXPORTER_OTLP_ENDPOINT" {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"));
+        }
+        let refused = vowd_until_exit_with_env(&args, &env, BOUND);
+        assert!(!refused.status.success(), "{setting}={value} was accepted");
+        assert!(
+            refused.stderr.contains(reason),
+            "{setting}={value}: {}",
+            refused.stderr
+        );
+    }
 }

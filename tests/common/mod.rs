@@ -289,6 +289,15 @@ pub struct Refused {
 /// on its own: for start-up errors. Fails the test if it is still running
 /// after `bound` (it is killed then).
 pub fn vowd_until_exit(args: &[&std::ffi::OsStr], bound: Duration) -> Refused {
+    vowd_until_exit_with_env(args, &[], bound)
+}
+
+/// [`vowd_until_exit`] with `env` added to vowd's environment.
+pub fn vowd_until_exit_with_env(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    bound: Duration,
+) -> Refused {
     let log = |stream: &str| {
         std::env::temp_dir().join(format!(
             "vowd-test-{}-{}.{stream}",
@@ -300,6 +309,7 @@ pub fn vowd_until_exit(args: &[&std::ffi::OsStr], bound: Duration) -> Refused {
     let mut child = Command::new(vowd_binary())
         .args(args)
         .env("VOW_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_log).expect("create the stdout log"))
         .stderr(std::fs::File::create(&stderr_log).expect("create the stderr log"))

@@ -6,6 +6,8 @@
 
 mod format;
 pub mod metrics;
+mod otlp_encoding;
+mod otlp_export;
 mod own_spans;
 pub mod propagation;
 mod span_batches;
@@ -174,9 +176,7 @@ fn resource() -> Resource {
 pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(propagation::propagator());
     let provider = if otlp_configured() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let exporter = otlp_export::OtlpSpanExporter::new(otlp_export::OtlpConfig::from_env()?)?;
         let batches =
             span_batches::SpanBatches::new(exporter, span_batches::BatchConfig::from_env());
         Some(
