@@ -685,6 +685,7 @@ fn an_exporter_setting_vowd_cannot_honour_stops_it_at_start_with_the_reason() {
             "OTLP/gRPC only",
         ),
         ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd", "\"gzip\""),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key", "cannot be sent"),
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "https://collector:4317",

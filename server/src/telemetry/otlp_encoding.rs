@@ -318,7 +318,8 @@ fn any_value_len(value: &Value) -> usize {
         Value::I64(number) => key_len(3) + encoded_len_varint(*number as u64),
         Value::F64(_) => key_len(4) + 8,
         Value::Array(array) => field_len(5, array_len(array)),
-        // A kind of value newer than this encoder: sent as an empty value.
+        // A kind of value newer than this encoder: sent as an empty value
+        // (opentelemetry-proto's conversion would panic on it).
         _ => 0,
     }
 }
@@ -646,6 +647,72 @@ mod tests {
         // prost writes fields in tag order, and so does the encoder: the
         // bytes match too, not only the message.
         assert_eq!(encoded.as_ref(), expected.encode_to_vec().as_slice());
+    }
+
+    #[test]
+    fn edge_values_match_too() {
+        // Equal scopes whose attributes come in another order, long values
+        // (lengths of three bytes), extreme numbers, invalid ids, a time
+        // before the epoch and one past what fits.
+        let scope = |attributes: [KeyValue; 2]| {
+            InstrumentationScope::builder("")
+                .with_attributes(attributes)
+                .build()
+        };
+        let first = scope([KeyValue::new("b", 1_i64), KeyValue::new("a", "x")]);
+        let second = scope([KeyValue::new("a", "x"), KeyValue::new("b", 1_i64)]);
+        let long = "é".repeat(20_000);
+        let mut extreme = span("x", &first, 1);
+        extreme.attributes = vec![
+            KeyValue::new("min", i64::MIN),
+            KeyValue::new("nan", f64::NAN),
+            KeyValue::new("negative zero", -0.0_f64),
+            KeyValue::new("long", long.clone()),
+            KeyValue::new(
+                "longs",
+                Value::Array(Array::String(vec![long.clone().into(); 3])),
+            ),
+            KeyValue::new("mins", Value::Array(Array::I64(vec![i64::MIN, -1]))),
+            KeyValue::new("no strings", Value::Array(Array::String(vec![]))),
+            KeyValue::new("no flags", Value::Array(Array::Bool(vec![]))),
+        ];
+        extreme.dropped_attributes_count = u32::MAX;
+        extreme.status = Status::error("");
+        extreme.span_context = SpanContext::new(
+            TraceId::INVALID,
+            SpanId::INVALID,
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        );
+        extreme.end_time = std::time::UNIX_EPOCH - Duration::from_secs(5);
+        extreme.events.events = vec![Event::new(
+            long.clone(),
+            std::time::UNIX_EPOCH + Duration::from_nanos(u64::MAX),
+            vec![],
+            u32::MAX,
+        )];
+        let mut linked = span("y", &second, 2);
+        linked.links.links = vec![Link::new(
+            context(1, 2, "", false),
+            vec![KeyValue::new("k", long.clone())],
+            0,
+        )];
+        linked.links.dropped_count = u32::MAX;
+        let resource = Resource::builder_empty()
+            .with_attributes([KeyValue::new("big", long)])
+            .build();
+        let spans = vec![extreme, linked.clone(), linked];
+        let encoded = export_request(&EncodedResource::new(&resource), &spans);
+        assert_eq!(
+            encoded.as_ref(),
+            reference(&resource, spans).encode_to_vec().as_slice()
+        );
+        let empty = export_request(&EncodedResource::new(&resource), &[]);
+        assert_eq!(
+            empty.as_ref(),
+            reference(&resource, vec![]).encode_to_vec().as_slice()
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tonic::{
         BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder,
         HEADER_SIZE,
     },
-    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 use tonic_types::StatusExt;
@@ -47,6 +47,9 @@ pub struct OtlpConfig {
 
 const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest export timeout honoured: a longer one cannot travel as a
+/// `grpc-timeout` header (tonic panics on it), and means "no limit" anyway.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl OtlpConfig {
     pub fn from_env() -> anyhow::Result<Self> {
@@ -54,40 +57,58 @@ impl OtlpConfig {
     }
 
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let setting = |name: &str| {
-            lookup(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
-                .or_else(|| lookup(&format!("OTEL_EXPORTER_OTLP_{name}")))
-                .map(|value| value.trim().to_owned())
-                .filter(|value| !value.is_empty())
+        // The variables setting `name` that are set, each with its value,
+        // the traces-specific one first. Blank counts as unset.
+        let settings = |name: &str| -> Vec<(String, String)> {
+            [
+                format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+                format!("OTEL_EXPORTER_OTLP_{name}"),
+            ]
+            .into_iter()
+            .filter_map(|variable| {
+                let value = lookup(&variable)?.trim().to_owned();
+                (!value.is_empty()).then_some((variable, value))
+            })
+            .collect()
         };
-        if let Some(protocol) = setting("PROTOCOL")
-            && protocol != "grpc"
+        let setting = |name: &str| settings(name).into_iter().next();
+        if let Some((variable, protocol)) = setting("PROTOCOL")
+            && !protocol.eq_ignore_ascii_case("grpc")
         {
             anyhow::bail!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL is {protocol:?}: vowd exports spans over OTLP/gRPC \
-                 only; set it to \"grpc\" or leave it unset, and point the endpoint at the \
-                 collector's gRPC port (usually 4317)"
+                "{variable} is {protocol:?}: vowd exports spans over OTLP/gRPC only; set it to \
+                 \"grpc\" or leave it unset, and point the endpoint at the collector's gRPC \
+                 port (usually 4317)"
             );
         }
-        let insecure = setting("INSECURE").is_some_and(|value| value.eq_ignore_ascii_case("true"));
+        let insecure =
+            setting("INSECURE").is_some_and(|(_, value)| value.eq_ignore_ascii_case("true"));
         let endpoint = with_scheme(
-            setting("ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+            setting("ENDPOINT").map_or_else(|| DEFAULT_ENDPOINT.to_owned(), |(_, value)| value),
             insecure,
         );
-        let timeout = setting("TIMEOUT")
-            .and_then(|millis| millis.parse().ok())
-            .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
-        let compression = match setting("COMPRESSION").as_deref() {
-            None | Some("none") => None,
-            Some("gzip") => Some(CompressionEncoding::Gzip),
-            Some(other) => anyhow::bail!(
-                "OTEL_EXPORTER_OTLP_COMPRESSION is {other:?}: vowd compresses spans with \
-                 \"gzip\" or not at all (\"none\")"
-            ),
+        // An unparsable value is ignored, as the SDKs ignore it.
+        let timeout = settings("TIMEOUT")
+            .into_iter()
+            .find_map(|(_, millis)| millis.parse().ok())
+            .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
+            .min(LONGEST_TIMEOUT);
+        let compression = match setting("COMPRESSION") {
+            None => None,
+            Some((variable, value)) => match value.to_ascii_lowercase().as_str() {
+                "none" => None,
+                "gzip" => Some(CompressionEncoding::Gzip),
+                _ => anyhow::bail!(
+                    "{variable} is {value:?}: vowd compresses spans with \"gzip\" or not at \
+                     all (\"none\")"
+                ),
+            },
         };
-        let headers = setting("HEADERS")
-            .map(|list| parse_headers(&list))
-            .unwrap_or_default();
+        let headers = match setting("HEADERS") {
+            None => MetadataMap::new(),
+            Some((variable, list)) => parse_headers(&list)
+                .map_err(|reason| anyhow::anyhow!("{variable} cannot be sent: {reason}"))?,
+        };
         Ok(Self {
             endpoint,
             headers,
@@ -111,23 +132,32 @@ fn with_scheme(endpoint: String, insecure: bool) -> String {
 }
 
 /// `key=value` pairs separated by commas, values percent-encoded (the W3C
-/// baggage format the specification names). Pairs that make no valid
-/// gRPC metadata are left out.
-fn parse_headers(list: &str) -> MetadataMap {
-    let mut headers = MetadataMap::new();
-    for pair in list.split(',') {
+/// baggage format the specification names); a pair with an empty value is
+/// left out. A pair that cannot be sent is refused, naming its key but not
+/// its value, which may be a secret: a header silently left out would
+/// surface only as a collector refusing every export.
+fn parse_headers(list: &str) -> Result<MetadataMap, String> {
+    let mut headers = http::HeaderMap::new();
+    for pair in list.split(',').filter(|pair| !pair.trim().is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
-            continue;
+            return Err(format!("{:?} is not key=value", pair.trim()));
         };
-        let value = percent_encoding::percent_decode_str(value.trim()).decode_utf8_lossy();
-        if let (Ok(key), Ok(value)) = (
-            MetadataKey::from_bytes(key.trim().as_bytes()),
-            MetadataValue::try_from(value.as_ref()),
-        ) {
-            headers.insert(key, value);
+        let key = key.trim();
+        let name = http::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| format!("{key:?} is not a header name"))?;
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| format!("the value of {key:?} is not percent-encoded UTF-8"))?;
+        if value.is_empty() {
+            continue;
         }
+        let value = http::HeaderValue::from_str(&value)
+            .map_err(|_| format!("the value of {key:?} is not a header value"))?;
+        headers.append(name, value);
     }
-    headers
+    // Keys ending in `-bin` go as they are, their values taken to be
+    // base64 already, as opentelemetry-otlp sends them.
+    Ok(MetadataMap::from_headers(headers))
 }
 
 /// Exports spans to an OTLP/gRPC collector.
@@ -240,10 +270,9 @@ impl SpanExporter for OtlpSpanExporter {
         drop(batch);
         self.send(request).await.map_err(|status| {
             OTelSdkError::InternalFailure(format!(
-                "OTLP export to {} failed: {:?}: {}",
+                "OTLP export to {} failed: {}",
                 self.config.endpoint,
-                status.code(),
-                status.message()
+                described(&status)
             ))
         })
     }
@@ -273,8 +302,9 @@ enum Failure {
 /// The transient codes of the OTLP specification, and `RESOURCE_EXHAUSTED`
 /// only when the collector says when to come back.
 fn classify(failure: &Status) -> Failure {
-    let told = failure
-        .get_details_retry_info()
+    let retry_info = failure.get_details_retry_info();
+    let told = retry_info
+        .as_ref()
         .and_then(|info| info.retry_delay)
         .filter(|delay| !delay.is_zero());
     match failure.code() {
@@ -284,7 +314,9 @@ fn classify(failure: &Status) -> Failure {
         | Code::OutOfRange
         | Code::Unavailable
         | Code::DataLoss => Failure::Transient { told },
-        Code::ResourceExhausted if told.is_some() => Failure::Transient { told },
+        // The `RetryInfo` says the collector will recover, even one
+        // without a delay (then the backoff's own is used).
+        Code::ResourceExhausted if retry_info.is_some() => Failure::Transient { told },
         _ => Failure::Final,
     }
 }
@@ -319,6 +351,18 @@ impl Backoff {
         self.retries += 1;
         Some(delay)
     }
+}
+
+/// The code and message of `status`, and the chain of errors under it
+/// (a connection refused, a name not resolved) when tonic made it.
+fn described(status: &Status) -> String {
+    let mut description = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        description.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    description
 }
 
 fn report_partial_success(response: ExportTraceServiceResponse) {
@@ -440,15 +484,55 @@ mod tests {
     }
 
     #[test]
-    fn headers_are_percent_decoded_and_bad_pairs_left_out() {
+    fn headers_are_percent_decoded_and_empty_values_left_out() {
         let config = OtlpConfig::from_lookup(lookup(&[(
             "OTEL_EXPORTER_OTLP_HEADERS",
-            "Authorization=Bearer%20abc%3D%3D, x-tenant = blue ,no-equals,bad key=1,=nokey",
+            "Authorization=Bearer%20abc%3D%3D, x-tenant = blue ,,x-empty=,x-trace-bin=AAEC,x-tenant=red",
         )]))
         .unwrap();
         assert_eq!(config.headers.get("authorization").unwrap(), "Bearer abc==");
-        assert_eq!(config.headers.get("x-tenant").unwrap(), "blue");
-        assert_eq!(config.headers.len(), 2, "{:?}", config.headers);
+        let tenants: Vec<_> = config.headers.get_all("x-tenant").iter().collect();
+        assert_eq!(tenants, ["blue", "red"]);
+        assert_eq!(
+            config
+                .headers
+                .get_bin("x-trace-bin")
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .as_ref(),
+            [0, 1, 2]
+        );
+        assert!(config.headers.get("x-empty").is_none());
+        assert_eq!(config.headers.len(), 4, "{:?}", config.headers);
+    }
+
+    #[test]
+    fn a_header_that_cannot_be_sent_is_refused_without_its_value() {
+        for (list, reason) in [
+            ("no-equals", "\"no-equals\" is not key=value"),
+            ("bad key=secret", "\"bad key\" is not a header name"),
+            ("=secret", "\"\" is not a header name"),
+            (
+                "x-token=secret%0A",
+                "the value of \"x-token\" is not a header value",
+            ),
+            (
+                "x-token=secret%FF",
+                "the value of \"x-token\" is not percent-encoded UTF-8",
+            ),
+        ] {
+            let refusal =
+                OtlpConfig::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", list)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                refusal.starts_with("OTEL_EXPORTER_OTLP_TRACES_HEADERS cannot be sent: "),
+                "{refusal}"
+            );
+            assert!(refusal.ends_with(reason), "{list}: {refusal}");
+            assert!(!refusal.contains("secret"), "{refusal}");
+        }
     }
 
     #[test]
@@ -472,10 +556,38 @@ mod tests {
     }
 
     #[test]
-    fn an_unparsable_timeout_is_ignored() {
-        let config =
-            OtlpConfig::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])).unwrap();
-        assert_eq!(config.timeout, DEFAULT_TIMEOUT);
+    fn an_unparsable_timeout_is_ignored_and_a_huge_one_capped() {
+        let timeout = |variables: &[(&str, &str)]| {
+            OtlpConfig::from_lookup(lookup(variables)).unwrap().timeout
+        };
+        assert_eq!(
+            timeout(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]),
+            DEFAULT_TIMEOUT
+        );
+        assert_eq!(
+            timeout(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "1500")
+            ]),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            timeout(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "999999999999999")]),
+            LONGEST_TIMEOUT
+        );
+    }
+
+    #[tokio::test]
+    async fn the_longest_timeout_can_be_sent() {
+        let collector = Collector::default();
+        let exporter = exporter(
+            collector.serve().await,
+            &[("OTEL_EXPORTER_OTLP_TIMEOUT", "999999999999999")],
+        )
+        .await;
+        exporter.export(spans(&["patient"])).await.unwrap();
+        let (metadata, _) = &collector.received()[0];
+        assert!(metadata.get("grpc-timeout").is_some(), "{metadata:?}");
     }
 
     #[test]
@@ -486,12 +598,26 @@ mod tests {
                 .to_string()
         };
         let protocol = refusal(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
-        assert!(protocol.contains("OTLP/gRPC only"), "{protocol}");
-        let compression = refusal(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")]);
-        assert!(compression.contains("gzip"), "{compression}");
         assert!(
-            OtlpConfig::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).is_ok()
+            protocol.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL is \"http/protobuf\"")
+                && protocol.contains("OTLP/gRPC only"),
+            "{protocol}"
         );
+        let compression = refusal(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]);
+        assert!(
+            compression.starts_with("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION is \"zstd\"")
+                && compression.contains("gzip"),
+            "{compression}"
+        );
+        let accepted = OtlpConfig::from_lookup(lookup(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "GZip"),
+        ]))
+        .unwrap();
+        assert_eq!(accepted.compression, Some(CompressionEncoding::Gzip));
     }
 
     #[tokio::test]
@@ -551,6 +677,11 @@ mod tests {
         assert_eq!(
             classify(&throttled(Code::Unavailable, told)),
             Failure::Transient { told: Some(told) }
+        );
+        // A `RetryInfo` without a delay still says the collector recovers.
+        assert_eq!(
+            classify(&throttled(Code::ResourceExhausted, Duration::ZERO)),
+            Failure::Transient { told: None }
         );
     }
 
@@ -731,11 +862,19 @@ mod tests {
             &[("OTEL_EXPORTER_OTLP_TIMEOUT", "300")],
         )
         .await;
+        let started = Instant::now();
         let error = exporter
             .export(spans(&["lost"]))
             .await
             .unwrap_err()
             .to_string();
+        // The 300 ms and a retry's backoff, with slack for a slow machine:
+        // not ten times that.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
         // Whichever end gives up first: vowd, or tonic's server honouring
         // the `grpc-timeout` vowd sent.
         assert!(
@@ -751,7 +890,11 @@ mod tests {
         drop(listener);
         let exporter = exporter(endpoint, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")]).await;
         let error = exporter.export(spans(&["lost"])).await.unwrap_err();
-        assert!(error.to_string().contains("Unavailable"), "{error}");
+        // With tonic's cause under it, not only the code.
+        assert!(
+            error.to_string().contains("Unavailable") && error.to_string().contains("refused"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
