@@ -61,10 +61,7 @@ pub fn export_request(resource: &EncodedResource, spans: &[SpanData]) -> Bytes {
         .map(|scope| scope_spans_len(scope, &span_lens))
         .collect();
     let resource_spans_len = field_len(1, resource.body.len())
-        + scope_spans_lens
-            .iter()
-            .map(|&len| field_len(2, len))
-            .sum::<usize>()
+        + repeated_len(2, scope_spans_lens.iter().copied())
         + string_len(3, &resource.schema_url);
     let request_len = field_len(1, resource_spans_len);
 
@@ -114,21 +111,14 @@ fn group_by_scope(spans: &[SpanData]) -> Vec<ScopeGroup<'_>> {
 
 fn scope_spans_len(group: &ScopeGroup<'_>, span_lens: &[usize]) -> usize {
     field_len(1, group.scope_len)
-        + group
-            .spans
-            .iter()
-            .map(|&index| field_len(2, span_lens[index]))
-            .sum::<usize>()
+        + repeated_len(2, group.spans.iter().map(|&index| span_lens[index]))
         + string_len(3, group.scope.schema_url().unwrap_or_default())
 }
 
 fn scope_len(scope: &InstrumentationScope) -> usize {
     string_len(1, scope.name())
         + string_len(2, scope.version().unwrap_or_default())
-        + scope
-            .attributes()
-            .map(|kv| field_len(3, key_value_len(kv)))
-            .sum::<usize>()
+        + repeated_len(3, scope.attributes().map(key_value_len))
 }
 
 fn write_scope(out: &mut impl BufMut, scope: &InstrumentationScope) {
@@ -153,17 +143,9 @@ fn span_len(span: &SpanData) -> usize {
         + fixed64_len(8, unix_nanos(span.end_time))
         + attributes_len(9, &span.attributes)
         + varint_len(10, span.dropped_attributes_count.into())
-        + span
-            .events
-            .iter()
-            .map(|event| field_len(11, event_len(event)))
-            .sum::<usize>()
+        + repeated_len(11, span.events.iter().map(event_len))
         + varint_len(12, span.events.dropped_count.into())
-        + span
-            .links
-            .iter()
-            .map(|link| field_len(13, link_len(link)))
-            .sum::<usize>()
+        + repeated_len(13, span.links.iter().map(link_len))
         + varint_len(14, span.links.dropped_count.into())
         + field_len(15, status_len(&span.status))
         + fixed32_len(16, span_flags(context, span.parent_span_is_remote))
@@ -288,10 +270,7 @@ fn write_status(out: &mut impl BufMut, status: &Status) {
 // `KeyValue` and `AnyValue`.
 
 fn attributes_len(tag: u32, attributes: &[KeyValue]) -> usize {
-    attributes
-        .iter()
-        .map(|kv| field_len(tag, key_value_len(kv)))
-        .sum()
+    repeated_len(tag, attributes.iter().map(key_value_len))
 }
 
 fn write_attributes(out: &mut impl BufMut, tag: u32, attributes: &[KeyValue]) {
@@ -353,10 +332,7 @@ fn write_any_value(out: &mut impl BufMut, value: &Value) {
 /// An `ArrayValue`: each element an `AnyValue` in field 1.
 fn array_len(array: &Array) -> usize {
     fn elements<T>(values: &[T], element_len: impl Fn(&T) -> usize) -> usize {
-        values
-            .iter()
-            .map(|value| field_len(1, element_len(value)))
-            .sum()
+        repeated_len(1, values.iter().map(element_len))
     }
     match array {
         Array::Bool(values) => elements(values, |_| key_len(2) + 1),
@@ -406,6 +382,11 @@ fn write_array(out: &mut impl BufMut, array: &Array) {
 /// A length-delimited field of `len` bytes.
 fn field_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// A repeated message field, its elements of `lens` bytes.
+fn repeated_len(tag: u32, lens: impl IntoIterator<Item = usize>) -> usize {
+    lens.into_iter().map(|len| field_len(tag, len)).sum()
 }
 
 fn string_len(tag: u32, text: &str) -> usize {

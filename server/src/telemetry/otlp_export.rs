@@ -5,7 +5,7 @@
 //! `OTEL_EXPORTER_OTLP_*` variables as opentelemetry-otlp reads them.
 
 use std::{
-    fmt,
+    fmt::{self, Write as _},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -300,7 +300,7 @@ enum Failure {
 }
 
 /// The transient codes of the OTLP specification, and `RESOURCE_EXHAUSTED`
-/// only when the collector says when to come back.
+/// only when the collector sends a `RetryInfo`.
 fn classify(failure: &Status) -> Failure {
     let retry_info = failure.get_details_retry_info();
     let told = retry_info
@@ -359,7 +359,7 @@ fn described(status: &Status) -> String {
     let mut description = format!("{:?}: {}", status.code(), status.message());
     let mut cause = std::error::Error::source(status);
     while let Some(error) = cause {
-        description.push_str(&format!(": {error}"));
+        let _ = write!(description, ": {error}");
         cause = error.source();
     }
     description
