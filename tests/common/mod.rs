@@ -374,7 +374,9 @@ impl Drop for TempDir {
 #[path = "../../server/tests/support/mod.rs"]
 mod postgres_support;
 #[allow(unused_imports)] // Only the tests that need PostgreSQL use it.
-pub use postgres_support::TestDatabase;
+pub use postgres_support::{TestDatabase, postgres_server};
+
+pub mod fault_proxy;
 
 impl Vowd {
     /// Starts `vowd --store postgres --database-url <database_url> --listen
