@@ -73,6 +73,10 @@ impl ChangeFeed for RecordingFeed {
     fn deleted(&self, id: TaskId) {
         self.events.lock().expect("not poisoned").push((id, None));
     }
+
+    fn resync(&self, _ids: &[TaskId]) {}
+
+    fn resync_all(&self) {}
 }
 
 /// One store instance (a "replica") with its feed.

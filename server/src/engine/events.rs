@@ -4,12 +4,19 @@
 //!
 //! A task gets a topic when someone first listens to it. The topic keeps the
 //! last `history_len` changes, so a watcher that lost its stream can resume
-//! after the revision it saw without a gap. Topics of unfinished tasks stay
-//! until the task finishes or is deleted; a finished task's topic goes with
-//! its last listener, but its history is kept a while longer (the most
-//! recently finished, up to [`RETIRED_EVENTS`] changes in all): a watcher
-//! whose stream broke just before the end resumes into the changes it missed
-//! rather than a resync.
+//! after the revision it saw without a gap. A topic goes with its last
+//! listener unless it holds history of an unfinished task (kept until the
+//! task finishes or is deleted, for watchers that resume). A finished task's
+//! history is kept a while longer (the most recently finished, up to
+//! [`RETIRED_EVENTS`] changes in all): a watcher whose stream broke just
+//! before the end resumes into the changes it missed rather than a resync.
+//! So listeners of ids that name no task, or of finished tasks, leave
+//! nothing behind; `vow_event_topics` counts the topics.
+//!
+//! When the store cannot tell what changed (a change it could not read, a
+//! connection to other replicas that was lost for too long), it asks for a
+//! resync: the topics concerned close, so their listeners read the store
+//! again, and every all-task listener is told it missed changes.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -35,6 +42,44 @@ const RETIRED_EVENTS: usize = 16_384;
 
 /// A published change: the task as stored after it.
 pub type TaskEvent = Arc<TaskRecord>;
+
+/// What the all-tasks topic carries.
+#[derive(Clone, Debug)]
+enum FirehoseEvent {
+    Changed(TaskEvent),
+    /// Changes may have been missed: listeners read the store again.
+    Resync,
+}
+
+/// What an all-tasks listener receives.
+#[derive(Debug)]
+pub enum AllTasksEvent {
+    /// One change, per task in revision order.
+    Changed(TaskEvent),
+    /// Changes were missed (this listener fell behind, or the store lost
+    /// track): what it follows must be read from the store again.
+    Missed,
+    /// The hub is gone.
+    Closed,
+}
+
+/// A listener on every task's changes.
+pub struct AllTasksSubscription {
+    receiver: broadcast::Receiver<FirehoseEvent>,
+}
+
+impl AllTasksSubscription {
+    /// The next change, or word that some were missed.
+    pub async fn recv(&mut self) -> AllTasksEvent {
+        match self.receiver.recv().await {
+            Ok(FirehoseEvent::Changed(task)) => AllTasksEvent::Changed(task),
+            Ok(FirehoseEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                AllTasksEvent::Missed
+            }
+            Err(broadcast::error::RecvError::Closed) => AllTasksEvent::Closed,
+        }
+    }
+}
 
 struct Topic {
     sender: broadcast::Sender<TaskEvent>,
@@ -91,23 +136,29 @@ impl RetiredHistories {
 }
 
 impl Topics {
-    /// Drops a finished topic nobody listens to, keeping its history.
+    /// Drops a topic nobody listens to, unless it holds history of an
+    /// unfinished task; a finished task's history is retired.
     fn close_if_unheard(&mut self, id: TaskId) {
-        if self
-            .live
-            .get(&id)
-            .is_some_and(|topic| topic.finished && topic.sender.receiver_count() == 0)
-            && let Some(topic) = self.live.remove(&id)
-        {
-            self.retired.retire(id, topic.history);
+        let closes = self.live.get(&id).is_some_and(|topic| {
+            topic.sender.receiver_count() == 0 && (topic.finished || topic.history.is_empty())
+        });
+        if closes && let Some(topic) = self.live.remove(&id) {
+            if topic.finished {
+                self.retired.retire(id, topic.history);
+            }
+            self.count_topics();
         }
+    }
+
+    fn count_topics(&self) {
+        metrics::gauge!("vow_event_topics").set(self.live.len() as f64);
     }
 }
 
 /// Fan-out of task changes to whoever listens in this process.
 pub struct EventHub {
     topics: Mutex<Topics>,
-    firehose: broadcast::Sender<TaskEvent>,
+    firehose: broadcast::Sender<FirehoseEvent>,
     history_len: usize,
     live_waiters: AtomicUsize,
     live_watchers: AtomicUsize,
@@ -146,7 +197,9 @@ impl EventHub {
     ) -> (TaskSubscription, Vec<TaskEvent>) {
         let mut topics = self.topics();
         let topics = &mut *topics;
+        let mut opened = false;
         let topic = topics.live.entry(id).or_insert_with(|| {
+            opened = true;
             let retired = topics.retired.take(&id);
             Topic {
                 sender: broadcast::channel(TOPIC_CAPACITY).0,
@@ -156,6 +209,9 @@ impl EventHub {
         });
         let receiver = topic.sender.subscribe();
         let history = topic.history.iter().cloned().collect();
+        if opened {
+            topics.count_topics();
+        }
         let subscription = TaskSubscription {
             hub: self.clone(),
             id,
@@ -165,8 +221,10 @@ impl EventHub {
     }
 
     /// Starts listening to every task's changes.
-    pub fn subscribe_all(&self) -> broadcast::Receiver<TaskEvent> {
-        self.firehose.subscribe()
+    pub fn subscribe_all(&self) -> AllTasksSubscription {
+        AllTasksSubscription {
+            receiver: self.firehose.subscribe(),
+        }
     }
 
     /// Counts a waiter (Await, Run, AwaitMany) until the guard drops.
@@ -189,6 +247,11 @@ impl EventHub {
         self.live_watchers.load(Ordering::Relaxed)
     }
 
+    /// Publishes the gauges of the hub, so they show before anything changes.
+    pub fn publish_gauges(&self) {
+        self.topics().count_topics();
+    }
+
     /// Topics open now (tasks with listeners, or unfinished with history).
     pub fn open_topics(&self) -> usize {
         self.topics().live.len()
@@ -207,6 +270,15 @@ impl ChangeFeed for EventHub {
         {
             let mut topics = self.topics();
             if let Some(topic) = topics.live.get_mut(&task.id) {
+                // A revision already seen (delivered again by a replay) is
+                // no news, and must not break the history's run.
+                if topic
+                    .history
+                    .back()
+                    .is_some_and(|last| last.revision >= task.revision)
+                {
+                    return;
+                }
                 let contiguous = topic
                     .history
                     .back()
@@ -226,15 +298,41 @@ impl ChangeFeed for EventHub {
             }
         }
         if self.firehose.receiver_count() > 0 {
-            let _ = self.firehose.send(task.clone());
+            let _ = self.firehose.send(FirehoseEvent::Changed(task.clone()));
         }
     }
 
     fn deleted(&self, id: TaskId) {
         let mut topics = self.topics();
         // Dropping the sender ends every subscription to the task.
-        topics.live.remove(&id);
+        if topics.live.remove(&id).is_some() {
+            topics.count_topics();
+        }
         topics.retired.take(&id);
+    }
+
+    fn resync(&self, ids: &[TaskId]) {
+        {
+            let mut topics = self.topics();
+            for id in ids {
+                // Closed, the topic's listeners read the store again; its
+                // history has a gap, so it goes too.
+                topics.live.remove(id);
+                topics.retired.take(id);
+            }
+            topics.count_topics();
+        }
+        let _ = self.firehose.send(FirehoseEvent::Resync);
+    }
+
+    fn resync_all(&self) {
+        {
+            let mut topics = self.topics();
+            topics.live.clear();
+            topics.retired = RetiredHistories::default();
+            topics.count_topics();
+        }
+        let _ = self.firehose.send(FirehoseEvent::Resync);
     }
 }
 
@@ -303,6 +401,82 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(revision: u64, terminal: bool) -> TaskEvent {
+        let mut record = crate::engine::transitions::tests::running(1, 1);
+        record.revision = revision;
+        if terminal {
+            record.state = crate::engine::task::TaskState::Succeeded;
+        }
+        Arc::new(record)
+    }
+
+    #[test]
+    fn listeners_of_unknown_or_finished_tasks_leave_no_topic() {
+        let hub = Arc::new(EventHub::new(16));
+        drop(hub.subscribe(TaskId::generate()));
+        assert_eq!(hub.open_topics(), 0, "an id that never changed");
+
+        let finished = task(3, true);
+        let subscription = hub.subscribe(finished.id);
+        hub.changed(&finished);
+        drop(subscription);
+        assert_eq!(hub.open_topics(), 0, "a finished task");
+        let (_again, history) = hub.subscribe_with_history(finished.id);
+        assert_eq!(history.len(), 1, "its history was retired, not lost");
+    }
+
+    /// The same task at another revision.
+    fn at(task: &TaskEvent, revision: u64, terminal: bool) -> TaskEvent {
+        let mut next = TaskRecord::clone(&super::tests::task(revision, terminal));
+        next.id = task.id;
+        Arc::new(next)
+    }
+
+    #[test]
+    fn an_unfinished_task_keeps_its_history_for_resuming_watchers() {
+        let hub = Arc::new(EventHub::new(16));
+        let running = task(2, false);
+        let subscription = hub.subscribe(running.id);
+        hub.changed(&running);
+        hub.changed(&at(&running, 3, false));
+        drop(subscription);
+        assert_eq!(hub.open_topics(), 1, "kept for a watcher that resumes");
+        let subscription = hub.subscribe(running.id);
+        hub.changed(&at(&running, 4, true));
+        drop(subscription);
+        assert_eq!(hub.open_topics(), 0, "closed once finished and unheard");
+    }
+
+    #[test]
+    fn a_revision_seen_again_keeps_the_history_whole() {
+        let hub = Arc::new(EventHub::new(16));
+        let first = task(2, false);
+        let _subscription = hub.subscribe(first.id);
+        hub.changed(&first);
+        let mut second = TaskRecord::clone(&first);
+        second.revision = 3;
+        hub.changed(&Arc::new(second));
+        hub.changed(&first);
+        let (_, history) = hub.subscribe_with_history(first.id);
+        let revisions: Vec<u64> = history.iter().map(|task| task.revision).collect();
+        assert_eq!(revisions, [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_resync_closes_the_topics_and_tells_all_task_listeners() {
+        let hub = Arc::new(EventHub::new(16));
+        let watched = task(2, false);
+        let mut subscription = hub.subscribe(watched.id);
+        let mut all = hub.subscribe_all();
+        hub.resync(&[watched.id]);
+        assert!(matches!(
+            subscription.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        assert!(matches!(all.recv().await, AllTasksEvent::Missed));
+        assert_eq!(hub.open_topics(), 0);
+    }
 
     fn history(len: usize) -> VecDeque<TaskEvent> {
         let record = crate::engine::transitions::tests::running(1, 1);

@@ -21,7 +21,8 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::Instrument;
 
 use super::{
-    Engine, Mutation, RunningAttempt, StopReason, TaskEvent,
+    Engine, EngineError, Mutation, RunningAttempt, StopReason, TaskEvent,
+    events::AllTasksEvent,
     handler::{HandlerContext, ProgressReport, ProgressReporter},
     sleep_until_opt,
     task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
@@ -37,6 +38,11 @@ const CLAIM_BATCH: usize = 64;
 /// Longest the dispatcher sleeps without looking at the store, so tasks made
 /// due by another process (or a missed wake-up) are still found.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Waits between tries of an outcome write the store did not take.
+const OUTCOME_FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const OUTCOME_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Tries of an outcome write that fails other than by unavailability.
+const OUTCOME_INTERNAL_ATTEMPTS: u32 = 3;
 
 /// Claims due tasks while slots are free and spawns their attempts.
 pub(super) async fn dispatch_loop(engine: Engine) {
@@ -112,7 +118,7 @@ pub(super) async fn follow_other_writers(engine: Engine) {
             () = engine.inner.stop_dispatch.cancelled() => return,
         };
         match change {
-            Ok(task) => {
+            AllTasksEvent::Changed(task) => {
                 if task.state.is_claimable() {
                     engine.inner.dispatch_wakeup.notify_one();
                 }
@@ -122,7 +128,7 @@ pub(super) async fn follow_other_writers(engine: Engine) {
                 }
             }
             // Missed some: look at the store, and at every attempt running here.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+            AllTasksEvent::Missed => {
                 engine.inner.dispatch_wakeup.notify_one();
                 let running: Vec<_> = engine.lock_running().keys().copied().collect();
                 for id in running {
@@ -138,7 +144,7 @@ pub(super) async fn follow_other_writers(engine: Engine) {
                     }
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            AllTasksEvent::Closed => return,
         }
     }
 }
@@ -187,7 +193,8 @@ pub(super) async fn run_attempt(
             .flatten();
         record::attempt_started(&task.kind, queue_wait);
         record::running(engine.running_count());
-        let (outcome, unwritten_progress) = execute(&engine, &task, &attempt).await;
+        let (outcome, unwritten_progress, lease_expires_at) =
+            execute(&engine, &task, &attempt).await;
         engine.lock_running().remove(&task_id);
         record::attempt_finished(&task.kind, outcome.label(), started.elapsed());
         if let Some(message) = outcome.failure_message() {
@@ -196,7 +203,14 @@ pub(super) async fn run_attempt(
             });
             tracing::warn!(task.id = %task_id, task.kind = %task.kind, task.attempt = task.attempt, error.message = %message, "attempt failed");
         }
-        store_outcome(&engine, &task, outcome, unwritten_progress).await;
+        store_outcome(
+            &engine,
+            &task,
+            outcome,
+            unwritten_progress,
+            lease_expires_at,
+        )
+        .await;
         record::running(engine.running_count());
         engine.inner.dispatch_wakeup.notify_one();
     };
@@ -238,21 +252,27 @@ pub(super) async fn run_attempt(
     }
 }
 
-/// Runs the handler; returns how the attempt ended and the last progress
-/// report if coalescing had held it back, so it lands with the outcome.
+/// Runs the handler; returns how the attempt ended, the last progress
+/// report if coalescing had held it back (so it lands with the outcome),
+/// and when the lease expires as last renewed.
 async fn execute(
     engine: &Engine,
     task: &TaskRecord,
     attempt: &RunningAttempt,
-) -> (AttemptOutcome, Option<ProgressReport>) {
+) -> (AttemptOutcome, Option<ProgressReport>, SystemTime) {
     let config = &engine.inner.config;
     let now = SystemTime::now();
+    let mut lease_expires_at = task
+        .lease
+        .as_ref()
+        .map_or(now + config.lease_duration, |lease| lease.expires_at);
     if task.deadline.is_some_and(|deadline| deadline <= now) {
         return (
             AttemptOutcome::DeadlineExceeded {
                 handler_stopped: true,
             },
             None,
+            lease_expires_at,
         );
     }
     let Some(handler) = engine.inner.handlers.get(&task.kind).cloned() else {
@@ -262,7 +282,7 @@ async fn execute(
             format!("no handler for kind {:?}", task.kind),
         )
         .with_reason("UNKNOWN_KIND");
-        return (AttemptOutcome::Failed(error), None);
+        return (AttemptOutcome::Failed(error), None, lease_expires_at);
     };
 
     let attempt_deadline = task.attempt_timeout.map(|timeout| Instant::now() + timeout);
@@ -337,8 +357,9 @@ async fn execute(
                 }
                 _ = heartbeat.tick() => {
                     let expires_at = SystemTime::now() + config.lease_duration;
-                    if let Err(error) = engine.inner.store.extend_lease(task.id, lease_token, expires_at).await {
-                        tracing::warn!(task.id = %task.id, %error, "lease renewal failed");
+                    match engine.inner.store.extend_lease(task.id, lease_token, expires_at).await {
+                        Ok(()) => lease_expires_at = expires_at,
+                        Err(error) => tracing::warn!(task.id = %task.id, %error, "lease renewal failed"),
                     }
                 }
             }
@@ -382,64 +403,123 @@ async fn execute(
         }
         (Some(Interruption::Stopped(StopReason::HandedBack)), _) => AttemptOutcome::HandedBack,
     };
-    (outcome, unwritten_progress)
+    (outcome, unwritten_progress, lease_expires_at)
 }
 
-/// Stores the end of an attempt, unless this process no longer holds the lease.
+/// Stores the end of an attempt, unless this process no longer holds the
+/// lease. A write that fails is tried again with backoff for as long as the
+/// lease holds, and the lease is renewed meanwhile: an outcome is given up
+/// (and counted) only when the lease is lost, since another executor may
+/// then run the task again, or when the store keeps failing in a way a
+/// retry cannot mend.
 async fn store_outcome(
     engine: &Engine,
     claimed: &TaskEvent,
     outcome: AttemptOutcome,
     unwritten_progress: Option<ProgressReport>,
+    mut lease_expires_at: SystemTime,
 ) {
+    let config = &engine.inner.config;
     let lease_token = claimed.lease.as_ref().map(|lease| lease.token);
     // Usually nothing changed since the claim but progress; the first try
     // uses the claimed snapshot and a conflict falls back to reading.
-    let result = engine
-        .update_task_from(claimed.id, Some(claimed.clone()), |task| {
-            let holds_lease = task.state == TaskState::Running
-                && task.lease.as_ref().map(|lease| lease.token) == lease_token;
-            if !holds_lease {
-                return Mutation::Keep;
+    let mut known = Some(claimed.clone());
+    let mut backoff = OUTCOME_FIRST_BACKOFF;
+    let mut renew_at = Instant::now() + config.lease_duration / 3;
+    let mut internal_failures = 0;
+    let mut failing_since: Option<Instant> = None;
+    let why_lost = loop {
+        let result = engine
+            .update_task_from(claimed.id, known.take(), |task| {
+                let holds_lease = task.state == TaskState::Running
+                    && task.lease.as_ref().map(|lease| lease.token) == lease_token;
+                if !holds_lease {
+                    return Mutation::Keep;
+                }
+                // Cloned: a compare-and-set conflict runs this closure again.
+                let mut this_outcome = outcome.clone();
+                if let Some(report) = &unwritten_progress {
+                    task.progress = Some(Progress {
+                        percent: report.percent,
+                        message: report.message.clone(),
+                        updated_at: SystemTime::now(),
+                    });
+                }
+                // A cancel seen only through the store (another process asked).
+                let settled = matches!(
+                    this_outcome,
+                    AttemptOutcome::Succeeded(_) | AttemptOutcome::Cancelled { .. }
+                );
+                if task.cancel_requested && !settled {
+                    this_outcome = AttemptOutcome::Cancelled {
+                        reason: task.cancel_reason.clone(),
+                        handler_stopped: true,
+                    };
+                }
+                transitions::finish_attempt(task, this_outcome, SystemTime::now(), rand::random());
+                Mutation::Write
+            })
+            .await;
+        let error = match result {
+            Ok(task) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(task.id = %claimed.id, retried_for = ?since.elapsed(), "stored an attempt's outcome after retrying");
+                }
+                if task.state == TaskState::Running {
+                    tracing::warn!(task.id = %claimed.id, "attempt result refused: the lease is no longer held");
+                    return;
+                }
+                if task.state == TaskState::RetryWait {
+                    engine.inner.dispatch_wakeup.notify_one();
+                }
+                tracing::debug!(task.id = %task.id, task.state = task.state.as_str(), task.attempt = task.attempt, "attempt finished");
+                return;
             }
-            // Cloned: a compare-and-set conflict runs this closure again.
-            let mut this_outcome = outcome.clone();
-            if let Some(report) = &unwritten_progress {
-                task.progress = Some(Progress {
-                    percent: report.percent,
-                    message: report.message.clone(),
-                    updated_at: SystemTime::now(),
-                });
-            }
-            // A cancel seen only through the store (another process asked).
-            let settled = matches!(
-                this_outcome,
-                AttemptOutcome::Succeeded(_) | AttemptOutcome::Cancelled { .. }
-            );
-            if task.cancel_requested && !settled {
-                this_outcome = AttemptOutcome::Cancelled {
-                    reason: task.cancel_reason.clone(),
-                    handler_stopped: true,
-                };
-            }
-            transitions::finish_attempt(task, this_outcome, SystemTime::now(), rand::random());
-            Mutation::Write
-        })
-        .await;
-    match result {
-        Ok(task) if task.state == TaskState::Running => {
-            tracing::warn!(task.id = %claimed.id, "attempt result refused: the lease is no longer held");
+            // Deleted meanwhile: there is nothing left to finish.
+            Err(EngineError::NotFound(_)) => return,
+            Err(error) => error,
+        };
+        if failing_since.is_none() {
+            failing_since = Some(Instant::now());
+            tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome yet; retrying while the lease holds");
         }
-        Ok(task) => {
-            if task.state == TaskState::RetryWait {
-                engine.inner.dispatch_wakeup.notify_one();
+        if !matches!(error, EngineError::StorageUnavailable(_)) {
+            internal_failures += 1;
+            if internal_failures >= OUTCOME_INTERNAL_ATTEMPTS {
+                break format!("the store keeps failing: {error}");
             }
-            tracing::debug!(task.id = %task.id, task.state = task.state.as_str(), task.attempt = task.attempt, "attempt finished");
         }
-        Err(error) => {
-            tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome")
+        if Instant::now() >= renew_at {
+            let expires_at = SystemTime::now() + config.lease_duration;
+            match engine
+                .inner
+                .store
+                .extend_lease(claimed.id, lease_token.unwrap_or_default(), expires_at)
+                .await
+            {
+                Ok(()) => {
+                    lease_expires_at = expires_at;
+                    renew_at = Instant::now() + config.lease_duration / 3;
+                }
+                Err(StoreError::StaleLease) => break "the lease was taken over".to_owned(),
+                Err(StoreError::NotFound) => return,
+                // Unavailable too: the next round tries again.
+                Err(_) => {}
+            }
         }
-    }
+        let retry_at = Instant::now() + backoff;
+        if SystemTime::now() + backoff >= lease_expires_at {
+            break "the lease expired while the store was unavailable".to_owned();
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(retry_at) => {}
+            // Shutdown waits for attempts first: by now the drain is over.
+            () = engine.inner.shutdown.cancelled() => break "the server shut down".to_owned(),
+        }
+        backoff = (backoff * 2).min(OUTCOME_MAX_BACKOFF);
+    };
+    record::outcome_lost(&claimed.kind);
+    tracing::error!(task.id = %claimed.id, task.kind = %claimed.kind, task.attempt = claimed.attempt, reason = %why_lost, "gave up storing an attempt's outcome; the task will run again if attempts remain");
 }
 
 /// Writes the latest progress report, if there is one not yet written.
@@ -538,12 +618,22 @@ mod tests {
         }
     }
 
-    /// A store whose claiming create hands the task over, then fails, as
-    /// the embedded store does when the commit after the hand-over fails.
-    struct FailsAfterHandOver(MemoryStore);
+    /// A memory store with faults of the embedded and PostgreSQL stores.
+    #[derive(Default)]
+    struct Faults {
+        /// The claiming create hands the task over, then fails, as the
+        /// embedded store does when the commit after the hand-over fails.
+        create_fails_after_hand_over: bool,
+        /// Writes that make a task SUCCEEDED fail as unavailable this often.
+        failing_outcome_writes: std::sync::atomic::AtomicUsize,
+        /// Lease renewals fail as unavailable.
+        renewals_fail: bool,
+    }
+
+    struct FaultyStore(MemoryStore, Faults);
 
     #[async_trait]
-    impl Store for FailsAfterHandOver {
+    impl Store for FaultyStore {
         async fn create(
             &self,
             task: TaskRecord,
@@ -554,10 +644,16 @@ mod tests {
         async fn create_and_claim(
             &self,
             mut task: TaskRecord,
-            _max_queued: Option<usize>,
+            max_queued: Option<usize>,
             claim: &ClaimRequest,
             on_claimed: OnClaimed,
         ) -> Result<CreateOutcome, StoreError> {
+            if !self.1.create_fails_after_hand_over {
+                return self
+                    .0
+                    .create_and_claim(task, max_queued, claim, on_claimed)
+                    .await;
+            }
             claim.claim(&mut task, 1);
             on_claimed(Arc::new(task));
             Err(StoreError::Unavailable("the commit failed".into()))
@@ -570,6 +666,17 @@ mod tests {
             task: TaskRecord,
             expected_revision: u64,
         ) -> Result<SharedTask, StoreError> {
+            use std::sync::atomic::Ordering;
+            let failing = &self.1.failing_outcome_writes;
+            if task.state == TaskState::Succeeded
+                && failing
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        left.checked_sub(1)
+                    })
+                    .is_ok()
+            {
+                return Err(StoreError::Unavailable("the database is away".into()));
+            }
             self.0.update(task, expected_revision).await
         }
         async fn delete(&self, id: TaskId) -> Result<bool, StoreError> {
@@ -590,6 +697,9 @@ mod tests {
             token: u64,
             expires_at: SystemTime,
         ) -> Result<(), StoreError> {
+            if self.1.renewals_fail {
+                return Err(StoreError::Unavailable("the database is away".into()));
+            }
             self.0.extend_lease(id, token, expires_at).await
         }
         async fn overdue(
@@ -623,7 +733,11 @@ mod tests {
     #[tokio::test]
     async fn an_attempt_handed_over_by_a_failed_create_is_stopped() {
         let hub = Arc::new(EventHub::new(16));
-        let store = Arc::new(FailsAfterHandOver(MemoryStore::new(hub.clone())));
+        let faults = Faults {
+            create_fails_after_hand_over: true,
+            ..Faults::default()
+        };
+        let store = Arc::new(FaultyStore(MemoryStore::new(hub.clone()), faults));
         let mut handlers = HandlerRegistry::new();
         handlers.register("quits", QuitsOnCancel);
         let config = EngineConfig::default();
@@ -672,5 +786,98 @@ mod tests {
             assert_eq!(task.state, TaskState::Queued, "handed back, not failed");
             assert_eq!(task.attempt, 1);
         }
+    }
+
+    /// Counts its runs and succeeds after a moment.
+    #[derive(Default)]
+    struct CountsRuns(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl Handler for Arc<CountsRuns> {
+        async fn run(&self, _context: HandlerContext) -> Result<Payload, TaskError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Payload::json(serde_json::json!("done")))
+        }
+    }
+
+    async fn engine_on(faults: Faults, config: EngineConfig) -> (Engine, Arc<CountsRuns>) {
+        let hub = Arc::new(EventHub::new(16));
+        let store = Arc::new(FaultyStore(MemoryStore::new(hub.clone()), faults));
+        let runs = Arc::new(CountsRuns::default());
+        let mut handlers = HandlerRegistry::new();
+        handlers.register("counted", runs.clone());
+        (Engine::start(config, store, hub, handlers), runs)
+    }
+
+    async fn submit_once(engine: &Engine) -> TaskId {
+        let spec = SubmitSpec {
+            kind: "counted".into(),
+            retry: crate::engine::task::RetryOverrides {
+                max_attempts: Some(1),
+                ..Default::default()
+            },
+            ..SubmitSpec::default()
+        };
+        engine
+            .submit(spec, TraceContext::default())
+            .await
+            .expect("submit")
+            .task
+            .id
+    }
+
+    /// An outcome the store did not take at first is stored once it does,
+    /// and the handler does not run again.
+    #[tokio::test]
+    async fn an_outcome_is_retried_while_the_lease_holds() {
+        let faults = Faults {
+            failing_outcome_writes: 4.into(),
+            ..Faults::default()
+        };
+        let (engine, runs) = engine_on(faults, EngineConfig::default()).await;
+        let id = submit_once(&engine).await;
+        let awaited = engine
+            .await_task(id, Duration::from_secs(10))
+            .await
+            .expect("await");
+        assert!(awaited.done);
+        assert_eq!(awaited.task.state, TaskState::Succeeded);
+        assert_eq!(awaited.task.attempt, 1);
+        assert_eq!(runs.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        engine.shutdown(Duration::ZERO).await;
+    }
+
+    /// An outcome is given up once the lease it was made under expires; the
+    /// reaper then decides, and the slot comes back.
+    #[tokio::test]
+    async fn an_outcome_is_given_up_when_its_lease_expires() {
+        let faults = Faults {
+            failing_outcome_writes: usize::MAX.into(),
+            renewals_fail: true,
+            ..Faults::default()
+        };
+        let config = EngineConfig {
+            lease_duration: Duration::from_millis(600),
+            ..EngineConfig::default()
+        };
+        let slots = config.max_concurrent_tasks;
+        let (engine, _runs) = engine_on(faults, config).await;
+        let id = submit_once(&engine).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let task = engine.get(id).await.expect("get");
+                let idle = engine.inner.slots.available_permits() == slots;
+                if task.state == TaskState::Failed && idle {
+                    let error = task.error.as_ref().expect("an error");
+                    assert_eq!(error.reason, "ATTEMPT_INTERRUPTED");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the lost attempt is reaped and its slot freed");
+        engine.shutdown(Duration::ZERO).await;
     }
 }

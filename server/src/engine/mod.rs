@@ -45,6 +45,13 @@ use crate::{
 
 /// Changes retained per watched task for resuming watchers, by default.
 pub const DEFAULT_EVENT_HISTORY: usize = 256;
+/// Waits between reads of a task that followers retry while the store is
+/// unavailable.
+const REREAD_FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const REREAD_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long the cancel of a Run whose caller went away is retried while
+/// the store is unavailable.
+const ABANDONED_RUN_CANCEL_BOUND: Duration = Duration::from_secs(60);
 
 /// Tunables of the engine; `vowd` fills them from flags.
 #[derive(Clone, Debug)]
@@ -235,6 +242,7 @@ impl Engine {
         handlers: HandlerRegistry,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1)));
+        hub.publish_gauges();
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -290,22 +298,29 @@ impl Engine {
         spec: SubmitSpec,
         trace: TraceContext,
     ) -> Result<Submitted, EngineError> {
-        self.submit_bounded(spec, trace, None).await
+        let record = self.new_submission(spec, trace, None)?;
+        self.store_submission(record).await
     }
 
-    /// Accepts a task whose deadline is also bounded by `deadline_bound`.
-    async fn submit_bounded(
+    /// Validates a submit and makes the record of its task, whose deadline
+    /// is also bounded by `deadline_bound`.
+    fn new_submission(
         &self,
         spec: SubmitSpec,
         trace: TraceContext,
         deadline_bound: Option<SystemTime>,
-    ) -> Result<Submitted, EngineError> {
+    ) -> Result<TaskRecord, EngineError> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
         let now = SystemTime::now();
         validate::validate(&spec, &self.inner.config, &self.inner.handlers, now)?;
-        let record = self.new_record(spec, trace, deadline_bound, now);
+        Ok(self.new_record(spec, trace, deadline_bound, now))
+    }
+
+    /// Stores a new task (or finds the one its idempotency key names).
+    async fn store_submission(&self, record: TaskRecord) -> Result<Submitted, EngineError> {
+        let now = SystemTime::now();
         let idempotency_key = record.idempotency_key.clone();
         let max_queued = Some(self.inner.config.max_queued_tasks);
         let created = match self.reserve_attempt(&record, now) {
@@ -517,11 +532,15 @@ impl Engine {
                             latest = task;
                         }
                     }
-                    // Behind, or the topic closed (a terminal change or a
-                    // deletion): the store has the truth.
+                    // Behind, or the topic closed (a terminal change, a
+                    // deletion, a resync): the store has the truth.
                     Err(RecvError::Lagged(_) | RecvError::Closed) => {
                         subscription = self.inner.hub.subscribe(id);
-                        latest = self.get(id).await?;
+                        match self.reread(id, wait_until).await? {
+                            Some(task) if task.revision > latest.revision => latest = task,
+                            Some(_) => {}
+                            None => break,
+                        }
                     }
                 },
                 () = sleep_until_opt(wait_until) => break,
@@ -534,9 +553,38 @@ impl Engine {
         })
     }
 
+    /// Reads a task again after its changes were missed, retrying while the
+    /// store is unavailable, until `until` (or shutdown): `None` then. A
+    /// follower must not turn a store that is briefly away into an error,
+    /// nor into silence.
+    async fn reread(
+        &self,
+        id: TaskId,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Option<TaskEvent>, EngineError> {
+        let mut backoff = REREAD_FIRST_BACKOFF;
+        loop {
+            match self.get(id).await {
+                Ok(task) => return Ok(Some(task)),
+                Err(EngineError::StorageUnavailable(_)) => {}
+                Err(error) => return Err(error),
+            }
+            let retry_at = tokio::time::Instant::now() + backoff;
+            if until.is_some_and(|until| retry_at >= until) {
+                return Ok(None);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(retry_at) => {}
+                () = self.inner.shutdown.cancelled() => return Ok(None),
+            }
+            backoff = (backoff * 2).min(REREAD_MAX_BACKOFF);
+        }
+    }
+
     /// Submits a task bound to the caller: its deadline is at most
     /// `call_deadline`, and if the returned future is dropped before the task
-    /// finishes, the task is cancelled.
+    /// finishes, the task is cancelled, also when that happens while the
+    /// task is being stored.
     pub async fn run(
         &self,
         spec: SubmitSpec,
@@ -544,14 +592,39 @@ impl Engine {
         call_deadline: Option<SystemTime>,
         wait: Option<Duration>,
     ) -> Result<Awaited, EngineError> {
-        let submitted = self.submit_bounded(spec, trace, call_deadline).await?;
-        let id = submitted.task.id;
-        // A deduplicated run belongs to the caller that created it.
+        let record = self.new_submission(spec, trace, call_deadline)?;
+        // The write runs on its own, so that a caller going away meanwhile
+        // leaves the guard a settled outcome to act on.
+        let engine = self.clone();
+        let storing = self
+            .inner
+            .background
+            .spawn(async move { engine.store_submission(record).await });
         let mut cancel_on_drop = CancelOnDrop {
             engine: self.clone(),
-            id,
-            armed: !submitted.deduplicated,
+            task: RunTask::Storing(storing),
+            armed: true,
         };
+        let RunTask::Storing(storing) = &mut cancel_on_drop.task else {
+            unreachable!("the write was just started");
+        };
+        let submitted = match storing.await {
+            Ok(Ok(submitted)) => submitted,
+            Ok(Err(error)) => {
+                cancel_on_drop.armed = false;
+                return Err(error);
+            }
+            Err(panicked) => {
+                cancel_on_drop.armed = false;
+                return Err(EngineError::StorageFailed(StoreError::Internal(format!(
+                    "storing a task panicked: {panicked}"
+                ))));
+            }
+        };
+        let id = submitted.task.id;
+        cancel_on_drop.task = RunTask::Stored(id);
+        // A deduplicated run belongs to the caller that created it.
+        cancel_on_drop.armed = !submitted.deduplicated;
         let awaited = self.wait_terminal(id, wait).await?;
         // A task that outlives its call is cancelled as the guard drops.
         cancel_on_drop.armed &= !awaited.done;
@@ -752,11 +825,21 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Turns a dropped Run call into a cancellation of its task.
+/// Turns a dropped Run call into a cancellation of its task. While the
+/// task is being stored, the cancellation waits for that write: a task
+/// that was created is then cancelled, one that was not (or that an
+/// earlier call created) is left alone.
 struct CancelOnDrop {
     engine: Engine,
-    id: TaskId,
+    task: RunTask,
     armed: bool,
+}
+
+/// The task of a Run, as far as the run got.
+enum RunTask {
+    /// Being written; the write answers whether it created the task.
+    Storing(tokio::task::JoinHandle<Result<Submitted, EngineError>>),
+    Stored(TaskId),
 }
 
 impl Drop for CancelOnDrop {
@@ -765,12 +848,34 @@ impl Drop for CancelOnDrop {
             return;
         }
         let engine = self.engine.clone();
-        let id = self.id;
+        let task = std::mem::replace(&mut self.task, RunTask::Stored(TaskId::MIN));
         self.engine.inner.background.spawn(async move {
-            match engine.cancel(id, "the Run caller went away").await {
-                Ok(_) | Err(EngineError::NotFound(_)) => {}
-                Err(error) => {
-                    tracing::warn!(task.id = %id, %error, "could not cancel an abandoned run")
+            let id = match task {
+                RunTask::Stored(id) => id,
+                RunTask::Storing(storing) => match storing.await {
+                    Ok(Ok(submitted)) if !submitted.deduplicated => submitted.task.id,
+                    _ => return,
+                },
+            };
+            // The store may be briefly away: a run must not outlive its caller for that.
+            let mut backoff = REREAD_FIRST_BACKOFF;
+            let give_up_at = tokio::time::Instant::now() + ABANDONED_RUN_CANCEL_BOUND;
+            loop {
+                match engine.cancel(id, "the Run caller went away").await {
+                    Ok(_) | Err(EngineError::NotFound(_)) => return,
+                    Err(EngineError::StorageUnavailable(_))
+                        if tokio::time::Instant::now() + backoff < give_up_at =>
+                    {
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = engine.inner.shutdown.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(REREAD_MAX_BACKOFF);
+                    }
+                    Err(error) => {
+                        tracing::warn!(task.id = %id, %error, "could not cancel an abandoned run");
+                        return;
+                    }
                 }
             }
         });

@@ -8,10 +8,12 @@ use std::{
 };
 
 use futures::Stream;
-use tokio::{sync::broadcast::error::RecvError, time::Instant};
+use tokio::time::Instant;
 
 use super::{
-    Engine, EngineError, TaskEvent, sleep_until_opt,
+    Engine, EngineError, TaskEvent,
+    events::AllTasksEvent,
+    sleep_until_opt,
     task::{TaskId, TaskState},
 };
 use crate::store::ListQuery;
@@ -62,12 +64,16 @@ impl WatchFilter {
 
 /// What woke a watch loop; `select!` only picks, the stream body acts
 /// (async-stream cannot yield from inside another macro).
-enum Step {
-    Event(Result<TaskEvent, RecvError>),
+enum Step<E> {
+    Event(E),
     Heartbeat,
     Deadline,
     Shutdown,
 }
+
+/// How long a watch keeps trying to read its task again after missing
+/// changes before it ends with the store's error (the client resumes).
+const REREAD_BOUND: Duration = Duration::from_secs(10);
 
 /// How AwaitMany decides it is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,11 +153,18 @@ impl Engine {
                         last = task.clone();
                         yield WatchEvent::Change(task);
                     }
-                    // Behind, out of step, or closed (deleted): the store decides.
+                    // Behind, out of step, closed (deleted) or resynced: the store decides.
                     Step::Event(_) => {
                         subscription = engine.inner.hub.subscribe(id);
-                        let current = engine.get(id).await?;
-                        if current.revision != last.revision {
+                        let bound = Instant::now() + REREAD_BOUND;
+                        let current = match engine.reread(id, Some(limits.until.map_or(bound, |until| until.min(bound)))).await? {
+                            Some(current) => current,
+                            None if limits.until.is_some_and(|until| until <= Instant::now()) => break,
+                            None => Err(EngineError::StorageUnavailable(crate::store::StoreError::Unavailable(
+                                "the task could not be read again".into(),
+                            )))?,
+                        };
+                        if current.revision > last.revision {
                             last = current.clone();
                             yield WatchEvent::Resync(Some(current));
                         }
@@ -216,7 +229,7 @@ impl Engine {
                 };
                 heartbeat_at = Instant::now() + limits.heartbeat;
                 match step {
-                    Step::Event(Ok(task)) => {
+                    Step::Event(AllTasksEvent::Changed(task)) => {
                         if let Some(seen) = snapshot_revisions.get(&task.id) {
                             if task.revision <= *seen {
                                 continue;
@@ -227,11 +240,11 @@ impl Engine {
                             yield WatchEvent::Change(task);
                         }
                     }
-                    Step::Event(Err(RecvError::Lagged(_))) => {
+                    Step::Event(AllTasksEvent::Missed) => {
                         snapshot_revisions.clear();
                         yield WatchEvent::Resync(None);
                     }
-                    Step::Event(Err(RecvError::Closed)) | Step::Shutdown => Err(EngineError::ShuttingDown)?,
+                    Step::Event(AllTasksEvent::Closed) | Step::Shutdown => Err(EngineError::ShuttingDown)?,
                     Step::Heartbeat => yield WatchEvent::Heartbeat,
                     Step::Deadline => break,
                 }
@@ -273,21 +286,25 @@ impl Engine {
         while !done && !latest.is_empty() {
             tokio::select! {
                 event = changes.recv() => match event {
-                    Ok(task) => {
+                    AllTasksEvent::Changed(task) => {
                         if let Some(known) = latest.get_mut(&task.id)
                             && task.revision > known.revision
                         {
                             *known = task;
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {
+                    AllTasksEvent::Missed => {
                         for (id, known) in latest.iter_mut() {
-                            if let Some(task) = self.inner.store.get(*id).await? {
-                                *known = task;
+                            match self.reread(*id, Some(wait_until)).await {
+                                Ok(Some(task)) if task.revision > known.revision => *known = task,
+                                Ok(_) => {}
+                                // Deleted meanwhile: what was last seen stands.
+                                Err(EngineError::NotFound(_)) => {}
+                                Err(error) => return Err(error),
                             }
                         }
                     }
-                    Err(RecvError::Closed) => break,
+                    AllTasksEvent::Closed => break,
                 },
                 () = tokio::time::sleep_until(wait_until) => break,
                 () = self.inner.shutdown.cancelled() => break,

@@ -53,6 +53,12 @@ pub trait ChangeFeed: Send + Sync + 'static {
     fn changed(&self, task: &SharedTask);
     /// A task was deleted.
     fn deleted(&self, id: TaskId);
+    /// Changes of these tasks were committed but could not be reported:
+    /// whoever follows them must read the store again.
+    fn resync(&self, ids: &[TaskId]);
+    /// Changes of any task may have been missed (the store lost track of
+    /// other writers for longer than it can replay).
+    fn resync_all(&self);
 }
 
 /// Receives a task that `create_and_claim` claimed.

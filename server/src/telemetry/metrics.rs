@@ -95,6 +95,26 @@ pub mod record {
         }
     }
 
+    /// The outcome of an attempt could not be stored before its lease was
+    /// lost: the attempt's work is lost, and the task runs again if
+    /// attempts remain.
+    pub fn outcome_lost(kind: &str) {
+        metrics::counter!("vow_outcomes_lost_total", "kind" => kind.to_owned()).increment(1);
+    }
+
+    /// How long this replica has not heard other replicas' changes (zero
+    /// while it listens).
+    pub fn listener_deaf(for_how_long: Duration) {
+        metrics::gauge!("vow_change_listener_deaf_seconds").set(for_how_long.as_secs_f64());
+    }
+
+    /// Followers of some tasks (`scope` "tasks") or of all (`scope` "all")
+    /// were told to read the store again: changes were committed that this
+    /// replica could not read.
+    pub fn resynced(scope: &'static str) {
+        metrics::counter!("vow_change_resyncs_total", "scope" => scope).increment(1);
+    }
+
     /// A failed attempt will be retried.
     pub fn retry_scheduled(kind: &str) {
         metrics::counter!("vow_retries_total", "kind" => kind.to_owned()).increment(1);
