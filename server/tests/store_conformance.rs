@@ -45,6 +45,10 @@ impl ChangeFeed for RecordingFeed {
     fn deleted(&self, id: TaskId) {
         self.events.lock().expect("not poisoned").push((id, None));
     }
+
+    fn resync(&self, _ids: &[TaskId]) {}
+
+    fn resync_all(&self) {}
 }
 
 /// A backend under test, with whatever it must keep alive.
@@ -243,6 +247,39 @@ async fn admission_is_bounded(backend: Backend) {
     ));
     let depth = store.queue_depth().await.expect("depth");
     assert_eq!(depth.get("echo"), Some(&2));
+}
+
+/// A retry of an accepted create is deduplicated even when the queue is
+/// full by now: the idempotency key is looked at before the queue limit.
+async fn idempotency_keys_come_before_the_queue_limit(backend: Backend) {
+    let store = backend.store;
+    let first = TaskRecord {
+        idempotency_key: Some("accepted".into()),
+        ..task("echo")
+    };
+    create(&store, first.clone()).await;
+    store.create(task("echo"), Some(2)).await.expect("room");
+    let retry = TaskRecord {
+        idempotency_key: Some("accepted".into()),
+        ..task("echo")
+    };
+    match store.create(retry, Some(2)).await {
+        Ok(CreateOutcome::Existing(existing)) => assert_eq!(existing.id, first.id),
+        other => panic!("a retry near the limit must deduplicate, got {other:?}"),
+    }
+    let reused = TaskRecord {
+        idempotency_key: Some("accepted".into()),
+        request_fingerprint: "another request".into(),
+        ..task("echo")
+    };
+    assert!(matches!(
+        store.create(reused, Some(2)).await,
+        Err(StoreError::IdempotencyMismatch { .. })
+    ));
+    assert!(matches!(
+        store.create(task("echo"), Some(2)).await,
+        Err(StoreError::QueueFull { limit: 2 })
+    ));
 }
 
 async fn updates_are_compare_and_set_on_revision(backend: Backend) {
@@ -786,6 +823,7 @@ macro_rules! all_cases {
             creates_and_reads_back,
             idempotency_keys_deduplicate_or_refuse,
             admission_is_bounded,
+            idempotency_keys_come_before_the_queue_limit,
             updates_are_compare_and_set_on_revision,
             claims_follow_priority_then_age_and_honour_not_before,
             leases_extend_fence_and_expire,

@@ -10,8 +10,11 @@
 //! are in flight at once; under load each carries many writes.
 //!
 //! A batch that fails is retried one write at a time, so one bad row fails
-//! only its own write. Committed changes reach the feed from here, in batch
-//! order, before the writers hear back.
+//! only its own write. A batch whose answer was lost (the connection broke
+//! after it was sent) may have committed: the change table tells which of
+//! its writes did (see [`super::settle`]), and only the others run again.
+//! Committed changes reach the feed from here, in batch order, before the
+//! writers hear back.
 
 use std::{
     collections::HashSet,
@@ -22,14 +25,15 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    errors::classify,
+    errors::{classify, is_ambiguous},
     publish::{Change, Publisher},
     schema::{ColumnArrays, Columns},
+    settle::{self, Unsettled},
     writes::{COLUMNS, LOG_CHANGES, SET_FROM_INPUT},
 };
 use crate::{
     engine::task::TaskId,
-    store::{SharedTask, StoreResult},
+    store::{SharedTask, StoreError, StoreResult},
 };
 
 /// Writes carried by one statement at most.
@@ -98,11 +102,17 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the batch writers on the current runtime; they stop once the
     /// batcher is dropped and the queues are drained.
-    pub fn start(pool: PgPool, origin: Arc<str>, publisher: Arc<Publisher>) -> Self {
+    pub fn start(
+        pool: PgPool,
+        origin: Arc<str>,
+        publisher: Arc<Publisher>,
+        unsettled: Arc<Unsettled>,
+    ) -> Self {
         let writer = Arc::new(Writer {
             pool,
             origin,
             publisher,
+            unsettled,
         });
         let queue = |kind: Kind| {
             let (sender, receiver) = mpsc::channel(QUEUE);
@@ -182,6 +192,7 @@ struct Writer {
     pool: PgPool,
     origin: Arc<str>,
     publisher: Arc<Publisher>,
+    unsettled: Arc<Unsettled>,
 }
 
 impl Writer {
@@ -215,20 +226,77 @@ impl Writer {
 
     /// Writes a batch, then one write at a time if the batch failed.
     async fn write(&self, kind: Kind, batch: Vec<Write>) {
-        match self.execute(kind, &batch).await {
-            Ok(written) => self.finish(batch, &written).await,
-            Err(error) if batch.len() == 1 => {
-                let write = batch.into_iter().next().expect("one write");
-                let _ = write.reply.send(Err(classify(error)));
+        let error = match self.execute(kind, &batch).await {
+            Ok(written) => return self.finish(batch, &written).await,
+            Err(error) => error,
+        };
+        let batch = if is_ambiguous(&error) {
+            match self.settle(batch).await {
+                Some(uncommitted) => uncommitted,
+                None => return,
             }
-            Err(error) => {
-                tracing::debug!(%error, writes = batch.len(), "a batch failed; writing one at a time");
-                for write in batch {
-                    match self.execute(kind, std::slice::from_ref(&write)).await {
-                        Ok(written) => self.finish(vec![write], &written).await,
-                        Err(error) => drop(write.reply.send(Err(classify(error)))),
+        } else if batch.len() == 1 {
+            let write = batch.into_iter().next().expect("one write");
+            let _ = write.reply.send(Err(classify(error)));
+            return;
+        } else {
+            tracing::debug!(%error, writes = batch.len(), "a batch failed; writing one at a time");
+            batch
+        };
+        for write in batch {
+            match self.execute(kind, std::slice::from_ref(&write)).await {
+                Ok(written) => self.finish(vec![write], &written).await,
+                Err(error) if is_ambiguous(&error) => {
+                    let uncommitted = self.settle(vec![write]).await.unwrap_or_default();
+                    let error = classify(error);
+                    for write in uncommitted {
+                        let _ = write
+                            .reply
+                            .send(Err(StoreError::Unavailable(error.to_string())));
                     }
                 }
+                Err(error) => drop(write.reply.send(Err(classify(error)))),
+            }
+        }
+    }
+
+    /// Finds out which writes of a batch whose answer was lost committed,
+    /// and finishes those; returns the others. If that cannot be asked
+    /// either, every write is answered as unavailable and remembered as
+    /// unsettled (`None`).
+    async fn settle(&self, batch: Vec<Write>) -> Option<Vec<Write>> {
+        let changes: Vec<(TaskId, u64, &[u8])> = batch
+            .iter()
+            .map(|write| {
+                (
+                    write.task.id,
+                    write.task.revision,
+                    write.columns.record.as_slice(),
+                )
+            })
+            .collect();
+        match settle::committed(&self.pool, &self.origin, &changes).await {
+            Ok(committed) => {
+                let (done, uncommitted): (Vec<Write>, Vec<Write>) = batch
+                    .into_iter()
+                    .partition(|write| committed.contains(&write.task.id));
+                if !done.is_empty() {
+                    tracing::info!(
+                        writes = done.len(),
+                        "writes whose answer was lost had committed"
+                    );
+                    self.finish(done, &committed).await;
+                }
+                Some(uncommitted)
+            }
+            Err(_) => {
+                self.unsettled.add(batch.iter().map(|write| write.task.id));
+                for write in batch {
+                    let _ = write.reply.send(Err(StoreError::Unavailable(
+                        "the database did not answer; the write may have been stored".into(),
+                    )));
+                }
+                None
             }
         }
     }

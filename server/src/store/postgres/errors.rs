@@ -23,6 +23,15 @@ pub fn classify(error: sqlx::Error) -> StoreError {
     }
 }
 
+/// Whether a failed statement may have run anyway: the connection broke,
+/// so its answer (a commit among them) may have been lost on the way.
+pub fn is_ambiguous(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
+    )
+}
+
 fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)

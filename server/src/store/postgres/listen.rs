@@ -1,28 +1,41 @@
-//! Follows the changes other replicas commit: a dedicated connection LISTENs
-//! on `vow_changes`; each notification (`<origin>:<task id>:<revision or
+//! Follows the changes replicas commit: a dedicated connection LISTENs on
+//! `vow_changes`; each notification (`<origin>:<task id>:<revision or
 //! "deleted">`, then `:<record JSON>` when the record fits in a payload; sent
-//! at commit, in commit order) of another origin is delivered through the
-//! [`Publisher`], which reads from the change table what was not carried.
+//! at commit, in commit order) is delivered through the [`Publisher`], which
+//! reads from the change table what was not carried. This replica's own
+//! changes arrive too: those its writes already reported are skipped before
+//! their record is decoded, and the rest (a write that committed but whose
+//! answer was lost) are delivered like any other.
 //!
-//! The connection is checked every [`PING_INTERVAL`]; the database clock
-//! read then marks how far this replica is known to be in step. When the
-//! connection drops, notifications are lost, so after reconnecting (with
-//! backoff) the listener replays every change of other origins recorded
-//! since shortly before that mark. Replay is exact as long as the change
-//! table still holds those rows (they are pruned after
-//! [`super::writes::CHANGE_RETENTION`]); an outage longer than that loses events,
-//! and waiters then see the current state on their next read.
+//! The connection is checked every [`PING_INTERVAL`], each check bounded by
+//! [`PING_TIMEOUT`]; the database clock read then marks how far this replica
+//! is known to be in step. A connection that fails its check, or breaks, is
+//! given up whatever state its socket is in: each connection has a pool of
+//! its own, so one stuck in the kernel cannot hold the slot of the next.
+//! While reconnecting (with backoff, each try bounded) the replica is deaf:
+//! `vow_change_listener_deaf_seconds` says for how long, and the log says
+//! since when. Once listening again it replays every change of other origins
+//! recorded since shortly before the mark. Replay is exact as long as the
+//! change table still holds those rows (they are pruned after
+//! [`super::writes::CHANGE_RETENTION`]); after a longer outage every waiter
+//! and watcher of this replica is resynced from the store instead.
 
-use std::{sync::Arc, time::Duration};
-
-use sqlx::{
-    PgPool,
-    postgres::{PgListener, PgNotification},
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::publish::{Notice, Publisher};
-use crate::engine::task::{TaskId, TaskRecord};
+use super::{
+    publish::{Notice, Publisher},
+    writes::CHANGE_RETENTION,
+};
+use crate::{
+    engine::task::{TaskId, TaskRecord},
+    telemetry::metrics::record,
+};
 
 /// The channel every change is announced on.
 pub const CHANNEL: &str = "vow_changes";
@@ -30,6 +43,8 @@ pub const CHANNEL: &str = "vow_changes";
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a check may take before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one try to open a listening connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Replay starts this long before the last check, for transactions that
 /// wrote their change row before it but committed after it.
 const REPLAY_MARGIN: Duration = Duration::from_secs(30);
@@ -38,13 +53,40 @@ const BATCH: usize = 512;
 /// Rows read per replay query.
 const REPLAY_PAGE: i64 = 1_000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 const DATABASE_NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT";
 
-/// Parses a notification payload, or `None` if it is not one of ours. A
-/// record that does not decode is left to be read from the change table.
-pub fn parse(payload: &str) -> Option<(&str, Notice)> {
+/// The parts of a notification payload; the record is decoded only when
+/// the change is news to this replica.
+#[derive(Debug, PartialEq)]
+pub struct Announcement<'a> {
+    pub origin: &'a str,
+    pub task_id: TaskId,
+    /// `None` for a deletion.
+    pub revision: Option<u64>,
+    record_json: Option<&'a str>,
+}
+
+impl Announcement<'_> {
+    /// The notice to deliver. A record that does not decode, or is not of
+    /// the announced revision, is left to be read from the change table.
+    pub fn into_notice(self) -> Notice {
+        let record = self
+            .record_json
+            .and_then(|json| serde_json::from_str::<TaskRecord>(json).ok())
+            .filter(|record| record.id == self.task_id && Some(record.revision) == self.revision)
+            .map(Arc::new);
+        Notice {
+            task_id: self.task_id,
+            revision: self.revision,
+            record,
+        }
+    }
+}
+
+/// Parses a notification payload, or `None` if it is not one of ours.
+pub fn parse(payload: &str) -> Option<Announcement<'_>> {
     let mut parts = payload.splitn(4, ':');
     let origin = parts.next()?;
     let task_id: TaskId = parts.next()?.parse().ok()?;
@@ -52,19 +94,12 @@ pub fn parse(payload: &str) -> Option<(&str, Notice)> {
         "deleted" => None,
         revision => Some(revision.parse().ok()?),
     };
-    let record = parts
-        .next()
-        .and_then(|json| serde_json::from_str::<TaskRecord>(json).ok())
-        .filter(|record| record.id == task_id && Some(record.revision) == revision)
-        .map(Arc::new);
-    Some((
+    Some(Announcement {
         origin,
-        Notice {
-            task_id,
-            revision,
-            record,
-        },
-    ))
+        task_id,
+        revision,
+        record_json: parts.next(),
+    })
 }
 
 /// A listening connection, and the database time read once LISTEN took effect.
@@ -73,13 +108,13 @@ pub struct Listening {
     since: i64,
 }
 
-/// Follows other replicas' changes until `stop` fires, starting on `first`
+/// Follows every replica's changes until `stop` fires, starting on `first`
 /// (opened by the caller, so that nothing committed after the store opened
 /// goes unheard).
 pub async fn run(
     first: Listening,
-    listen_pool: PgPool,
-    pool: PgPool,
+    connect_options: PgConnectOptions,
+    pool: sqlx::PgPool,
     origin: Arc<str>,
     publisher: Arc<Publisher>,
     stop: CancellationToken,
@@ -88,39 +123,56 @@ pub async fn run(
     // Database time (micros) up to which this replica is known to be in step.
     let mut in_step_at = first.since;
     let mut next = Some(first);
-    let mut warned = false;
+    let mut deaf_since: Option<SystemTime> = None;
     loop {
-        let reconnected = next.is_none();
         let connected = match next.take() {
             Some(first) => Ok(first),
             None => tokio::select! {
-                connected = connect(&listen_pool) => connected,
+                connected = connect(&connect_options) => connected,
                 () = stop.cancelled() => return,
             },
         };
         let mut listening = match connected {
             Ok(listening) => listening,
             Err(error) => {
-                if !warned {
-                    tracing::warn!(%error, "cannot listen for other replicas' changes; retrying");
-                    warned = true;
-                }
+                tracing::debug!(%error, "cannot listen for other replicas' changes yet");
+                report_deaf(deaf_since);
                 if pause(&mut backoff, &stop).await {
                     return;
                 }
                 continue;
             }
         };
-        if reconnected {
+        if let Some(since) = deaf_since {
             // What was committed while nobody listened was not heard.
-            let replay_from = in_step_at - REPLAY_MARGIN.as_micros() as i64;
-            match replay(&pool, &origin, &publisher, replay_from).await {
-                Ok(replayed) => tracing::info!(
-                    replayed,
-                    "listening again for other replicas' changes; replayed what was missed"
-                ),
+            let outage = Duration::from_micros((listening.since - in_step_at).max(0) as u64);
+            let replayed = if outage + REPLAY_MARGIN >= CHANGE_RETENTION {
+                publisher.resync_all();
+                Ok(None)
+            } else {
+                let replay_from = in_step_at - REPLAY_MARGIN.as_micros() as i64;
+                replay(&pool, &origin, &publisher, replay_from)
+                    .await
+                    .map(Some)
+            };
+            match replayed {
+                Ok(replayed) => {
+                    let deaf_for = since.elapsed().unwrap_or_default();
+                    match replayed {
+                        Some(replayed) => tracing::info!(
+                            deaf_for = ?deaf_for,
+                            replayed,
+                            "listening to other replicas' changes again; replayed what was missed"
+                        ),
+                        None => tracing::warn!(
+                            deaf_for = ?deaf_for,
+                            "listening to other replicas' changes again; the outage outlasted the change table, so every waiter and watcher reads the store again"
+                        ),
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot replay missed changes; retrying");
+                    tracing::debug!(%error, "cannot replay missed changes yet");
+                    report_deaf(deaf_since);
                     if pause(&mut backoff, &stop).await {
                         return;
                     }
@@ -128,21 +180,35 @@ pub async fn run(
                 }
             }
         }
+        record::listener_deaf(Duration::ZERO);
         backoff = FIRST_BACKOFF;
-        warned = false;
         in_step_at = in_step_at.max(listening.since);
-        if follow(
-            &mut listening.listener,
-            &origin,
-            &publisher,
-            &mut in_step_at,
-            &stop,
-        )
-        .await
-        {
-            return;
+        let ended = follow(&mut listening.listener, &publisher, &mut in_step_at, &stop).await;
+        // A connection that failed its check may be stuck: dropping it
+        // leaves its pool (and only that) waiting on the socket.
+        drop(listening);
+        match ended {
+            FollowEnd::Stopped => return,
+            FollowEnd::Lost(why) => {
+                let since = SystemTime::now();
+                deaf_since = Some(since);
+                report_deaf(deaf_since);
+                tracing::warn!(
+                    deaf_since = %humantime::format_rfc3339_millis(since),
+                    cause = why,
+                    "deaf to other replicas' changes since the listening connection failed; reconnecting"
+                );
+            }
         }
-        tracing::warn!("lost the connection listening for other replicas' changes; reconnecting");
+    }
+}
+
+/// Publishes how long this replica has not been hearing changes (never
+/// zero while deaf: zero means listening).
+fn report_deaf(since: Option<SystemTime>) {
+    if let Some(since) = since {
+        let deaf_for = since.elapsed().unwrap_or_default();
+        record::listener_deaf(deaf_for.max(Duration::from_millis(1)));
     }
 }
 
@@ -156,28 +222,43 @@ async fn pause(backoff: &mut Duration, stop: &CancellationToken) -> bool {
     stopped
 }
 
-/// Opens the listening connection; returns it with the database time read
-/// after LISTEN took effect.
-pub async fn connect(listen_pool: &PgPool) -> Result<Listening, sqlx::Error> {
-    let mut listener = PgListener::connect_with(listen_pool).await?;
-    // A lost connection ends `follow`; reconnecting is `run`'s job.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    let since: i64 = sqlx::query_scalar(DATABASE_NOW)
-        .fetch_one(&mut listener)
-        .await?;
-    Ok(Listening { listener, since })
+/// Opens a listening connection on a pool of its own, within
+/// [`CONNECT_TIMEOUT`]; returns it with the database time read after
+/// LISTEN took effect.
+pub async fn connect(connect_options: &PgConnectOptions) -> Result<Listening, sqlx::Error> {
+    let open = async {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(connect_options.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        // A lost connection ends `follow`; reconnecting is `run`'s job.
+        listener.eager_reconnect(false);
+        listener.listen(CHANNEL).await?;
+        let since: i64 = sqlx::query_scalar(DATABASE_NOW)
+            .fetch_one(&mut listener)
+            .await?;
+        Ok(Listening { listener, since })
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, open)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
-/// Delivers notifications until the connection is lost (false) or `stop`
-/// fires (true).
+/// Why following stopped.
+enum FollowEnd {
+    Stopped,
+    Lost(&'static str),
+}
+
+/// Delivers notifications until the connection is lost or `stop` fires.
 async fn follow(
     listener: &mut PgListener,
-    origin: &str,
     publisher: &Publisher,
     in_step_at: &mut i64,
     stop: &CancellationToken,
-) -> bool {
+) -> FollowEnd {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -191,7 +272,8 @@ async fn follow(
                 .await;
                 match checked {
                     Ok(Ok(now)) => *in_step_at = now,
-                    _ => return false,
+                    Ok(Err(_)) => return FollowEnd::Lost("the liveness check failed"),
+                    Err(_) => return FollowEnd::Lost("the liveness check got no answer in time"),
                 }
                 // Notifications that arrived during the check wait in the buffer.
                 let mut batch = Vec::new();
@@ -200,13 +282,13 @@ async fn follow(
                 {
                     batch.push(notification);
                 }
-                deliver(&batch, origin, publisher).await;
+                deliver(&batch, publisher).await;
                 continue;
             }
-            () = stop.cancelled() => return true,
+            () = stop.cancelled() => return FollowEnd::Stopped,
         };
         let Ok(Some(first)) = received else {
-            return false;
+            return FollowEnd::Lost("the connection broke");
         };
         let mut batch = vec![first];
         while batch.len() < BATCH
@@ -214,16 +296,18 @@ async fn follow(
         {
             batch.push(notification);
         }
-        deliver(&batch, origin, publisher).await;
+        deliver(&batch, publisher).await;
     }
 }
 
-async fn deliver(batch: &[PgNotification], origin: &str, publisher: &Publisher) {
+/// Delivers what a batch announces that this replica has not delivered
+/// yet, whichever replica made it.
+async fn deliver(batch: &[PgNotification], publisher: &Publisher) {
     let notices: Vec<Notice> = batch
         .iter()
         .filter_map(|notification| parse(notification.payload()))
-        .filter(|(from, _)| *from != origin)
-        .map(|(_, notice)| notice)
+        .filter(|announced| !publisher.is_delivered(announced.task_id, announced.revision))
+        .map(Announcement::into_notice)
         .collect();
     if !notices.is_empty() {
         publisher.publish_remote(notices).await;
@@ -233,9 +317,10 @@ async fn deliver(batch: &[PgNotification], origin: &str, publisher: &Publisher) 
 /// Delivers every change of other origins recorded since `since` (database
 /// micros); returns how many rows were read. Rows come in `seq` order, which
 /// is commit order per task: every change holds its task's row lock when it
-/// takes its `seq`.
+/// takes its `seq`. This replica's own changes of the time are settled by
+/// its writes (see `writes`), which know which of them went unreported.
 async fn replay(
-    pool: &PgPool,
+    pool: &sqlx::PgPool,
     origin: &str,
     publisher: &Publisher,
     since: i64,
@@ -275,10 +360,13 @@ mod tests {
     #[test]
     fn payloads_parse() {
         let id = TaskId::generate();
+        let notice = |payload: &str| {
+            parse(payload).map(|announced| (announced.origin.to_owned(), announced.into_notice()))
+        };
         assert_eq!(
-            parse(&format!("a1b2:{id}:7")),
+            notice(&format!("a1b2:{id}:7")),
             Some((
-                "a1b2",
+                "a1b2".to_owned(),
                 Notice {
                     task_id: id,
                     revision: Some(7),
@@ -287,9 +375,9 @@ mod tests {
             ))
         );
         assert_eq!(
-            parse(&format!("a1b2:{id}:deleted")),
+            notice(&format!("a1b2:{id}:deleted")),
             Some((
-                "a1b2",
+                "a1b2".to_owned(),
                 Notice {
                     task_id: id,
                     revision: None,
@@ -299,7 +387,7 @@ mod tests {
         );
         // A record that is not of this revision is not trusted.
         assert_eq!(
-            parse(&format!("a1b2:{id}:7:{{\"not\":\"a record\"}}"))
+            notice(&format!("a1b2:{id}:7:{{\"not\":\"a record\"}}"))
                 .map(|(_, notice)| notice.record),
             Some(None)
         );

@@ -29,6 +29,7 @@ mod listen;
 mod publish;
 mod reads;
 mod schema;
+mod settle;
 mod writes;
 
 use std::{
@@ -46,7 +47,7 @@ use sqlx::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::{admission::Admission, batch::Batcher, publish::Publisher};
+use self::{admission::Admission, batch::Batcher, publish::Publisher, settle::Unsettled};
 use super::{
     ChangeFeed, ClaimRequest, CreateOutcome, ListPage, ListQuery, SharedTask, Store, StoreError,
     StoreResult,
@@ -56,6 +57,19 @@ use crate::engine::task::{TaskId, TaskRecord};
 /// `application_name` of the connection that listens for changes (the
 /// others are `vowd`), so operators can tell it apart in pg_stat_activity.
 const LISTENER_NAME: &str = "vowd-listener";
+/// TCP keepalives of every connection, set on the database's side of it
+/// (sqlx cannot set them on its own sockets, launchbadge/sqlx#3540): a
+/// connection whose peer vanished without a reset (a dropped NAT mapping,
+/// a failover) is closed after about 15 + 3 × 5 s of silence, and one with
+/// unacknowledged data after 30 s, so its locks and its slot come back. On
+/// this side, vowd bounds every wait itself (the listener's checks, the
+/// pool's acquire timeout).
+const KEEPALIVE_SETTINGS: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "15"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
 
 /// How a replica connects to PostgreSQL.
 #[derive(Clone, Debug)]
@@ -90,6 +104,8 @@ struct Shared {
     publisher: Arc<Publisher>,
     batcher: Batcher,
     admission: Admission,
+    /// Tasks whose last write here may have committed unreported.
+    unsettled: Arc<Unsettled>,
     /// The last count of the queue, and when it was taken.
     queue_depth: Mutex<Option<(Instant, BTreeMap<String, usize>)>>,
     pruned_at: Mutex<Option<Instant>>,
@@ -98,7 +114,7 @@ struct Shared {
 /// The PostgreSQL backend.
 pub struct PostgresStore {
     shared: Arc<Shared>,
-    listen_pool: PgPool,
+    /// Stops the listener and the settling of unsettled writes.
     stop_listening: CancellationToken,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
@@ -112,7 +128,8 @@ impl PostgresStore {
     ) -> Result<Self, PostgresOpenError> {
         let connect_options = PgConnectOptions::from_str(&options.url)
             .map_err(|error| PostgresOpenError::InvalidUrl(error.to_string()))?
-            .application_name("vowd");
+            .application_name("vowd")
+            .options(KEEPALIVE_SETTINGS);
         let target = format!(
             "{}:{}/{}",
             connect_options.get_host(),
@@ -144,13 +161,10 @@ impl PostgresStore {
                 target: target.clone(),
                 reason: error.to_string(),
             })?;
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_lazy_with(connect_options.application_name(LISTENER_NAME));
+        let listen_options = connect_options.application_name(LISTENER_NAME);
         // Listening before serving: a waiter on this replica must not miss a
         // change committed elsewhere after it read the store.
-        let listening = listen::connect(&listen_pool).await.map_err(|error| {
+        let listening = listen::connect(&listen_options).await.map_err(|error| {
             PostgresOpenError::Unreachable {
                 target: target.clone(),
                 reason: format!("cannot LISTEN: {error}"),
@@ -159,27 +173,38 @@ impl PostgresStore {
 
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let publisher = Arc::new(Publisher::new(feed, pool.clone()));
+        let unsettled = Arc::new(Unsettled::default());
         let stop_listening = CancellationToken::new();
         let listener = tokio::spawn(listen::run(
             listening,
-            listen_pool.clone(),
+            listen_options,
             pool.clone(),
             origin.clone(),
+            publisher.clone(),
+            stop_listening.clone(),
+        ));
+        tokio::spawn(unsettled.clone().run(
+            pool.clone(),
             publisher.clone(),
             stop_listening.clone(),
         ));
         tracing::info!(database = %target, origin = %origin, "opened the PostgreSQL store");
         Ok(Self {
             shared: Arc::new(Shared {
-                batcher: Batcher::start(pool.clone(), origin.clone(), publisher.clone()),
+                batcher: Batcher::start(
+                    pool.clone(),
+                    origin.clone(),
+                    publisher.clone(),
+                    unsettled.clone(),
+                ),
                 pool,
                 origin,
                 publisher,
                 admission: Admission::default(),
+                unsettled,
                 queue_depth: Mutex::new(None),
                 pruned_at: Mutex::new(None),
             }),
-            listen_pool,
             stop_listening,
             listener: Mutex::new(Some(listener)),
         })
@@ -282,7 +307,6 @@ impl Store for PostgresStore {
         if let Some(listener) = listener {
             let _ = listener.await;
         }
-        self.listen_pool.close().await;
         self.shared.pool.close().await;
         Ok(())
     }

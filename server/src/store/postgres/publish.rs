@@ -10,6 +10,10 @@
 //! from the change table, so listeners see every revision with no gap. The
 //! map keeps two generations of bounded size; a task forgotten by it is
 //! delivered as it comes, and watchers catch any gap by revision.
+//!
+//! Reading the change table is retried for a few seconds; when it still
+//! fails, the followers of those tasks are told to read the store again
+//! (a resync) rather than left waiting for a change they will never see.
 
 use std::{
     collections::HashMap,
@@ -22,10 +26,14 @@ use super::{errors, schema};
 use crate::{
     engine::task::TaskId,
     store::{ChangeFeed, SharedTask, StoreResult},
+    telemetry::metrics::record,
 };
 
 /// Tasks remembered per generation of the delivered-revision map.
 const GENERATION_CAPACITY: usize = 65_536;
+/// How long reading missed revisions from the change table is retried.
+const FETCH_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+const FETCH_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// The revision recorded for a deleted task: nothing after it is delivered.
 const DELETED: u64 = u64::MAX;
 
@@ -166,6 +174,22 @@ impl Publisher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether the change of `id` at `revision` (`None`: its deletion) was
+    /// delivered already.
+    pub fn is_delivered(&self, id: TaskId, revision: Option<u64>) -> bool {
+        let last = self.delivered().last(id);
+        match revision {
+            Some(revision) => last.is_some_and(|last| last >= revision),
+            None => last == Some(DELETED),
+        }
+    }
+
+    /// Tells every follower to read the store again.
+    pub fn resync_all(&self) {
+        record::resynced("all");
+        self.feed.resync_all();
+    }
+
     /// Delivers one change unless it was already delivered.
     fn deliver(&self, delivered: &mut Delivered, change: &Change) {
         let id = change.task_id();
@@ -277,18 +301,33 @@ impl Publisher {
     }
 
     /// Reads the wanted revisions from the change table, per task in
-    /// revision order. A failure is logged and yields what could be read:
-    /// listeners then see a gap and re-read the task.
+    /// revision order, retrying for [`FETCH_BOUND`]. When that fails, the
+    /// followers of those tasks are resynced from the store, and nothing is
+    /// returned: what was announced stays undelivered, so a later change
+    /// of those tasks asks for the gap again.
     async fn fetch(&self, wanted: &[Wanted]) -> Vec<Change> {
         if wanted.is_empty() {
             return Vec::new();
         }
-        match fetch_revisions(&self.pool, wanted).await {
-            Ok(changes) => changes,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read changes of other replicas; listeners will resync");
-                Vec::new()
+        let give_up_at = tokio::time::Instant::now() + FETCH_BOUND;
+        let mut backoff = FETCH_FIRST_BACKOFF;
+        loop {
+            let remaining = give_up_at.saturating_duration_since(tokio::time::Instant::now());
+            let error =
+                match tokio::time::timeout(remaining, fetch_revisions(&self.pool, wanted)).await {
+                    Ok(Ok(changes)) => return changes,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => "no answer in time".to_owned(),
+                };
+            if tokio::time::Instant::now() + backoff >= give_up_at {
+                tracing::warn!(%error, tasks = wanted.len(), "cannot read committed changes from the change table; their waiters and watchers read the store again");
+                let ids: Vec<TaskId> = wanted.iter().map(|wanted| wanted.task_id).collect();
+                record::resynced("tasks");
+                self.feed.resync(&ids);
+                return Vec::new();
             }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
         }
     }
 }

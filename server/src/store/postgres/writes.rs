@@ -17,7 +17,7 @@ use sqlx::{
 use super::{
     Shared,
     admission::{self, Estimate},
-    errors::classify,
+    errors::{classify, is_ambiguous},
     publish::Change,
     schema::{self, ColumnArrays, Columns, micros},
 };
@@ -192,8 +192,16 @@ pub async fn create(
 ) -> StoreResult<CreateOutcome> {
     if let Some(limit) = max_queued
         && task.state.is_claimable()
+        && let Err(full) = admit(&shared, limit).await
     {
-        admit(&shared, limit).await?;
+        // A retry of a submit that was accepted is answered as the first
+        // was, however full the queue is now.
+        if let StoreError::QueueFull { .. } = full
+            && let Some(existing) = existing_for_key(&shared, &task).await?
+        {
+            return existing;
+        }
+        return Err(full);
     }
     let task = Arc::new(task);
     for _ in 0..CREATE_ATTEMPTS {
@@ -204,28 +212,43 @@ pub async fn create(
             return Ok(CreateOutcome::Created(task));
         }
         // Only a taken idempotency key makes the insert do nothing.
-        let Some(key) = &task.idempotency_key else {
+        if task.idempotency_key.is_none() {
             return Err(StoreError::Internal("a task insert did nothing".into()));
-        };
-        let existing = sqlx::query("SELECT record FROM tasks WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&shared.pool)
-            .await
-            .map_err(classify)?;
-        let Some(existing) = existing else {
-            continue;
-        };
-        let existing = schema::record_of(&existing)?;
-        if existing.request_fingerprint != task.request_fingerprint {
-            return Err(StoreError::IdempotencyMismatch {
-                existing: existing.id,
-            });
         }
-        return Ok(CreateOutcome::Existing(existing));
+        if let Some(existing) = existing_for_key(&shared, &task).await? {
+            return existing;
+        }
     }
     Err(StoreError::Unavailable(
         "the idempotency key is being reused concurrently".into(),
     ))
+}
+
+/// What a create answers when its idempotency key is taken: the task that
+/// holds it, or a refusal if that task came from another request. `None`
+/// when no task holds the key (or the task has none).
+async fn existing_for_key(
+    shared: &Shared,
+    task: &TaskRecord,
+) -> StoreResult<Option<StoreResult<CreateOutcome>>> {
+    let Some(key) = &task.idempotency_key else {
+        return Ok(None);
+    };
+    let existing = sqlx::query("SELECT record FROM tasks WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(&shared.pool)
+        .await
+        .map_err(classify)?;
+    let Some(existing) = existing else {
+        return Ok(None);
+    };
+    let existing = schema::record_of(&existing)?;
+    if existing.request_fingerprint != task.request_fingerprint {
+        return Ok(Some(Err(StoreError::IdempotencyMismatch {
+            existing: existing.id,
+        })));
+    }
+    Ok(Some(Ok(CreateOutcome::Existing(existing))))
 }
 
 pub async fn update(
@@ -281,12 +304,27 @@ async fn update_carefully(
         std::slice::from_ref(&task),
     )
     .await?;
-    transaction.commit().await.map_err(classify)?;
+    commit(shared, transaction, [task.id]).await?;
     shared
         .publisher
         .publish_local(vec![Change::Changed(task.clone())])
         .await;
     Ok(task)
+}
+
+/// Commits a transaction that changed `ids`; if its answer is lost, the
+/// tasks are settled later (see [`super::settle`]).
+async fn commit(
+    shared: &Shared,
+    transaction: sqlx::Transaction<'_, Postgres>,
+    ids: impl IntoIterator<Item = TaskId>,
+) -> StoreResult<()> {
+    transaction.commit().await.map_err(|error| {
+        if is_ambiguous(&error) {
+            shared.unsettled.add(ids);
+        }
+        classify(error)
+    })
 }
 
 pub async fn delete(shared: Arc<Shared>, id: TaskId) -> StoreResult<bool> {
@@ -295,7 +333,12 @@ pub async fn delete(shared: Arc<Shared>, id: TaskId) -> StoreResult<bool> {
         .bind(id.to_bytes().to_vec())
         .fetch_optional(&shared.pool)
         .await
-        .map_err(classify)?;
+        .map_err(|error| {
+            if is_ambiguous(&error) {
+                shared.unsettled.add([id]);
+            }
+            classify(error)
+        })?;
     let Some(deleted) = deleted else {
         return Ok(false);
     };
@@ -339,7 +382,7 @@ pub async fn claim_due(shared: Arc<Shared>, request: ClaimRequest) -> StoreResul
         claimed.push(Arc::new(task));
     }
     replace_rows(&mut transaction, &shared.origin, &claimed).await?;
-    transaction.commit().await.map_err(classify)?;
+    commit(&shared, transaction, claimed.iter().map(|task| task.id)).await?;
     shared
         .publisher
         .publish_local(claimed.iter().cloned().map(Change::Changed).collect())
