@@ -6,7 +6,11 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTO_FILES: &[&str] = &["vow/v1/task.proto", "vow/v1/task_service.proto"];
+const PROTO_FILES: &[&str] = &[
+    "vow/v1/task.proto",
+    "vow/v1/task_service.proto",
+    "vow/v1/worker_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // compile_fds prints no rerun-if-changed lines of its own.
