@@ -195,4 +195,11 @@ impl TaskService for CeilingService {
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         Err(unimplemented())
     }
+
+    async fn list_kinds(
+        &self,
+        _request: Request<proto::ListKindsRequest>,
+    ) -> Result<Response<proto::ListKindsResponse>, Status> {
+        Err(unimplemented())
+    }
 }

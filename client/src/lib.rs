@@ -33,6 +33,7 @@ mod error;
 mod propagation;
 mod submit;
 mod watch;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ pub use propagation::TraceInjector;
 pub use proto::{Task, TaskState};
 pub use submit::{SubmitBuilder, Submitted};
 pub use watch::{AwaitManySummary, AwaitMode, AwaitedMany, WatchEvent, WatchEventType};
+pub use worker::Worker;
 
 /// Extra time given to the transport beyond a server-side wait, so the
 /// server's own answer (`done = false`) arrives before the call deadline.
@@ -323,6 +325,19 @@ impl Client {
         )
         .await?;
         Ok(())
+    }
+
+    /// The kinds the server runs (built in and remote), with their queues
+    /// and when a worker last polled for them.
+    pub async fn list_kinds(&self) -> Result<Vec<proto::KindInfo>, Error> {
+        let response = self
+            .call(
+                self.call_timeout,
+                |mut tasks, request| async move { tasks.list_kinds(request).await },
+                proto::ListKindsRequest {},
+            )
+            .await?;
+        Ok(response.kinds)
     }
 
     /// One page of a listing, newest first, and the token of the next.

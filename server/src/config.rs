@@ -1,11 +1,11 @@
 //! `vowd`'s configuration: every flag also reads a `VOW_*` environment
 //! variable, and `--help` explains each.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-use crate::engine::{EngineConfig, retry::RetryPolicy};
+use crate::engine::{EngineConfig, KindSettings, retry::RetryPolicy};
 
 /// vowd — the Vow task service: submit tasks, then await or watch their results over gRPC.
 #[derive(Clone, Debug, Parser)]
@@ -111,9 +111,28 @@ pub struct Config {
     #[arg(long, env = "VOW_AWAIT_MANY_LIMIT", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub await_many_limit: u64,
 
-    /// Lease of a running attempt; renewed at a third of it, reaped when it lapses.
+    /// Lease of a running attempt; renewed at a third of it, reaped when it lapses. Also the lease a
+    /// remote worker gets when it asks for none.
     #[arg(long, env = "VOW_LEASE_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+
+    /// Longest lease a remote worker may ask for in Poll.
+    #[arg(long, env = "VOW_MAX_LEASE_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_lease_duration: Duration,
+
+    /// A kind run by remote workers (WorkerService); repeat the flag, or list them in VOW_REMOTE_KINDS=a,b.
+    /// A Submit of a kind that is neither built in nor declared is refused.
+    #[arg(
+        long = "remote-kind",
+        env = "VOW_REMOTE_KINDS",
+        value_delimiter = ',',
+        value_name = "KIND"
+    )]
+    pub remote_kinds: Vec<String>,
+
+    /// TOML file of per-kind settings: `[kinds.NAME]` with `remote`, `attempt_timeout` and `retry`.
+    #[arg(long, env = "VOW_KINDS_FILE")]
+    pub kinds_file: Option<PathBuf>,
 }
 
 /// Storage backends.
@@ -178,7 +197,30 @@ impl Config {
                 "--database-min-connections must not exceed --database-max-connections".into(),
             );
         }
-        Ok(())
+        if self.max_lease_duration < Duration::from_secs(1) {
+            return Err("--max-lease-duration must be at least 1s".into());
+        }
+        self.kinds().map(drop)
+    }
+
+    /// The kinds of `--kinds-file` and `--remote-kind`.
+    pub fn kinds(&self) -> Result<BTreeMap<String, KindSettings>, String> {
+        let mut kinds = match &self.kinds_file {
+            Some(path) => crate::kinds_file::load(path)?,
+            None => BTreeMap::new(),
+        };
+        for kind in &self.remote_kinds {
+            let declared = kinds.entry(kind.clone()).or_insert_with(|| KindSettings {
+                remote: true,
+                ..KindSettings::default()
+            });
+            if !declared.remote {
+                return Err(format!(
+                    "--remote-kind {kind}: the kinds file declares it with remote = false"
+                ));
+            }
+        }
+        Ok(kinds)
     }
 
     /// The engine's share of the configuration.
@@ -202,6 +244,7 @@ impl Config {
             watch_heartbeat: self.watch_heartbeat,
             await_many_limit: self.await_many_limit as usize,
             shared_store: self.store == StoreKind::Postgres,
+            max_lease_duration: self.max_lease_duration,
             ..EngineConfig::default()
         }
     }

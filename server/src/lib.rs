@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod grpc;
 pub mod handlers;
+pub mod kinds_file;
 pub mod store;
 pub mod telemetry;
 
@@ -17,14 +18,16 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use vow_proto::v1::task_service_server::TaskServiceServer;
+use vow_proto::v1::{
+    task_service_server::TaskServiceServer, worker_service_server::WorkerServiceServer,
+};
 
 pub use config::Config;
 pub use engine::{Engine, HandlerRegistry};
 
 use crate::{
     engine::EventHub,
-    grpc::TaskServiceImpl,
+    grpc::{TaskServiceImpl, WorkerServiceImpl},
     store::{ChangeFeed, Store},
 };
 
@@ -137,7 +140,9 @@ pub async fn serve(
         });
     }
     let listener = listeners.grpc;
-    let engine = Engine::start(config.engine_config(), storage.store, storage.hub, handlers);
+    let mut engine_config = config.engine_config();
+    engine_config.kinds = config.kinds().map_err(anyhow::Error::msg)?;
+    let engine = Engine::start(engine_config, storage.store, storage.hub, handlers)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -149,6 +154,9 @@ pub async fn serve(
     let task_service = TaskServiceServer::new(TaskServiceImpl::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(2 * max_message);
+    let worker_service = WorkerServiceServer::new(WorkerServiceImpl::new(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(2 * max_message);
 
     let stop_serving = CancellationToken::new();
     let server = tonic::transport::Server::builder()
@@ -157,6 +165,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service)
+        .add_service(worker_service)
         .serve_with_incoming_shutdown(
             // Small request/response frames must not wait for Nagle's algorithm.
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -53,7 +53,12 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(problem) = config.validate() {
+    let kinds = config.validate().and_then(|()| {
+        let kinds = config.kinds()?;
+        vow_server::engine::Kinds::new(&builtin_registry(), &kinds)
+            .map_err(|error| error.to_string())
+    });
+    if let Err(problem) = kinds {
         eprintln!("vowd: invalid configuration: {problem}");
         return ExitCode::from(2);
     }

@@ -132,6 +132,8 @@ fn task(kind: &str) -> TaskRecord {
         cancel_requested: false,
         cancel_reason: String::new(),
         lease: None,
+        worker_id: String::new(),
+        completed_by: None,
     }
 }
 
@@ -148,6 +150,8 @@ fn claim(owner: &str, now: SystemTime, lease: Duration) -> ClaimRequest {
         limit: 10,
         owner: owner.into(),
         lease_duration: lease,
+        kinds: ["echo", "sleep"].map(str::to_owned).into(),
+        remote: None,
     }
 }
 
@@ -220,7 +224,12 @@ async fn a_stale_replica_cannot_overwrite_the_new_result() {
     // A wakes up: its renewal and its result are both refused.
     assert!(matches!(
         a.store
-            .extend_lease(submitted.id, token_a, later + Duration::from_secs(30))
+            .extend_lease(
+                submitted.id,
+                token_a,
+                later + Duration::from_secs(30),
+                later
+            )
             .await,
         Err(StoreError::StaleLease)
     ));

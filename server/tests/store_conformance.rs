@@ -16,7 +16,7 @@ use vow_server::{
     },
     store::{
         ChangeFeed, ClaimRequest, CreateOutcome, Durability, EmbeddedStore, ListQuery, MemoryStore,
-        OnClaimed, PostgresOptions, PostgresStore, SharedTask, Store, StoreError,
+        OnClaimed, PostgresOptions, PostgresStore, RemoteClaim, SharedTask, Store, StoreError,
     },
 };
 
@@ -160,6 +160,8 @@ fn task(kind: &str) -> TaskRecord {
         cancel_requested: false,
         cancel_reason: String::new(),
         lease: None,
+        worker_id: String::new(),
+        completed_by: None,
     }
 }
 
@@ -170,13 +172,26 @@ async fn create(store: &Arc<dyn Store>, task: TaskRecord) -> SharedTask {
     }
 }
 
+/// Every kind the cases use.
+const KINDS: [&str; 3] = ["echo", "sleep", "fail"];
+
 fn claim_request(now: SystemTime, limit: usize) -> ClaimRequest {
+    claim_of(&KINDS, now, limit)
+}
+
+fn claim_of(kinds: &[&str], now: SystemTime, limit: usize) -> ClaimRequest {
     ClaimRequest {
         now,
         limit,
         owner: "node-a".into(),
         lease_duration: Duration::from_secs(30),
+        kinds: kinds.iter().map(|kind| (*kind).to_owned()).collect(),
+        remote: None,
     }
+}
+
+fn all_kinds() -> Vec<String> {
+    KINDS.iter().map(|kind| (*kind).to_owned()).collect()
 }
 
 /// The next version of a record, as the engine writes it.
@@ -245,8 +260,8 @@ async fn admission_is_bounded(backend: Backend) {
         store.create(task("echo"), Some(2)).await,
         Err(StoreError::QueueFull { limit: 2 })
     ));
-    let depth = store.queue_depth().await.expect("depth");
-    assert_eq!(depth.get("echo"), Some(&2));
+    let counts = store.kind_counts().await.expect("counts");
+    assert_eq!(counts.get("echo").map(|counts| counts.queued), Some(2));
 }
 
 /// A retry of an accepted create is deduplicated even when the queue is
@@ -367,7 +382,7 @@ async fn claims_follow_priority_then_age_and_honour_not_before(backend: Backend)
     )
     .await;
     assert_eq!(
-        store.next_due_at().await.expect("next due"),
+        store.next_due_at(&all_kinds()).await.expect("next due"),
         Some(at(1)),
         "the earliest due task"
     );
@@ -404,7 +419,10 @@ async fn claims_follow_priority_then_age_and_honour_not_before(backend: Backend)
         vec![old_low.id],
         "not_before holds back the rest"
     );
-    assert_eq!(store.next_due_at().await.expect("next due"), Some(at(100)));
+    assert_eq!(
+        store.next_due_at(&all_kinds()).await.expect("next due"),
+        Some(at(100))
+    );
     let due_later = store
         .claim_due(&claim_request(at(100), 10))
         .await
@@ -413,8 +431,18 @@ async fn claims_follow_priority_then_age_and_honour_not_before(backend: Backend)
         due_later.iter().map(|task| task.id).collect::<Vec<_>>(),
         vec![later.id]
     );
-    assert!(store.queue_depth().await.expect("depth").is_empty());
-    assert_eq!(store.next_due_at().await.expect("next due"), None);
+    assert!(
+        store
+            .kind_counts()
+            .await
+            .expect("counts")
+            .values()
+            .all(|counts| counts.queued == 0)
+    );
+    assert_eq!(
+        store.next_due_at(&all_kinds()).await.expect("next due"),
+        None
+    );
 }
 
 async fn leases_extend_fence_and_expire(backend: Backend) {
@@ -428,11 +456,13 @@ async fn leases_extend_fence_and_expire(backend: Backend) {
     let token = claimed.lease.as_ref().expect("lease").token;
 
     store
-        .extend_lease(created.id, token, at(100))
+        .extend_lease(created.id, token, at(100), at(20))
         .await
         .expect("extend with the right token");
     assert!(matches!(
-        store.extend_lease(created.id, token + 1, at(200)).await,
+        store
+            .extend_lease(created.id, token + 1, at(200), at(20))
+            .await,
         Err(StoreError::StaleLease)
     ));
     let extended = store.get(created.id).await.expect("get").expect("stored");
@@ -462,6 +492,13 @@ async fn leases_extend_fence_and_expire(backend: Backend) {
         expired.iter().map(|task| task.id).collect::<Vec<_>>(),
         vec![created.id]
     );
+    // Expired but not reaped yet: the lease is lost all the same.
+    assert!(matches!(
+        store
+            .extend_lease(created.id, token, at(200), at(100))
+            .await,
+        Err(StoreError::StaleLease)
+    ));
 
     // Reaped and claimed again: a new token, and the stale holder's write is refused.
     let requeued = next(&written, |task| {
@@ -485,9 +522,143 @@ async fn leases_extend_fence_and_expire(backend: Backend) {
         Err(StoreError::RevisionConflict)
     ));
     assert!(matches!(
-        store.extend_lease(created.id, token, at(300)).await,
+        store
+            .extend_lease(created.id, token, at(300), at(101))
+            .await,
         Err(StoreError::StaleLease)
     ));
+}
+
+/// Claims take only the kinds asked for; the rest wait for their own
+/// executors, and the counts say how many wait and run per kind.
+async fn claims_take_only_the_kinds_asked_for(backend: Backend) {
+    let store = backend.store;
+    let remote = create(
+        &store,
+        TaskRecord {
+            created_at: at(0),
+            ..task("resize")
+        },
+    )
+    .await;
+    let local = create(
+        &store,
+        TaskRecord {
+            created_at: at(1),
+            ..task("echo")
+        },
+    )
+    .await;
+    assert_eq!(
+        store
+            .next_due_at(&["resize".to_owned()])
+            .await
+            .expect("next"),
+        Some(at(0))
+    );
+    let claimed = store
+        .claim_due(&claim_of(&["echo"], at(10), 10))
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![local.id]
+    );
+    assert_eq!(claimed[0].worker_id, "node-a");
+    assert!(
+        store
+            .claim_due(&claim_of(&["echo", "sleep"], at(10), 10))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let counts = store.kind_counts().await.expect("counts");
+    assert_eq!(
+        counts
+            .get("resize")
+            .map(|counts| (counts.queued, counts.running)),
+        Some((1, 0))
+    );
+    assert_eq!(
+        counts
+            .get("echo")
+            .map(|counts| (counts.queued, counts.running)),
+        Some((0, 1))
+    );
+    let taken = store
+        .claim_due(&claim_of(&["resize", "echo"], at(10), 10))
+        .await
+        .expect("claim");
+    assert_eq!(
+        taken.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![remote.id]
+    );
+}
+
+/// A remote claim gives each lease its own secret and the attempt span's
+/// context, and ends the lease at the attempt deadline (plus the grace).
+async fn remote_leases_end_at_their_attempt_deadline(backend: Backend) {
+    let store = backend.store;
+    let bounded = create(
+        &store,
+        TaskRecord {
+            created_at: at(0),
+            attempt_timeout: Some(Duration::from_secs(5)),
+            trace: TraceContext {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                ..TraceContext::default()
+            },
+            ..task("resize")
+        },
+    )
+    .await;
+    let mut claim = claim_of(&["resize"], at(10), 1);
+    claim.owner = "worker-1".into();
+    claim.remote = Some(RemoteClaim {
+        deadline_grace: Duration::from_secs(1),
+    });
+    let claimed = store.claim_due(&claim).await.expect("claim").remove(0);
+    assert_eq!(claimed.id, bounded.id);
+    assert_eq!(claimed.worker_id, "worker-1");
+    let lease = claimed.lease.as_ref().expect("a lease");
+    assert_eq!(
+        lease.expires_at,
+        at(16),
+        "the attempt deadline plus the grace"
+    );
+    let remote = lease.remote.as_ref().expect("a remote lease");
+    assert_eq!(remote.attempt_deadline, Some(at(15)));
+    assert_eq!(remote.secret.len(), 32);
+    assert!(
+        remote
+            .trace
+            .traceparent
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    );
+    assert!(!remote.trace.traceparent.contains("00f067aa0ba902b7"));
+    let stored = store.get(claimed.id).await.expect("get").expect("stored");
+    assert_eq!(stored.lease, claimed.lease, "as claimed");
+    store
+        .extend_lease(claimed.id, lease.token, at(16), at(12))
+        .await
+        .expect("renew");
+    let renewed = store.get(claimed.id).await.expect("get").expect("stored");
+    assert_eq!(renewed.lease.as_ref().expect("lease").remote, lease.remote);
+}
+
+/// The last poll of each kind is kept, the latest winning.
+async fn polls_are_recorded_per_kind(backend: Backend) {
+    let store = backend.store;
+    assert!(store.last_polls().await.expect("polls").is_empty());
+    let kinds = ["resize".to_owned(), "mail".to_owned()];
+    store.record_poll(&kinds, at(10)).await.expect("record");
+    store
+        .record_poll(&kinds[..1], at(20))
+        .await
+        .expect("record");
+    let polls = store.last_polls().await.expect("polls");
+    assert_eq!(polls.get("resize"), Some(&at(20)));
+    assert_eq!(polls.get("mail"), Some(&at(10)));
 }
 
 async fn overdue_lists_waiting_tasks_past_their_deadline(backend: Backend) {
@@ -561,7 +732,7 @@ async fn lists_filter_and_page_newest_first(backend: Backend) {
     assert!(second.next.is_none());
 
     store
-        .claim_due(&claim_request(at(100), 1))
+        .claim_due(&claim_of(&["even", "odd"], at(100), 1))
         .await
         .expect("claim one");
     let running = ListQuery {
@@ -833,6 +1004,9 @@ macro_rules! all_cases {
             the_feed_sees_every_change_in_commit_order,
             create_and_claim_takes_a_new_task_only_when_nothing_else_is_due,
             concurrent_writers_lose_no_update,
+            claims_take_only_the_kinds_asked_for,
+            remote_leases_end_at_their_attempt_deadline,
+            polls_are_recorded_per_kind,
         );
     };
 }
@@ -841,10 +1015,11 @@ all_cases!(memory);
 all_cases!(embedded);
 all_cases!(postgres);
 
-/// Reopening the embedded file keeps every record and voids the leases of
-/// the process that wrote them, so they are reaped at once.
+/// Reopening the embedded file keeps every record and every lease (a
+/// remote worker's outlives a restart; the engine ends the in-process
+/// attempts of the previous run itself), renewals included.
 #[tokio::test]
-async fn embedded_reopen_keeps_records_and_voids_leases() {
+async fn embedded_reopen_keeps_records_and_leases() {
     let data_dir = TempDir::new();
     let feed = Arc::new(RecordingFeed::default());
     let (running_id, queued_id, token) = {
@@ -863,6 +1038,11 @@ async fn embedded_reopen_keeps_records_and_voids_leases() {
             .as_ref()
             .map(|lease: &Lease| lease.token)
             .expect("lease");
+        let renewed_to = SystemTime::now() + Duration::from_secs(3600);
+        store
+            .extend_lease(running.id, token, renewed_to, SystemTime::now())
+            .await
+            .expect("renew");
         let CreateOutcome::Created(queued) =
             store.create(task("echo"), None).await.expect("create")
         else {
@@ -883,13 +1063,19 @@ async fn embedded_reopen_keeps_records_and_voids_leases() {
     };
     let queued = store.get(queued_id).await.expect("get").expect("kept");
     assert_eq!(queued.state, TaskState::Queued);
-    let expired = store
-        .expired_leases(SystemTime::now(), 10)
-        .await
-        .expect("expired");
-    assert_eq!(
-        expired.iter().map(|task| task.id).collect::<Vec<_>>(),
-        vec![running_id]
+    assert!(
+        store
+            .expired_leases(SystemTime::now(), 10)
+            .await
+            .expect("expired")
+            .is_empty(),
+        "the renewed lease holds"
+    );
+    let running = store.get(running_id).await.expect("get").expect("kept");
+    assert!(
+        running.lease.as_ref().expect("lease").expires_at
+            > SystemTime::now() + Duration::from_secs(3000),
+        "the renewal survived the restart"
     );
     let CreateOutcome::Created(_) = store.create(task("echo"), None).await.expect("create") else {
         panic!("created")

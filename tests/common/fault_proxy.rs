@@ -66,6 +66,8 @@ struct Shared {
     stall_new: AtomicBool,
     /// Client bytes after which a connection's replies are dropped.
     reply_trigger: Mutex<Option<Vec<u8>>>,
+    /// Client bytes at which a connection freezes, before they are sent on.
+    stall_trigger: Mutex<Option<Vec<u8>>>,
     triggered: AtomicU64,
     accepted: AtomicU64,
 }
@@ -93,6 +95,7 @@ impl FaultProxy {
             drop_replies: AtomicBool::new(false),
             stall_new: AtomicBool::new(false),
             reply_trigger: Mutex::default(),
+            stall_trigger: Mutex::default(),
             triggered: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
         });
@@ -153,7 +156,14 @@ impl FaultProxy {
         *self.shared.reply_trigger.lock().expect("not poisoned") = trigger.map(<[u8]>::to_vec);
     }
 
-    /// Connections whose replies the trigger cut off so far.
+    /// From now on, a connection whose client sends `trigger` freezes (in
+    /// both directions, without a reset) before those bytes reach the
+    /// server. `None` stops triggering.
+    pub fn stall_at(&self, trigger: Option<&[u8]>) {
+        *self.shared.stall_trigger.lock().expect("not poisoned") = trigger.map(<[u8]>::to_vec);
+    }
+
+    /// Connections whose replies the trigger cut off, or that it froze, so far.
     pub fn triggered(&self) -> u64 {
         self.shared.triggered.load(Ordering::SeqCst)
     }
@@ -242,16 +252,30 @@ async fn serve(client: TcpStream, shared: Arc<Shared>, stop: CancellationToken) 
                 if read == 0 {
                     return Ok::<(), std::io::Error>(());
                 }
-                let trigger = shared.reply_trigger.lock().expect("not poisoned").clone();
-                if let Some(trigger) = trigger
-                    && !connection.replies_dropped.load(Ordering::SeqCst)
-                {
+                let reply_trigger = shared.reply_trigger.lock().expect("not poisoned").clone();
+                let stall_trigger = shared.stall_trigger.lock().expect("not poisoned").clone();
+                if reply_trigger.is_some() || stall_trigger.is_some() {
                     tail.extend_from_slice(&buffer[..read]);
-                    if tail.windows(trigger.len()).any(|window| window == trigger) {
-                        connection.replies_dropped.store(true, Ordering::SeqCst);
+                    let seen = |trigger: &Option<Vec<u8>>| {
+                        trigger.as_ref().is_some_and(|trigger| {
+                            tail.windows(trigger.len())
+                                .any(|window| window == trigger.as_slice())
+                        })
+                    };
+                    if seen(&reply_trigger)
+                        && !connection.replies_dropped.swap(true, Ordering::SeqCst)
+                    {
                         shared.triggered.fetch_add(1, Ordering::SeqCst);
                     }
-                    let keep = tail.len().min(trigger.len().saturating_sub(1));
+                    if seen(&stall_trigger) && !connection.stalled.send_replace(true) {
+                        shared.triggered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let longest = [&reply_trigger, &stall_trigger]
+                        .iter()
+                        .filter_map(|trigger| trigger.as_ref().map(Vec::len))
+                        .max()
+                        .unwrap_or(1);
+                    let keep = tail.len().min(longest.saturating_sub(1));
                     tail.drain(..tail.len() - keep);
                 }
                 if sniffed.len() < SNIFFED_BYTES {

@@ -215,6 +215,13 @@ pub async fn remove(
     Ok(ExitStatus::Succeeded)
 }
 
+/// `vow kinds`.
+pub async fn kinds(connection: &Connection, output: &Output) -> Result<ExitStatus, Failure> {
+    let kinds = connection.client().await?.list_kinds().await?;
+    output.kinds(&kinds);
+    Ok(ExitStatus::Succeeded)
+}
+
 /// Waits for a task, in slices, until it is done or `timeout` has passed
 /// (forever without one).
 async fn wait_for(client: &Client, id: &str, timeout: Option<Duration>) -> Result<Awaited, Error> {

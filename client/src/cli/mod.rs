@@ -8,6 +8,7 @@ mod input;
 pub mod json;
 pub mod render;
 mod tls;
+mod work;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -75,6 +76,8 @@ impl Command {
             Self::Cancel { .. } => "cancel",
             Self::Ls(_) => "ls",
             Self::Rm { .. } => "rm",
+            Self::Work(_) => "work",
+            Self::Kinds => "kinds",
             Self::Completions { .. } => "completions",
             Self::Bench(_) => "bench",
             Self::CeilingServer { .. } => "ceiling-server",
@@ -87,7 +90,7 @@ impl Cli {
     pub fn needs_all_cores(&self) -> bool {
         matches!(
             self.command,
-            Command::Bench(_) | Command::CeilingServer { .. }
+            Command::Bench(_) | Command::CeilingServer { .. } | Command::Work(_)
         )
     }
 }
@@ -153,6 +156,11 @@ pub enum Command {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// Run tasks of remote kinds with a command, one process per task: the input on stdin, the
+    /// output from stdout (see `vow work --help` for exit codes and signals).
+    Work(WorkArgs),
+    /// List the kinds the server runs, with their queues and when a worker last polled.
+    Kinds,
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -233,6 +241,47 @@ pub struct ListArgs {
     pub limit: usize,
 }
 
+const WORK_HELP: &str = "\
+The task's input goes to the command's stdin (JSON as text, bytes as they are); its stdout becomes
+the output (JSON when it parses, bytes otherwise). The command gets VOW_TASK_ID, VOW_TASK_KIND,
+VOW_TASK_ATTEMPT, VOW_TASK_DEADLINE and TRACEPARENT. On cancel or at the attempt deadline it gets
+SIGTERM, then SIGKILL after --kill-grace.
+
+Exit status to error code:
+  0          the task succeeds with the output
+  64, 65     INVALID_ARGUMENT (not retried)
+  75         UNAVAILABLE (retried)
+  124        DEADLINE_EXCEEDED (retried)
+  any other  INTERNAL (retried), also when killed by a signal
+The last 4 KiB of stderr are the error's message.";
+
+/// `vow work`.
+#[derive(Debug, Args)]
+#[command(after_long_help = WORK_HELP)]
+pub struct WorkArgs {
+    /// Remote kind to run; repeat for more (comma-separated works too).
+    #[arg(required = true, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    /// Commands run at once.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    pub concurrency: usize,
+    /// Names this worker in tasks (`worker_id`); default `<hostname>-<pid>`.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// The lease to ask for (the server's default otherwise); renewed at a third of it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease_duration: Option<Duration>,
+    /// How long a command has between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+    /// On SIGTERM, how long running commands may finish before they are stopped and their tasks handed back.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
 /// Task states as typed on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StateFilter {
@@ -307,6 +356,8 @@ async fn run_command(cli: Cli) -> ExitStatus {
         }
         Command::Ls(args) => commands::list(&connection, &output, args).await,
         Command::Rm { id, force } => commands::remove(&connection, &output, &id, force).await,
+        Command::Work(args) => work::work(&connection, args).await,
+        Command::Kinds => commands::kinds(&connection, &output).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

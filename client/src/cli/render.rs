@@ -187,6 +187,61 @@ impl Output {
         print_table(&mut table);
     }
 
+    /// The server's kinds, as a table (or one JSON object per line).
+    pub fn kinds(&self, kinds: &[vow_client::proto::KindInfo]) {
+        if self.format == OutputFormat::Json {
+            for kind in kinds {
+                let last_poll = json::system_time(kind.last_poll_time.as_ref())
+                    .map(|at| humantime::format_rfc3339_millis(at).to_string());
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": kind.name,
+                        "remote": kind.remote,
+                        "queued": kind.queued,
+                        "pollers": kind.pollers,
+                        "last_poll_time": last_poll,
+                    })
+                );
+            }
+            return;
+        }
+        let mut table = Table::new();
+        table
+            .load_style(presets::NOTHING)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(["KIND", "RUNS", "QUEUED", "POLLERS", "LAST POLL"]);
+        if self.color {
+            table.enforce_styling();
+        } else {
+            table.force_no_tty();
+        }
+        for kind in kinds {
+            let last_poll = match json::system_time(kind.last_poll_time.as_ref()) {
+                Some(at) => format!("{} ago", human_duration(age(at))),
+                None if kind.remote => "never".to_owned(),
+                None => String::new(),
+            };
+            let never_polled = kind.remote && kind.last_poll_time.is_none();
+            table.add_row([
+                Cell::new(&kind.name),
+                Cell::new(if kind.remote { "remote" } else { "built in" }),
+                Cell::new(kind.queued),
+                Cell::new(if kind.remote {
+                    kind.pollers.to_string()
+                } else {
+                    String::new()
+                }),
+                Cell::new(last_poll).fg(if never_polled {
+                    Color::Yellow
+                } else {
+                    Color::Reset
+                }),
+            ]);
+        }
+        print_table(&mut table);
+    }
+
     /// A deleted task.
     pub fn deleted(&self, id: &str) {
         match self.format {

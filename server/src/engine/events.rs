@@ -47,8 +47,9 @@ pub type TaskEvent = Arc<TaskRecord>;
 #[derive(Clone, Debug)]
 enum FirehoseEvent {
     Changed(TaskEvent),
-    /// Changes may have been missed: listeners read the store again.
-    Resync,
+    /// Changes of these tasks (`None`: of any) may have been missed:
+    /// listeners read the store again.
+    Resync(Option<Arc<[TaskId]>>),
 }
 
 /// What an all-tasks listener receives.
@@ -57,8 +58,9 @@ pub enum AllTasksEvent {
     /// One change, per task in revision order.
     Changed(TaskEvent),
     /// Changes were missed (this listener fell behind, or the store lost
-    /// track): what it follows must be read from the store again.
-    Missed,
+    /// track of these tasks, `None`: of any): what it follows must be read
+    /// from the store again.
+    Missed(Option<Arc<[TaskId]>>),
     /// The hub is gone.
     Closed,
 }
@@ -73,9 +75,8 @@ impl AllTasksSubscription {
     pub async fn recv(&mut self) -> AllTasksEvent {
         match self.receiver.recv().await {
             Ok(FirehoseEvent::Changed(task)) => AllTasksEvent::Changed(task),
-            Ok(FirehoseEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                AllTasksEvent::Missed
-            }
+            Ok(FirehoseEvent::Resync(ids)) => AllTasksEvent::Missed(ids),
+            Err(broadcast::error::RecvError::Lagged(_)) => AllTasksEvent::Missed(None),
             Err(broadcast::error::RecvError::Closed) => AllTasksEvent::Closed,
         }
     }
@@ -322,7 +323,7 @@ impl ChangeFeed for EventHub {
             }
             topics.count_topics();
         }
-        let _ = self.firehose.send(FirehoseEvent::Resync);
+        let _ = self.firehose.send(FirehoseEvent::Resync(Some(ids.into())));
     }
 
     fn resync_all(&self) {
@@ -332,7 +333,7 @@ impl ChangeFeed for EventHub {
             topics.retired = RetiredHistories::default();
             topics.count_topics();
         }
-        let _ = self.firehose.send(FirehoseEvent::Resync);
+        let _ = self.firehose.send(FirehoseEvent::Resync(None));
     }
 }
 
@@ -474,7 +475,9 @@ mod tests {
             subscription.recv().await,
             Err(broadcast::error::RecvError::Closed)
         ));
-        assert!(matches!(all.recv().await, AllTasksEvent::Missed));
+        assert!(
+            matches!(all.recv().await, AllTasksEvent::Missed(Some(ids)) if ids[..] == [watched.id])
+        );
         assert_eq!(hub.open_topics(), 0);
     }
 

@@ -25,7 +25,7 @@ use super::{
     events::AllTasksEvent,
     handler::{HandlerContext, ProgressReport, ProgressReporter},
     sleep_until_opt,
-    task::{ErrorCode, Progress, TaskError, TaskRecord, TaskState},
+    task::{Completion, ErrorCode, Progress, TaskError, TaskRecord, TaskState},
     transitions::{self, AttemptOutcome},
 };
 use crate::{
@@ -43,6 +43,9 @@ const OUTCOME_FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const OUTCOME_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Tries of an outcome write that fails other than by unavailability.
 const OUTCOME_INTERNAL_ATTEMPTS: u32 = 3;
+/// The outcome digest of an in-process attempt's end: in-process attempts
+/// are never completed twice by a caller, only retried by the executor.
+const IN_PROCESS_OUTCOME: &str = "in-process";
 
 /// Claims due tasks while slots are free and spawns their attempts.
 pub(super) async fn dispatch_loop(engine: Engine) {
@@ -94,7 +97,12 @@ pub(super) async fn dispatch_loop(engine: Engine) {
             continue;
         }
 
-        let next_due = inner.store.next_due_at().await.ok().flatten();
+        let next_due = inner
+            .store
+            .next_due_at(inner.kinds.local())
+            .await
+            .ok()
+            .flatten();
         let sleep_for = next_due
             .map(|due| due.duration_since(SystemTime::now()).unwrap_or_default())
             .unwrap_or(IDLE_POLL)
@@ -120,17 +128,23 @@ pub(super) async fn follow_other_writers(engine: Engine) {
         match change {
             AllTasksEvent::Changed(task) => {
                 if task.state.is_claimable() {
-                    engine.inner.dispatch_wakeup.notify_one();
+                    engine.wake_executors(&task);
                 }
                 if task.state == TaskState::Running && task.cancel_requested {
                     let reason = StopReason::Cancelled(task.cancel_reason.clone());
                     engine.stop_local_attempt(task.id, reason).await;
                 }
             }
-            // Missed some: look at the store, and at every attempt running here.
-            AllTasksEvent::Missed => {
+            // Missed some: look at the store, and at the attempts running here.
+            AllTasksEvent::Missed(ids) => {
                 engine.inner.dispatch_wakeup.notify_one();
-                let running: Vec<_> = engine.lock_running().keys().copied().collect();
+                engine.inner.remote.wake_all();
+                let running: Vec<_> = engine
+                    .lock_running()
+                    .keys()
+                    .copied()
+                    .filter(|id| ids.as_ref().is_none_or(|ids| ids.contains(id)))
+                    .collect();
                 for id in running {
                     if let Ok(task) = engine.get(id).await
                         && task.cancel_requested
@@ -357,7 +371,7 @@ async fn execute(
                 }
                 _ = heartbeat.tick() => {
                     let expires_at = SystemTime::now() + config.lease_duration;
-                    match engine.inner.store.extend_lease(task.id, lease_token, expires_at).await {
+                    match engine.inner.store.extend_lease(task.id, lease_token, expires_at, SystemTime::now()).await {
                         Ok(()) => lease_expires_at = expires_at,
                         Err(error) => tracing::warn!(task.id = %task.id, %error, "lease renewal failed"),
                     }
@@ -425,14 +439,17 @@ async fn store_outcome(
     // uses the claimed snapshot and a conflict falls back to reading.
     let mut known = Some(claimed.clone());
     let mut backoff = OUTCOME_FIRST_BACKOFF;
-    let mut renew_at = Instant::now() + config.lease_duration / 3;
     let mut internal_failures = 0;
+    let mut lease_refused = false;
     let mut failing_since: Option<Instant> = None;
     let why_lost = loop {
         let result = engine
             .update_task_from(claimed.id, known.take(), |task| {
+                let now = SystemTime::now();
                 let holds_lease = task.state == TaskState::Running
-                    && task.lease.as_ref().map(|lease| lease.token) == lease_token;
+                    && task.lease.as_ref().is_some_and(|lease| {
+                        Some(lease.token) == lease_token && lease.holds_at(now)
+                    });
                 if !holds_lease {
                     return Mutation::Keep;
                 }
@@ -445,18 +462,23 @@ async fn store_outcome(
                         updated_at: SystemTime::now(),
                     });
                 }
-                // A cancel seen only through the store (another process asked).
-                let settled = matches!(
-                    this_outcome,
-                    AttemptOutcome::Succeeded(_) | AttemptOutcome::Cancelled { .. }
-                );
-                if task.cancel_requested && !settled {
+                // A cancel acknowledged (asked here or through the store by
+                // another process) wins over whatever the attempt returned.
+                if task.cancel_requested
+                    && !matches!(this_outcome, AttemptOutcome::Cancelled { .. })
+                {
                     this_outcome = AttemptOutcome::Cancelled {
                         reason: task.cancel_reason.clone(),
                         handler_stopped: true,
                     };
                 }
-                transitions::finish_attempt(task, this_outcome, SystemTime::now(), rand::random());
+                transitions::finish_attempt(task, this_outcome, now, rand::random());
+                // Marks the end as this attempt's, for a retry of a write
+                // whose answer was lost to recognise.
+                task.completed_by = lease_token.map(|token| Completion {
+                    token,
+                    outcome_digest: IN_PROCESS_OUTCOME.into(),
+                });
                 Mutation::Write
             })
             .await;
@@ -465,9 +487,13 @@ async fn store_outcome(
                 if let Some(since) = failing_since {
                     tracing::info!(task.id = %claimed.id, retried_for = ?since.elapsed(), "stored an attempt's outcome after retrying");
                 }
-                if task.state == TaskState::Running {
-                    tracing::warn!(task.id = %claimed.id, "attempt result refused: the lease is no longer held");
-                    return;
+                let ours = task
+                    .completed_by
+                    .as_ref()
+                    .is_some_and(|completion| Some(completion.token) == lease_token);
+                if !ours {
+                    // The lease went first (reaped, taken over, or lapsed).
+                    break "the lease was lost before the outcome was stored".to_owned();
                 }
                 if task.state == TaskState::RetryWait {
                     engine.inner.dispatch_wakeup.notify_one();
@@ -489,19 +515,30 @@ async fn store_outcome(
                 break format!("the store keeps failing: {error}");
             }
         }
-        if Instant::now() >= renew_at {
+        if lease_refused {
+            break "the lease was taken over".to_owned();
+        }
+        // Renewed once two thirds of the lease are left, as heartbeats do.
+        let left = lease_expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left < config.lease_duration * 2 / 3 {
             let expires_at = SystemTime::now() + config.lease_duration;
             match engine
                 .inner
                 .store
-                .extend_lease(claimed.id, lease_token.unwrap_or_default(), expires_at)
+                .extend_lease(
+                    claimed.id,
+                    lease_token.unwrap_or_default(),
+                    expires_at,
+                    SystemTime::now(),
+                )
                 .await
             {
-                Ok(()) => {
-                    lease_expires_at = expires_at;
-                    renew_at = Instant::now() + config.lease_duration / 3;
-                }
-                Err(StoreError::StaleLease) => break "the lease was taken over".to_owned(),
+                Ok(()) => lease_expires_at = expires_at,
+                // The outcome may have been stored after all (an answer that
+                // was lost): one more try tells.
+                Err(StoreError::StaleLease) => lease_refused = true,
                 Err(StoreError::NotFound) => return,
                 // Unavailable too: the next round tries again.
                 Err(_) => {}
@@ -601,8 +638,8 @@ mod tests {
             task::{Payload, SubmitSpec, TaskId, TraceContext},
         },
         store::{
-            ClaimRequest, CreateOutcome, ListPage, ListQuery, MemoryStore, OnClaimed, SharedTask,
-            Store,
+            ClaimRequest, CreateOutcome, KindCounts, ListPage, ListQuery, MemoryStore, OnClaimed,
+            SharedTask, Store,
         },
     };
 
@@ -688,19 +725,20 @@ mod tests {
         async fn claim_due(&self, request: &ClaimRequest) -> Result<Vec<SharedTask>, StoreError> {
             self.0.claim_due(request).await
         }
-        async fn next_due_at(&self) -> Result<Option<SystemTime>, StoreError> {
-            self.0.next_due_at().await
+        async fn next_due_at(&self, kinds: &[String]) -> Result<Option<SystemTime>, StoreError> {
+            self.0.next_due_at(kinds).await
         }
         async fn extend_lease(
             &self,
             id: TaskId,
             token: u64,
             expires_at: SystemTime,
+            now: SystemTime,
         ) -> Result<(), StoreError> {
             if self.1.renewals_fail {
                 return Err(StoreError::Unavailable("the database is away".into()));
             }
-            self.0.extend_lease(id, token, expires_at).await
+            self.0.extend_lease(id, token, expires_at, now).await
         }
         async fn overdue(
             &self,
@@ -723,8 +761,14 @@ mod tests {
         ) -> Result<Vec<TaskId>, StoreError> {
             self.0.delete_expired(now, limit).await
         }
-        async fn queue_depth(&self) -> Result<BTreeMap<String, usize>, StoreError> {
-            self.0.queue_depth().await
+        async fn kind_counts(&self) -> Result<BTreeMap<String, KindCounts>, StoreError> {
+            self.0.kind_counts().await
+        }
+        async fn record_poll(&self, kinds: &[String], at: SystemTime) -> Result<(), StoreError> {
+            self.0.record_poll(kinds, at).await
+        }
+        async fn last_polls(&self) -> Result<BTreeMap<String, SystemTime>, StoreError> {
+            self.0.last_polls().await
         }
     }
 
@@ -742,7 +786,7 @@ mod tests {
         handlers.register("quits", QuitsOnCancel);
         let config = EngineConfig::default();
         let slots = config.max_concurrent_tasks;
-        let engine = Engine::start(config, store, hub, handlers);
+        let engine = Engine::start(config, store, hub, handlers).expect("valid kinds");
         let spec = SubmitSpec {
             kind: "quits".into(),
             ..SubmitSpec::default()
@@ -767,7 +811,8 @@ mod tests {
             let store = Arc::new(MemoryStore::new(hub.clone()));
             let mut handlers = HandlerRegistry::new();
             handlers.register("quits", QuitsOnCancel);
-            let engine = Engine::start(EngineConfig::default(), store.clone(), hub, handlers);
+            let engine = Engine::start(EngineConfig::default(), store.clone(), hub, handlers)
+                .expect("valid kinds");
             let spec = SubmitSpec {
                 kind: "quits".into(),
                 ..SubmitSpec::default()
@@ -792,10 +837,12 @@ mod tests {
     #[derive(Default)]
     struct CountsRuns(std::sync::atomic::AtomicUsize);
 
+    struct Counted(Arc<CountsRuns>);
+
     #[async_trait]
-    impl Handler for Arc<CountsRuns> {
+    impl Handler for Counted {
         async fn run(&self, _context: HandlerContext) -> Result<Payload, TaskError> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(Payload::json(serde_json::json!("done")))
         }
@@ -806,8 +853,11 @@ mod tests {
         let store = Arc::new(FaultyStore(MemoryStore::new(hub.clone()), faults));
         let runs = Arc::new(CountsRuns::default());
         let mut handlers = HandlerRegistry::new();
-        handlers.register("counted", runs.clone());
-        (Engine::start(config, store, hub, handlers), runs)
+        handlers.register("counted", Counted(runs.clone()));
+        (
+            Engine::start(config, store, hub, handlers).expect("valid kinds"),
+            runs,
+        )
     }
 
     async fn submit_once(engine: &Engine) -> TaskId {
@@ -870,7 +920,7 @@ mod tests {
                 let idle = engine.inner.slots.available_permits() == slots;
                 if task.state == TaskState::Failed && idle {
                     let error = task.error.as_ref().expect("an error");
-                    assert_eq!(error.reason, "ATTEMPT_INTERRUPTED");
+                    assert_eq!(error.reason, "LEASE_EXPIRED");
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -7,7 +7,7 @@
 
 pub mod error;
 pub mod events;
-pub mod handler;
+pub mod kinds;
 pub mod retry;
 pub mod task;
 pub mod transitions;
@@ -16,9 +16,10 @@ mod executor;
 mod maintenance;
 mod validate;
 pub mod watch;
+pub mod workers;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,15 +27,22 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use opentelemetry::context::FutureExt as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast::error::RecvError};
 use tokio_util::{
     sync::CancellationToken,
     task::{TaskTracker, task_tracker::TaskTrackerToken},
 };
+use tracing::Instrument as _;
 
 pub use error::{EngineError, FieldViolation};
 pub use events::{EventHub, TaskEvent};
-pub use handler::{Handler, HandlerContext, HandlerRegistry};
+pub use vow_handler::{Handler, HandlerContext, HandlerRegistry};
+/// The handler vocabulary, where the engine's paths always found it.
+pub mod handler {
+    pub use vow_handler::*;
+}
+pub use kinds::{KindSettings, Kinds, KindsError};
 use retry::RetryPolicy;
 use task::{SubmitSpec, TaskDeadline, TaskId, TaskRecord, TaskState, TraceContext};
 
@@ -90,6 +98,10 @@ pub struct EngineConfig {
     /// changes arrive through the event hub and must wake this dispatcher and
     /// reach the attempts running here (a cancel asked of another replica).
     pub shared_store: bool,
+    /// Remote kinds, and defaults per kind (built in or remote).
+    pub kinds: BTreeMap<String, KindSettings>,
+    /// Longest lease a remote worker may ask for.
+    pub max_lease_duration: Duration,
 }
 
 impl Default for EngineConfig {
@@ -112,6 +124,8 @@ impl Default for EngineConfig {
             watch_heartbeat: Duration::from_secs(15),
             await_many_limit: 1_000,
             shared_store: false,
+            kinds: BTreeMap::new(),
+            max_lease_duration: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -216,6 +230,9 @@ struct Inner {
     store: Arc<dyn Store>,
     hub: Arc<EventHub>,
     handlers: HandlerRegistry,
+    kinds: Kinds,
+    /// Pollers of remote kinds, and what wakes them.
+    remote: workers::RemoteWork,
     dispatch_wakeup: Notify,
     /// Held while claiming and registering attempts, so Cancel finds every
     /// attempt the store shows as running here.
@@ -234,13 +251,15 @@ struct Inner {
 
 impl Engine {
     /// Starts an engine with its dispatcher and maintenance loops over a store
-    /// that reports its changes to `hub`. Must be called inside a tokio runtime.
+    /// that reports its changes to `hub`. Must be called inside a tokio
+    /// runtime. Fails if the configured kinds do not fit the handlers.
     pub fn start(
         config: EngineConfig,
         store: Arc<dyn Store>,
         hub: Arc<EventHub>,
         handlers: HandlerRegistry,
-    ) -> Self {
+    ) -> Result<Self, KindsError> {
+        let kinds = Kinds::new(&handlers, &config.kinds)?;
         let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1)));
         hub.publish_gauges();
         let engine = Self {
@@ -249,6 +268,8 @@ impl Engine {
                 store,
                 hub,
                 handlers,
+                kinds,
+                remote: workers::RemoteWork::default(),
                 dispatch_wakeup: Notify::new(),
                 claim_gate: tokio::sync::Mutex::new(()),
                 running: Mutex::default(),
@@ -274,7 +295,7 @@ impl Engine {
                 .background
                 .spawn(executor::follow_other_writers(engine.clone()));
         }
-        engine
+        Ok(engine)
     }
 
     /// The in-process event hub (waiter and watcher gauges live there).
@@ -287,9 +308,9 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Kinds this engine can run, sorted.
-    pub fn known_kinds(&self) -> Vec<String> {
-        self.inner.handlers.kinds().map(str::to_owned).collect()
+    /// Kinds this engine accepts, built in and remote.
+    pub fn kinds(&self) -> &Kinds {
+        &self.inner.kinds
     }
 
     /// Accepts a task. It is stored before this returns.
@@ -314,7 +335,13 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         let now = SystemTime::now();
-        validate::validate(&spec, &self.inner.config, &self.inner.handlers, now)?;
+        validate::validate(
+            &spec,
+            &self.inner.config,
+            &self.inner.kinds,
+            &self.inner.handlers,
+            now,
+        )?;
         Ok(self.new_record(spec, trace, deadline_bound, now))
     }
 
@@ -357,9 +384,7 @@ impl Engine {
             CreateOutcome::Created(task) => {
                 tracing::debug!(task.id = %task.id, task.kind = %task.kind, "task submitted");
                 record::submitted(&task.kind);
-                if !self.lock_running().contains_key(&task.id) {
-                    self.inner.dispatch_wakeup.notify_one();
-                }
+                self.wake_executors(&task);
                 Ok(Submitted {
                     task,
                     deduplicated: false,
@@ -383,7 +408,10 @@ impl Engine {
         // Taken before looking at the drain, so a shutdown starting now
         // waits for the attempt this submit may start.
         let in_flight = inner.attempts.token();
-        if inner.stop_dispatch.is_cancelled() || task.due_at().is_none_or(|due| due > now) {
+        if inner.stop_dispatch.is_cancelled()
+            || task.due_at().is_none_or(|due| due > now)
+            || inner.handlers.get(&task.kind).is_none()
+        {
             return None;
         }
         let slot = inner.slots.clone().try_acquire_owned().ok()?;
@@ -408,13 +436,25 @@ impl Engine {
         }
     }
 
-    /// A claim by this process, as of now.
+    /// A claim by this process of its in-process kinds, as of now.
     fn claim_request(&self, limit: usize) -> ClaimRequest {
         ClaimRequest {
             now: SystemTime::now(),
             limit,
             owner: self.inner.config.node_id.clone(),
             lease_duration: self.inner.config.lease_duration,
+            kinds: self.inner.kinds.local().clone(),
+            remote: None,
+        }
+    }
+
+    /// Tells whoever runs a task that became claimable: the dispatcher, or
+    /// a worker polling for its kind.
+    fn wake_executors(&self, task: &TaskRecord) {
+        if self.inner.kinds.is_remote(&task.kind) {
+            self.inner.remote.wake(&task.kind);
+        } else if !self.lock_running().contains_key(&task.id) {
+            self.inner.dispatch_wakeup.notify_one();
         }
     }
 
@@ -426,6 +466,12 @@ impl Engine {
         now: SystemTime,
     ) -> TaskRecord {
         let config = &self.inner.config;
+        let kind_defaults = self
+            .inner
+            .kinds
+            .get(&spec.kind)
+            .cloned()
+            .unwrap_or_default();
         // Only compared when a key is reused; without a key nobody reads it.
         let fingerprint = if spec.idempotency_key.is_some() {
             spec.fingerprint()
@@ -448,7 +494,10 @@ impl Engine {
             output: None,
             error: None,
             attempt: 0,
-            retry: config.default_retry.with_overrides(&spec.retry),
+            retry: config
+                .default_retry
+                .with_overrides(&kind_defaults.retry)
+                .with_overrides(&spec.retry),
             progress: None,
             labels: spec.labels,
             priority: spec.priority,
@@ -461,7 +510,7 @@ impl Engine {
             next_attempt_at: spec.not_before.filter(|not_before| *not_before > now),
             expires_at: None,
             deadline,
-            attempt_timeout: spec.attempt_timeout,
+            attempt_timeout: spec.attempt_timeout.or(kind_defaults.attempt_timeout),
             retention: spec
                 .retention
                 .unwrap_or(config.default_retention)
@@ -471,6 +520,8 @@ impl Engine {
             cancel_requested: false,
             cancel_reason: String::new(),
             lease: None,
+            worker_id: String::new(),
+            completed_by: None,
         }
     }
 
@@ -564,7 +615,14 @@ impl Engine {
     ) -> Result<Option<TaskEvent>, EngineError> {
         let mut backoff = REREAD_FIRST_BACKOFF;
         loop {
-            match self.get(id).await {
+            let read = match until {
+                Some(until) => match tokio::time::timeout_at(until, self.get(id)).await {
+                    Ok(read) => read,
+                    Err(_) => return Ok(None),
+                },
+                None => self.get(id).await,
+            };
+            match read {
                 Ok(task) => return Ok(Some(task)),
                 Err(EngineError::StorageUnavailable(_)) => {}
                 Err(error) => return Err(error),
@@ -593,23 +651,35 @@ impl Engine {
         wait: Option<Duration>,
     ) -> Result<Awaited, EngineError> {
         let record = self.new_submission(spec, trace, call_deadline)?;
+        let record_id = record.id;
         // The write runs on its own, so that a caller going away meanwhile
         // leaves the guard a settled outcome to act on.
         let engine = self.clone();
-        let storing = self
-            .inner
-            .background
-            .spawn(async move { engine.store_submission(record).await });
+        let storing = self.inner.background.spawn(
+            // In the call's span and context: its log lines keep their trace id.
+            async move { engine.store_submission(record).await }
+                .in_current_span()
+                .with_current_context(),
+        );
         let mut cancel_on_drop = CancelOnDrop {
             engine: self.clone(),
-            task: RunTask::Storing(storing),
+            task: RunTask::Storing {
+                handle: storing,
+                id: record_id,
+            },
             armed: true,
         };
-        let RunTask::Storing(storing) = &mut cancel_on_drop.task else {
+        let RunTask::Storing { handle, .. } = &mut cancel_on_drop.task else {
             unreachable!("the write was just started");
         };
-        let submitted = match storing.await {
+        let submitted = match handle.await {
             Ok(Ok(submitted)) => submitted,
+            // The write may have been stored after all: the guard cancels
+            // the task if it exists (the cancel tolerates one that does not).
+            Ok(Err(error @ EngineError::StorageUnavailable(_))) => {
+                cancel_on_drop.task = RunTask::Stored(record_id);
+                return Err(error);
+            }
             Ok(Err(error)) => {
                 cancel_on_drop.armed = false;
                 return Err(error);
@@ -632,16 +702,21 @@ impl Engine {
     }
 
     /// Asks a task to stop. Waiting tasks end CANCELLED at once; a running
-    /// handler sees its token fire. Finished tasks are returned unchanged.
+    /// handler sees its token fire (a remote worker learns it from its next
+    /// heartbeat), and the task ends CANCELLED whatever the attempt returns.
+    /// A running task whose lease has lapsed (its executor is gone) ends at
+    /// once. Finished tasks are returned unchanged.
     pub async fn cancel(&self, id: TaskId, reason: &str) -> Result<TaskEvent, EngineError> {
         let now = SystemTime::now();
         let task = self
             .update_task(id, |task| {
-                if task.is_terminal() || task.cancel_requested {
+                let lapsed = task.state == TaskState::Running
+                    && task.lease.as_ref().is_none_or(|lease| !lease.holds_at(now));
+                if task.is_terminal() || (task.cancel_requested && !lapsed) {
                     return Mutation::Keep;
                 }
                 task.cancel_reason = reason.to_owned();
-                if task.state == TaskState::Running {
+                if task.state == TaskState::Running && !lapsed {
                     task.cancel_requested = true;
                 } else {
                     transitions::cancel_waiting(task, reason, now);
@@ -656,8 +731,15 @@ impl Engine {
         Ok(task)
     }
 
-    /// Forgets a task. An unfinished task is refused unless `cancel_if_running`.
-    pub async fn delete(&self, id: TaskId, cancel_if_running: bool) -> Result<(), EngineError> {
+    /// Forgets a task. An unfinished task is refused unless `cancel_if_running`:
+    /// then it is cancelled, and deleted once its attempt has stopped, waiting
+    /// up to `wait` for that (the attempt's own stop, or its lease lapsing).
+    pub async fn delete(
+        &self,
+        id: TaskId,
+        cancel_if_running: bool,
+        wait: Duration,
+    ) -> Result<(), EngineError> {
         let task = self.get(id).await?;
         if !task.is_terminal() {
             if !cancel_if_running {
@@ -670,6 +752,15 @@ impl Engine {
                 });
             }
             self.cancel(id, "deleted").await?;
+            let stopped = self.wait_terminal(id, Some(wait)).await?;
+            if !stopped.done {
+                return Err(EngineError::FailedPrecondition {
+                    reason: "TASK_STILL_STOPPING",
+                    message: format!(
+                        "task {id} was cancelled and its attempt has not stopped yet; delete it again once it has"
+                    ),
+                });
+            }
         }
         if !self.inner.store.delete(id).await? {
             return Err(EngineError::NotFound(id));
@@ -837,8 +928,11 @@ struct CancelOnDrop {
 
 /// The task of a Run, as far as the run got.
 enum RunTask {
-    /// Being written; the write answers whether it created the task.
-    Storing(tokio::task::JoinHandle<Result<Submitted, EngineError>>),
+    /// Being written; the write answers whether it created the task `id`.
+    Storing {
+        handle: tokio::task::JoinHandle<Result<Submitted, EngineError>>,
+        id: TaskId,
+    },
     Stored(TaskId),
 }
 
@@ -852,8 +946,9 @@ impl Drop for CancelOnDrop {
         self.engine.inner.background.spawn(async move {
             let id = match task {
                 RunTask::Stored(id) => id,
-                RunTask::Storing(storing) => match storing.await {
+                RunTask::Storing { handle, id } => match handle.await {
                     Ok(Ok(submitted)) if !submitted.deduplicated => submitted.task.id,
+                    Ok(Err(EngineError::StorageUnavailable(_))) => id,
                     _ => return,
                 },
             };

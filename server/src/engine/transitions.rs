@@ -107,10 +107,15 @@ pub fn finish_attempt(
     }
 }
 
-/// Returns a task whose attempt was interrupted (shutdown, restart, lost
-/// lease) to the queue, counting the attempt; fails it when none remain.
+/// Returns a task whose attempt was interrupted (shutdown, restart) to the
+/// queue, counting the attempt; fails it when none remain. A task asked to
+/// stop ends CANCELLED instead: it never starts again.
 pub fn requeue_interrupted(task: &mut TaskRecord, why: &str, now: SystemTime) {
     task.lease = None;
+    if task.cancel_requested {
+        end_cancelled(task, false, now);
+        return;
+    }
     if task.attempt >= task.retry.max_attempts {
         task.error = Some(
             TaskError::new(
@@ -125,6 +130,72 @@ pub fn requeue_interrupted(task: &mut TaskRecord, why: &str, now: SystemTime) {
     task.state = TaskState::Queued;
     task.next_attempt_at = None;
     task.progress = None;
+}
+
+/// Ends an attempt whose lease lapsed without a renewal or an outcome: its
+/// executor or worker is gone, or a remote attempt overran its deadline
+/// (its lease ends then). The task deadline and the attempt timeout fail as
+/// they would in-process; otherwise the attempt fails `UNAVAILABLE` ("worker
+/// lost") and the retry policy decides. A task asked to stop ends CANCELLED.
+pub fn lease_lost(task: &mut TaskRecord, now: SystemTime, unit_random: f64) {
+    let attempt_deadline = task
+        .lease
+        .as_ref()
+        .and_then(|lease| lease.remote.as_ref()?.attempt_deadline);
+    if task.cancel_requested {
+        task.lease = None;
+        end_cancelled(task, false, now);
+        return;
+    }
+    let outcome = if task.deadline.is_some_and(|deadline| deadline <= now) {
+        AttemptOutcome::DeadlineExceeded {
+            handler_stopped: false,
+        }
+    } else if attempt_deadline.is_some_and(|deadline| deadline <= now) {
+        AttemptOutcome::TimedOut {
+            handler_stopped: false,
+        }
+    } else {
+        let holder = task
+            .lease
+            .as_ref()
+            .map(|lease| lease.owner.clone())
+            .unwrap_or_default();
+        AttemptOutcome::Failed(
+            TaskError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "worker lost: attempt {} of {holder} stopped renewing its lease",
+                    task.attempt
+                ),
+            )
+            .with_reason("LEASE_EXPIRED"),
+        )
+    };
+    finish_attempt(task, outcome, now, unit_random);
+}
+
+/// Gives a leased task back unfinished without counting its attempt: it is
+/// due again at once (a worker shutting down). A task asked to stop ends
+/// CANCELLED instead.
+pub fn release(task: &mut TaskRecord, now: SystemTime) {
+    task.lease = None;
+    if task.cancel_requested {
+        end_cancelled(task, true, now);
+        return;
+    }
+    task.attempt = task.attempt.saturating_sub(1);
+    task.state = TaskState::Queued;
+    task.next_attempt_at = None;
+    task.progress = None;
+}
+
+fn end_cancelled(task: &mut TaskRecord, handler_stopped: bool, now: SystemTime) {
+    let reason = task.cancel_reason.clone();
+    task.error = Some(
+        cancelled_error(&reason).with_metadata("handler_stopped", handler_stopped.to_string()),
+    );
+    end(task, TaskState::Cancelled, now);
 }
 
 /// Cancels a task that is not running: it ends at once.
@@ -152,7 +223,11 @@ fn fail_attempt(task: &mut TaskRecord, error: TaskError, now: SystemTime, unit_r
         end(task, TaskState::Failed, now);
         return;
     }
-    let next_attempt_at = now + task.retry.backoff(task.attempt, unit_random);
+    // A delay the error asked for (a RetryInfo) wins over the backoff.
+    let delay = error
+        .retry_after
+        .unwrap_or_else(|| task.retry.backoff(task.attempt, unit_random));
+    let next_attempt_at = now + delay;
     if task
         .deadline
         .is_some_and(|deadline| next_attempt_at >= deadline)
@@ -239,6 +314,8 @@ pub(crate) mod tests {
             cancel_requested: false,
             cancel_reason: String::new(),
             lease: None,
+            worker_id: String::new(),
+            completed_by: None,
         }
     }
 
@@ -373,5 +450,64 @@ pub(crate) mod tests {
         finish_attempt(&mut task, AttemptOutcome::HandedBack, now(), 0.5);
         assert_eq!(task.state, TaskState::Failed);
         assert_eq!(task.error.map(|error| error.code), Some(ErrorCode::Aborted));
+    }
+
+    #[test]
+    fn a_lapsed_lease_fails_its_attempt_as_the_retry_policy_says() {
+        let mut task = running(1, 3);
+        task.lease = Some(crate::engine::task::Lease {
+            owner: "worker-7".into(),
+            token: 4,
+            expires_at: now(),
+            remote: None,
+        });
+        lease_lost(&mut task, now(), 0.5);
+        assert_eq!(task.state, TaskState::RetryWait);
+        let error = task.error.as_ref().expect("why");
+        assert_eq!(error.code, ErrorCode::Unavailable);
+        assert_eq!(error.reason, "LEASE_EXPIRED");
+        assert!(error.message.contains("worker-7"));
+        assert_eq!(task.next_attempt_at, Some(now() + Duration::from_secs(1)));
+
+        let mut last = running(3, 3);
+        lease_lost(&mut last, now(), 0.5);
+        assert_eq!(last.state, TaskState::Failed);
+    }
+
+    #[test]
+    fn a_cancelled_task_never_runs_again() {
+        for lost in [
+            |task: &mut TaskRecord| lease_lost(task, now(), 0.5),
+            |task: &mut TaskRecord| requeue_interrupted(task, "restart", now()),
+            |task: &mut TaskRecord| release(task, now()),
+        ] {
+            let mut task = running(1, 3);
+            task.cancel_requested = true;
+            task.cancel_reason = "no longer needed".into();
+            lost(&mut task);
+            assert_eq!(task.state, TaskState::Cancelled);
+            assert_eq!(
+                task.error.map(|error| error.message),
+                Some("cancelled: no longer needed".to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn a_released_attempt_is_not_counted() {
+        let mut task = running(2, 3);
+        release(&mut task, now());
+        assert_eq!(task.state, TaskState::Queued);
+        assert_eq!(task.attempt, 1);
+        assert_eq!(task.due_at(), Some(task.created_at));
+    }
+
+    #[test]
+    fn a_retry_delay_the_error_asks_for_wins_over_the_backoff() {
+        let mut task = running(1, 3);
+        let mut error = TaskError::new(ErrorCode::Unavailable, "later");
+        error.retry_after = Some(Duration::from_secs(42));
+        finish_attempt(&mut task, AttemptOutcome::Failed(error), now(), 0.5);
+        assert_eq!(task.next_attempt_at, Some(now() + Duration::from_secs(42)));
     }
 }

@@ -7,6 +7,7 @@ use super::{
     EngineConfig,
     error::{EngineError, FieldViolation},
     handler::HandlerRegistry,
+    kinds::Kinds,
     task::{SubmitSpec, TaskDeadline},
 };
 
@@ -25,6 +26,7 @@ const MAX_MULTIPLIER: f64 = 100.0;
 pub fn validate(
     spec: &SubmitSpec,
     config: &EngineConfig,
+    kinds: &Kinds,
     handlers: &HandlerRegistry,
     now: SystemTime,
 ) -> Result<(), EngineError> {
@@ -33,8 +35,8 @@ pub fn validate(
         violations.push(FieldViolation::new(field, description));
     };
 
-    let known_kinds = || handlers.kinds().collect::<Vec<_>>().join(", ");
-    match handlers.get(&spec.kind) {
+    let known_kinds = || kinds.names();
+    match kinds.get(&spec.kind) {
         _ if spec.kind.is_empty() => violation(
             "kind",
             format!("must name a task kind; known kinds: {}", known_kinds()),
@@ -50,7 +52,7 @@ pub fn validate(
                 known_kinds()
             ),
         ),
-        Some(handler) => {
+        Some(_) => {
             let input_len = spec.input.encoded_len();
             if input_len > config.max_input_bytes {
                 violation(
@@ -60,7 +62,9 @@ pub fn validate(
                         config.max_input_bytes
                     ),
                 );
-            } else if let Err(problem) = handler.validate_input(&spec.input) {
+            } else if let Some(handler) = handlers.get(&spec.kind)
+                && let Err(problem) = handler.validate_input(&spec.input)
+            {
                 violation("input", problem);
             }
         }

@@ -240,7 +240,7 @@ impl Engine {
                             yield WatchEvent::Change(task);
                         }
                     }
-                    Step::Event(AllTasksEvent::Missed) => {
+                    Step::Event(AllTasksEvent::Missed(_)) => {
                         snapshot_revisions.clear();
                         yield WatchEvent::Resync(None);
                     }
@@ -293,10 +293,19 @@ impl Engine {
                             *known = task;
                         }
                     }
-                    AllTasksEvent::Missed => {
-                        for (id, known) in latest.iter_mut() {
-                            match self.reread(*id, Some(wait_until)).await {
-                                Ok(Some(task)) if task.revision > known.revision => *known = task,
+                    AllTasksEvent::Missed(ids) => {
+                        let missed: Vec<TaskId> = latest
+                            .keys()
+                            .copied()
+                            .filter(|id| ids.as_ref().is_none_or(|ids| ids.contains(id)))
+                            .collect();
+                        // Together: one slow read must not hold up the others.
+                        let reads = missed.iter().map(|id| self.reread(*id, Some(wait_until)));
+                        for (id, read) in missed.iter().zip(futures::future::join_all(reads).await) {
+                            match read {
+                                Ok(Some(task)) if task.revision > latest[id].revision => {
+                                    latest.insert(*id, task);
+                                }
                                 Ok(_) => {}
                                 // Deleted meanwhile: what was last seen stands.
                                 Err(EngineError::NotFound(_)) => {}

@@ -26,6 +26,9 @@ use crate::{
 
 /// The `ErrorInfo.domain` of every error Vow produces.
 pub const ERROR_DOMAIN: &str = "vow";
+/// Type URLs of the error details a task error carries.
+pub(super) const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+pub(super) const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: i32 = 1_000;
 const MAX_CANCEL_REASON_LEN: usize = 1_024;
@@ -77,7 +80,7 @@ pub fn duration(
     }
 }
 
-fn timestamp(
+pub(super) fn timestamp(
     field: &str,
     value: Option<prost_types::Timestamp>,
     violations: &mut Violations,
@@ -96,11 +99,11 @@ fn timestamp(
     }
 }
 
-fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
+pub(super) fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
     time.into()
 }
 
-fn to_duration(duration: Duration) -> prost_types::Duration {
+pub(super) fn to_duration(duration: Duration) -> prost_types::Duration {
     duration.try_into().unwrap_or(prost_types::Duration {
         seconds: i64::MAX,
         nanos: 0,
@@ -171,7 +174,7 @@ pub fn run_as_submit(request: pb::RunRequest) -> pb::SubmitRequest {
     }
 }
 
-fn payload(field: &str, input: pb::Payload, violations: &mut Violations) -> Payload {
+pub(super) fn payload(field: &str, input: pb::Payload, violations: &mut Violations) -> Payload {
     let data = match input.data {
         None => PayloadData::Json(serde_json::Value::Null),
         Some(pb::payload::Data::Binary(bytes)) => PayloadData::Binary(bytes),
@@ -189,7 +192,7 @@ fn payload(field: &str, input: pb::Payload, violations: &mut Violations) -> Payl
     }
 }
 
-fn payload_to_proto(payload: &Payload) -> pb::Payload {
+pub(super) fn payload_to_proto(payload: &Payload) -> pb::Payload {
     let data = match &payload.data {
         PayloadData::Json(json) => pb::payload::Data::Json(vow_proto::json::to_value(json)),
         PayloadData::Binary(bytes) => pb::payload::Data::Binary(bytes.clone()),
@@ -235,10 +238,11 @@ pub fn task_to_proto(task: &TaskRecord) -> pb::Task {
         idempotency_key: task.idempotency_key.clone().unwrap_or_default(),
         cancel_requested: task.cancel_requested,
         update_time: Some(to_timestamp(task.updated_at)),
+        worker_id: task.worker_id.clone(),
     }
 }
 
-fn progress_to_proto(progress: &Progress) -> pb::Progress {
+pub(super) fn progress_to_proto(progress: &Progress) -> pb::Progress {
     pb::Progress {
         percent: progress.percent,
         message: progress.message.clone(),
@@ -272,13 +276,23 @@ fn error_to_status(error: &TaskError, trace_id: Option<&str>) -> tonic_types::pb
         domain: ERROR_DOMAIN.into(),
         metadata,
     };
+    let mut details = vec![prost_types::Any {
+        type_url: ERROR_INFO_TYPE.into(),
+        value: info.encode_to_vec(),
+    }];
+    if let Some(delay) = error.retry_after {
+        let retry = tonic_types::pb::RetryInfo {
+            retry_delay: Some(to_duration(delay)),
+        };
+        details.push(prost_types::Any {
+            type_url: RETRY_INFO_TYPE.into(),
+            value: retry.encode_to_vec(),
+        });
+    }
     tonic_types::pb::Status {
         code: error.code.as_i32(),
         message: error.message.clone(),
-        details: vec![prost_types::Any {
-            type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
-            value: info.encode_to_vec(),
-        }],
+        details,
     }
 }
 

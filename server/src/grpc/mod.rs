@@ -8,7 +8,10 @@ mod rpc_trace;
 mod shared_encoding;
 mod status;
 mod task_service;
+mod worker_convert;
+mod worker_service;
 
 pub use deadline::parse_grpc_timeout;
 pub use rpc_trace::RpcSpanLayer;
 pub use task_service::TaskServiceImpl;
+pub use worker_service::WorkerServiceImpl;

@@ -19,6 +19,9 @@ use crate::telemetry;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
+/// Longest a Delete with `cancel_if_running` waits for the attempt to stop.
+const DELETE_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The gRPC face of the engine.
 pub struct TaskServiceImpl {
     engine: Engine,
@@ -81,7 +84,7 @@ fn to_watch_message(
 
 /// Runs an RPC body, maps its engine error (with the call's trace id), and
 /// records the outcome on the RPC's span and in the metrics.
-async fn handle<T>(
+pub(super) async fn handle<T>(
     method: &'static str,
     metadata: &MetadataMap,
     body: impl Future<Output = Result<T, EngineError>>,
@@ -281,9 +284,39 @@ impl TaskService for TaskServiceImpl {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         handle("Delete", &metadata, async {
+            let call_timeout = deadline::call_timeout(&metadata)?;
             let id = convert::task_id("id", &request.id)?;
-            self.engine.delete(id, request.cancel_if_running).await?;
+            // How long a cancelled attempt may take to stop before the delete gives up.
+            let wait = deadline::await_bound(None, call_timeout, self.engine.config().max_await)
+                .min(DELETE_STOP_WAIT);
+            self.engine
+                .delete(id, request.cancel_if_running, wait)
+                .await?;
             Ok(pb::DeleteResponse {})
+        })
+        .await
+    }
+
+    async fn list_kinds(
+        &self,
+        request: Request<pb::ListKindsRequest>,
+    ) -> Result<Response<pb::ListKindsResponse>, Status> {
+        let (metadata, _, _) = request.into_parts();
+        handle("ListKinds", &metadata, async {
+            let kinds = self.engine.list_kinds().await?;
+            Ok(pb::ListKindsResponse {
+                kinds: kinds
+                    .into_iter()
+                    .map(|kind| pb::KindInfo {
+                        name: kind.name,
+                        remote: kind.remote,
+                        queued: kind.queued as u64,
+                        pollers: kind.pollers as u32,
+                        last_poll_time: kind.last_poll.map(convert::to_timestamp),
+                        default_attempt_timeout: kind.attempt_timeout.map(convert::to_duration),
+                    })
+                    .collect(),
+            })
         })
         .await
     }

@@ -12,8 +12,8 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, OnClaimed,
-    SharedTask, Store, StoreError, StoreResult,
+    ChangeFeed, ClaimRequest, CreateOutcome, KindCounts, ListCursor, ListPage, ListQuery,
+    OnClaimed, SharedTask, Store, StoreError, StoreResult,
 };
 use crate::engine::task::{TaskId, TaskRecord, TaskState};
 
@@ -58,7 +58,7 @@ impl MemoryStore {
             return Ok(CreateOutcome::Existing(existing.clone()));
         }
         if let Some(limit) = max_queued
-            && indexed.queued() >= limit
+            && indexed.queued >= limit
         {
             return Err(StoreError::QueueFull { limit });
         }
@@ -72,14 +72,21 @@ impl MemoryStore {
 /// Claimable tasks due now, in claim order.
 type ReadyKey = (Reverse<i32>, SystemTime, TaskId);
 
+/// The claimable and running tasks of one kind.
 #[derive(Default)]
-struct Indexed {
-    tasks: HashMap<TaskId, SharedTask>,
-    idempotency_keys: HashMap<String, TaskId>,
+struct KindQueue {
     /// Claimable tasks found due by a claim, in claim order.
     ready: BTreeSet<ReadyKey>,
     /// Claimable tasks not yet promoted to `ready`, by due time.
     waiting: BTreeSet<(SystemTime, TaskId)>,
+    running: usize,
+}
+
+#[derive(Default)]
+struct Indexed {
+    tasks: HashMap<TaskId, SharedTask>,
+    idempotency_keys: HashMap<String, TaskId>,
+    queues: HashMap<String, KindQueue>,
     /// Claimable tasks with a deadline.
     deadlines: BTreeSet<(SystemTime, TaskId)>,
     /// Running tasks by lease expiry.
@@ -87,8 +94,9 @@ struct Indexed {
     /// Finished tasks by removal time.
     expiring: BTreeSet<(SystemTime, TaskId)>,
     by_creation: BTreeSet<(SystemTime, TaskId)>,
-    queued_by_kind: BTreeMap<String, usize>,
+    queued: usize,
     last_fencing_token: u64,
+    last_polls: BTreeMap<String, SystemTime>,
 }
 
 impl Indexed {
@@ -111,24 +119,27 @@ impl Indexed {
         Some(task)
     }
 
+    fn queue(&mut self, kind: &str) -> &mut KindQueue {
+        // Look up before inserting: `entry` would copy the kind every time.
+        if !self.queues.contains_key(kind) {
+            self.queues.insert(kind.to_owned(), KindQueue::default());
+        }
+        self.queues.get_mut(kind).expect("just inserted")
+    }
+
     fn index(&mut self, task: &TaskRecord) {
         self.by_creation.insert((task.created_at, task.id));
         if let Some(due) = task.due_at() {
             // Claims promote what is due by their own clock.
-            self.waiting.insert((due, task.id));
+            self.queue(&task.kind).waiting.insert((due, task.id));
+            self.queued += 1;
             if let Some(deadline) = task.deadline {
                 self.deadlines.insert((deadline, task.id));
-            }
-            // Look up before inserting: `entry` would copy the kind every time.
-            match self.queued_by_kind.get_mut(&task.kind) {
-                Some(count) => *count += 1,
-                None => {
-                    self.queued_by_kind.insert(task.kind.clone(), 1);
-                }
             }
         }
         if let (TaskState::Running, Some(lease)) = (task.state, &task.lease) {
             self.leases.insert((lease.expires_at, task.id));
+            self.queue(&task.kind).running += 1;
         }
         if let Some(expires_at) = task.expires_at.filter(|_| task.is_terminal()) {
             self.expiring.insert((expires_at, task.id));
@@ -138,20 +149,20 @@ impl Indexed {
     fn unindex(&mut self, task: &TaskRecord) {
         self.by_creation.remove(&(task.created_at, task.id));
         if let Some(due) = task.due_at() {
-            self.ready.remove(&ready_key(task));
-            self.waiting.remove(&(due, task.id));
+            if let Some(queue) = self.queues.get_mut(&task.kind) {
+                queue.ready.remove(&ready_key(task));
+                queue.waiting.remove(&(due, task.id));
+            }
+            self.queued -= 1;
             if let Some(deadline) = task.deadline {
                 self.deadlines.remove(&(deadline, task.id));
             }
-            if let Some(count) = self.queued_by_kind.get_mut(&task.kind) {
-                *count -= 1;
-                if *count == 0 {
-                    self.queued_by_kind.remove(&task.kind);
-                }
-            }
         }
-        if let Some(lease) = &task.lease {
+        if let (TaskState::Running, Some(lease)) = (task.state, &task.lease) {
             self.leases.remove(&(lease.expires_at, task.id));
+            if let Some(queue) = self.queues.get_mut(&task.kind) {
+                queue.running -= 1;
+            }
         }
         if let Some(expires_at) = task.expires_at {
             self.expiring.remove(&(expires_at, task.id));
@@ -179,21 +190,31 @@ impl Indexed {
             .is_none_or(|key| !self.idempotency_keys.contains_key(key))
     }
 
-    fn queued(&self) -> usize {
-        self.ready.len() + self.waiting.len()
-    }
-
-    /// Moves waiting tasks that became due into the ready set.
-    fn promote_due(&mut self, now: SystemTime) {
-        while let Some(&(due, id)) = self.waiting.first() {
-            if due > now {
-                break;
-            }
-            self.waiting.pop_first();
-            if let Some(task) = self.tasks.get(&id) {
-                self.ready.insert(ready_key(task));
+    /// Moves waiting tasks of `kinds` that became due into their ready sets.
+    fn promote_due(&mut self, kinds: &[String], now: SystemTime) {
+        for kind in kinds {
+            let Some(queue) = self.queues.get_mut(kind) else {
+                continue;
+            };
+            while let Some(&(due, id)) = queue.waiting.first() {
+                if due > now {
+                    break;
+                }
+                queue.waiting.pop_first();
+                if let Some(task) = self.tasks.get(&id) {
+                    queue.ready.insert(ready_key(task));
+                }
             }
         }
+    }
+
+    /// The next task to claim among `kinds` (promoted first), in claim order.
+    fn first_ready(&self, kinds: &[String]) -> Option<TaskId> {
+        kinds
+            .iter()
+            .filter_map(|kind| self.queues.get(kind)?.ready.first())
+            .min()
+            .map(|&(_, _, id)| id)
     }
 }
 
@@ -219,11 +240,12 @@ impl Store for MemoryStore {
         on_claimed: OnClaimed,
     ) -> StoreResult<CreateOutcome> {
         let mut indexed = self.lock();
-        indexed.promote_due(claim.now);
+        indexed.promote_due(&claim.kinds, claim.now);
         // Admission comes first, as in `create`: a full queue refuses even
         // a task that could start at once.
-        let claimable = indexed.ready.is_empty()
-            && max_queued.is_none_or(|limit| indexed.queued() < limit)
+        let claimable = claim.takes(&task.kind)
+            && indexed.first_ready(&claim.kinds).is_none()
+            && max_queued.is_none_or(|limit| indexed.queued < limit)
             && indexed.idempotency_key_is_free(&task)
             && task.due_at().is_some_and(|due| due <= claim.now);
         if !claimable {
@@ -295,15 +317,14 @@ impl Store for MemoryStore {
 
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
         let mut indexed = self.lock();
-        indexed.promote_due(request.now);
+        indexed.promote_due(&request.kinds, request.now);
         let mut claimed = Vec::new();
         while claimed.len() < request.limit {
-            let Some(&(_, _, id)) = indexed.ready.first() else {
+            let Some(id) = indexed.first_ready(&request.kinds) else {
                 break;
             };
             let Some(stored) = indexed.tasks.get(&id) else {
-                indexed.ready.pop_first();
-                continue;
+                break;
             };
             let mut task = TaskRecord::clone(stored);
             indexed.last_fencing_token += 1;
@@ -315,12 +336,20 @@ impl Store for MemoryStore {
         Ok(claimed)
     }
 
-    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
+    async fn next_due_at(&self, kinds: &[String]) -> StoreResult<Option<SystemTime>> {
         let indexed = self.lock();
-        if let Some(&(_, _, id)) = indexed.ready.first() {
-            return Ok(indexed.tasks.get(&id).and_then(|task| task.due_at()));
-        }
-        Ok(indexed.waiting.first().map(|&(due, _)| due))
+        Ok(kinds
+            .iter()
+            .filter_map(|kind| {
+                let queue = indexed.queues.get(kind)?;
+                let ready = queue
+                    .ready
+                    .first()
+                    .and_then(|(_, _, id)| indexed.tasks.get(id)?.due_at());
+                let waiting = queue.waiting.first().map(|&(due, _)| due);
+                ready.into_iter().chain(waiting).min()
+            })
+            .min())
     }
 
     async fn extend_lease(
@@ -328,6 +357,7 @@ impl Store for MemoryStore {
         id: TaskId,
         token: u64,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> StoreResult<()> {
         let mut guard = self.lock();
         let indexed = &mut *guard;
@@ -337,7 +367,7 @@ impl Store for MemoryStore {
         let Some(previous) = task
             .lease
             .as_ref()
-            .filter(|lease| lease.token == token)
+            .filter(|lease| lease.token == token && lease.holds_at(now))
             .map(|lease| lease.expires_at)
         else {
             return Err(StoreError::StaleLease);
@@ -391,7 +421,30 @@ impl Store for MemoryStore {
         Ok(expired)
     }
 
-    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {
-        Ok(self.lock().queued_by_kind.clone())
+    async fn kind_counts(&self) -> StoreResult<BTreeMap<String, KindCounts>> {
+        Ok(self
+            .lock()
+            .queues
+            .iter()
+            .map(|(kind, queue)| {
+                let counts = KindCounts {
+                    queued: queue.ready.len() + queue.waiting.len(),
+                    running: queue.running,
+                };
+                (kind.clone(), counts)
+            })
+            .collect())
+    }
+
+    async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
+        let mut indexed = self.lock();
+        for kind in kinds {
+            indexed.last_polls.insert(kind.clone(), at);
+        }
+        Ok(())
+    }
+
+    async fn last_polls(&self) -> StoreResult<BTreeMap<String, SystemTime>> {
+        Ok(self.lock().last_polls.clone())
     }
 }

@@ -20,7 +20,7 @@ pub use embedded::{Durability, EmbeddedStore, OpenError};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresOpenError, PostgresOptions, PostgresStore};
 
-use crate::engine::task::{Lease, TaskId, TaskRecord, TaskState};
+use crate::engine::task::{Lease, RemoteAttempt, TaskId, TaskRecord, TaskState};
 
 /// Errors of any backend, classified once per backend.
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +114,28 @@ pub struct ListPage {
 pub struct ClaimRequest {
     pub now: SystemTime,
     pub limit: usize,
+    /// The node, or the remote worker, that will run the attempts.
     pub owner: String,
     pub lease_duration: Duration,
+    /// Only tasks of these kinds are claimed.
+    pub kinds: Arc<[String]>,
+    /// Set when a remote worker claims.
+    pub remote: Option<RemoteClaim>,
+}
+
+/// How a remote worker's claim differs from an in-process one.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteClaim {
+    /// How long past its attempt deadline a remote attempt's lease still
+    /// holds, so the worker can report its own timeout first.
+    pub deadline_grace: Duration,
 }
 
 impl ClaimRequest {
     /// Turns a due task into a RUNNING one under a fresh lease: what every
-    /// backend's `claim_due` does to each task it claims.
+    /// backend's `claim_due` does to each task it claims. A remote lease
+    /// ends no later than the attempt's deadline (plus the grace), so the
+    /// sweep that reaps lost leases also enforces remote attempts' time.
     pub fn claim(&self, task: &mut TaskRecord, fencing_token: u64) {
         task.state = TaskState::Running;
         task.attempt += 1;
@@ -129,12 +144,53 @@ impl ClaimRequest {
         task.updated_at = self.now;
         task.next_attempt_at = None;
         task.progress = None;
+        task.worker_id.clone_from(&self.owner);
+        let mut expires_at = self.now + self.lease_duration;
+        let remote = self.remote.map(|remote| {
+            let attempt_deadline = match (task.attempt_timeout, task.deadline) {
+                (Some(timeout), Some(deadline)) => Some((self.now + timeout).min(deadline)),
+                (timeout, deadline) => timeout.map(|timeout| self.now + timeout).or(deadline),
+            };
+            if let Some(deadline) = attempt_deadline {
+                expires_at = expires_at.min(deadline + remote.deadline_grace);
+            }
+            RemoteAttempt {
+                secret: format!("{:032x}", rand::random::<u128>()),
+                lease_duration: self.lease_duration,
+                attempt_deadline,
+                trace: task.trace.child(rand::random()),
+            }
+        });
         task.lease = Some(Lease {
             owner: self.owner.clone(),
             token: fencing_token,
-            expires_at: self.now + self.lease_duration,
+            expires_at,
+            remote,
         });
     }
+
+    /// Whether the request takes tasks of `kind`.
+    pub fn takes(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|taken| taken == kind)
+    }
+}
+
+impl crate::telemetry::metrics::record::KindCountsView for KindCounts {
+    fn queued(&self) -> usize {
+        self.queued
+    }
+    fn running(&self) -> usize {
+        self.running
+    }
+}
+
+/// Tasks of one kind waiting and running, as counted by the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    /// QUEUED or RETRY_WAIT.
+    pub queued: usize,
+    /// RUNNING.
+    pub running: usize,
 }
 
 /// Persistence of task records. Implementations must be linearizable per task
@@ -189,12 +245,21 @@ pub trait Store: Send + Sync + 'static {
     /// new fencing token, revision + 1. Returns them as stored.
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>>;
 
-    /// When the earliest claimable task becomes due, if any task is claimable.
-    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>>;
+    /// When the earliest claimable task of one of `kinds` becomes due, if
+    /// any is claimable.
+    async fn next_due_at(&self, kinds: &[String]) -> StoreResult<Option<SystemTime>>;
 
-    /// Pushes a lease's expiry out without changing the revision.
-    async fn extend_lease(&self, id: TaskId, token: u64, expires_at: SystemTime)
-    -> StoreResult<()>;
+    /// Pushes a lease's expiry out without changing the revision (nor
+    /// rewriting the record: a renewal is frequent and small). Refused as
+    /// `StaleLease` when the task holds another lease, or this one expired
+    /// by `now`, reaped or not.
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        token: u64,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> StoreResult<()>;
 
     /// Claimable tasks whose deadline has passed, oldest deadline first.
     async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>>;
@@ -205,8 +270,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `limit` finished tasks whose retention ended; returns their ids.
     async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>>;
 
-    /// Number of claimable tasks per kind (the queue depth).
-    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>>;
+    /// Tasks waiting and running per kind (the queue depth, and the
+    /// attempts in flight on every executor).
+    async fn kind_counts(&self) -> StoreResult<BTreeMap<String, KindCounts>>;
+
+    /// Records that a worker polled for `kinds` at `at`. Stores may keep
+    /// only the latest time per kind, and write it at most every few seconds.
+    async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()>;
+
+    /// When a worker last polled for each kind (any replica, for a shared store).
+    async fn last_polls(&self) -> StoreResult<BTreeMap<String, SystemTime>>;
 
     /// Leaves the storage tidy at a clean shutdown (a file store folds its
     /// log into the main file). Later writes fail as unavailable.

@@ -125,18 +125,63 @@ pub mod record {
         metrics::gauge!("vow_running_tasks").set(count as f64);
     }
 
-    /// Claimable tasks per kind; kinds no longer queued are set to zero.
-    pub fn queue_depth(depth: &BTreeMap<String, usize>, previous_kinds: &mut Vec<String>) {
+    /// Waiting tasks (`vow_queue_depth`) and held leases, in-process and
+    /// remote (`vow_leases_held`), per kind, over every executor; kinds no
+    /// longer counted are set to zero.
+    pub fn kind_counts<C: KindCountsView>(
+        counts: &BTreeMap<String, C>,
+        previous_kinds: &mut Vec<String>,
+    ) {
         for kind in previous_kinds
             .iter()
-            .filter(|kind| !depth.contains_key(*kind))
+            .filter(|kind| !counts.contains_key(*kind))
         {
             metrics::gauge!("vow_queue_depth", "kind" => kind.clone()).set(0.0);
+            metrics::gauge!("vow_leases_held", "kind" => kind.clone()).set(0.0);
         }
-        for (kind, count) in depth {
-            metrics::gauge!("vow_queue_depth", "kind" => kind.clone()).set(*count as f64);
+        for (kind, counts) in counts {
+            metrics::gauge!("vow_queue_depth", "kind" => kind.clone()).set(counts.queued() as f64);
+            metrics::gauge!("vow_leases_held", "kind" => kind.clone()).set(counts.running() as f64);
         }
-        *previous_kinds = depth.keys().cloned().collect();
+        *previous_kinds = counts.keys().cloned().collect();
+    }
+
+    /// What [`kind_counts`] reads of a kind's counts.
+    pub trait KindCountsView {
+        fn queued(&self) -> usize;
+        fn running(&self) -> usize;
+    }
+
+    /// How long ago a worker last polled for a remote kind (`None`: never).
+    pub fn kind_last_poll_age(kind: &str, age: Option<Duration>) {
+        let seconds = age.map_or(f64::INFINITY, |age| age.as_secs_f64());
+        metrics::gauge!("vow_kind_last_poll_age_seconds", "kind" => kind.to_owned()).set(seconds);
+    }
+
+    /// Workers waiting in Poll for a kind on this replica.
+    pub fn pollers(kind: &str, waiting: usize) {
+        metrics::gauge!("vow_pollers", "kind" => kind.to_owned()).set(waiting as f64);
+    }
+
+    /// A Poll ended after `waited`, with leases or without.
+    pub fn poll_ended(leased: bool, waited: Duration) {
+        let outcome = if leased { "leased" } else { "empty" };
+        metrics::histogram!("vow_poll_wait_seconds", "outcome" => outcome)
+            .record(waited.as_secs_f64());
+    }
+
+    /// A lease lapsed without an outcome; `cause` is expired,
+    /// attempt_timeout, task_deadline or cancelled.
+    pub fn lease_lost(kind: &str, cause: &'static str) {
+        metrics::counter!("vow_leases_lost_total", "kind" => kind.to_owned(), "cause" => cause)
+            .increment(1);
+    }
+
+    /// A worker call (`Heartbeat`, `Complete` or `Release`) ended with
+    /// `result`: ok, repeated, lease_lost or invalid.
+    pub fn worker_call(method: &'static str, result: &'static str) {
+        metrics::counter!("vow_worker_calls_total", "method" => method, "result" => result)
+            .increment(1);
     }
 
     /// An RPC answered with `code` after `duration`.

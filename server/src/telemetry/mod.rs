@@ -5,6 +5,7 @@
 //! calls in.
 
 mod format;
+mod ids;
 pub mod metrics;
 mod otlp_encoding;
 mod otlp_export;
@@ -26,6 +27,7 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
+pub use ids::{FinishedSpan, record_span_with_context};
 pub use metrics::{metrics_handle, serve_metrics};
 
 use crate::config::LogFormat;
@@ -181,6 +183,7 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
             span_batches::SpanBatches::new(exporter, span_batches::BatchConfig::from_env());
         Some(
             SdkTracerProvider::builder()
+                .with_id_generator(ids::PresetSpanIds::default())
                 .with_resource(resource())
                 .with_span_processor(batches)
                 .build(),

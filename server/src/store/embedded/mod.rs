@@ -22,12 +22,12 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
-    schema::{MIGRATIONS, micros, record_of, state_code},
-    writer::{Cache, Op, QueueDepth, Writer},
+    schema::{MIGRATIONS, TASK_COLUMNS, micros, state_code, task_of},
+    writer::{Cache, Counts, Op, Writer},
 };
 use super::{
-    ChangeFeed, ClaimRequest, CreateOutcome, ListCursor, ListPage, ListQuery, OnClaimed,
-    SharedTask, Store, StoreError, StoreResult,
+    ChangeFeed, ClaimRequest, CreateOutcome, KindCounts, ListCursor, ListPage, ListQuery,
+    OnClaimed, SharedTask, Store, StoreError, StoreResult,
 };
 use crate::engine::task::{TaskId, TaskRecord};
 
@@ -94,7 +94,7 @@ pub enum OpenError {
 pub struct EmbeddedStore {
     writes: mpsc::Sender<Op>,
     readers: Arc<ReaderPool>,
-    queue_depth: QueueDepth,
+    counts: Counts,
     cache: Cache,
     /// Held for the life of the store: the directory's exclusive lock.
     _lock: File,
@@ -118,18 +118,20 @@ impl ReaderPool {
 }
 
 impl EmbeddedStore {
-    /// Whether no task is QUEUED or in RETRY_WAIT, from the queue depth the
-    /// writer keeps as it commits (this process is the file's only writer).
-    fn nothing_claimable(&self) -> bool {
-        self.queue_depth
+    /// Whether no task of `kinds` is QUEUED or in RETRY_WAIT, from the
+    /// counts the writer keeps as it commits (this process is the file's
+    /// only writer).
+    fn nothing_claimable(&self, kinds: &[String]) -> bool {
+        let counts = self
+            .counts
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_empty()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        kinds
+            .iter()
+            .all(|kind| counts.get(kind).is_none_or(|counts| counts.queued == 0))
     }
 
     /// Opens (or creates) the store in `data_dir`, reporting changes to `feed`.
-    /// Leases left by a previous process are voided, so its unfinished
-    /// attempts are reaped (and re-run if attempts remain) right away.
     pub fn open(
         data_dir: &Path,
         durability: Durability,
@@ -139,8 +141,8 @@ impl EmbeddedStore {
         let lock = lock_directory(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let mut connection = open_writer(&path, durability)?;
-        let (queue_depth, fencing_token) = recover(&mut connection, &path)?;
-        let queue_depth: QueueDepth = Arc::new(Mutex::new(queue_depth));
+        let (counts, fencing_token) = recover(&mut connection, &path)?;
+        let counts: Counts = Arc::new(Mutex::new(counts));
         let capacity =
             std::num::NonZeroUsize::new(CACHED_TASKS).expect("the cache holds some tasks");
         let cache: Cache = Arc::new(Mutex::new(lru::LruCache::new(capacity)));
@@ -149,7 +151,7 @@ impl EmbeddedStore {
         let writer = Writer {
             connection,
             feed,
-            queue_depth: queue_depth.clone(),
+            counts: counts.clone(),
             cache: cache.clone(),
             fencing_token,
         };
@@ -166,7 +168,7 @@ impl EmbeddedStore {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
-            queue_depth,
+            counts,
             cache,
             _lock: lock,
         })
@@ -309,12 +311,13 @@ fn classify_open_error(path: &Path, error: rusqlite::Error) -> OpenError {
     }
 }
 
-/// Migrates the schema, voids leases of the previous process, and loads the
-/// writer's counters.
+/// Migrates the schema and loads the writer's counters. Leases are left
+/// as they are: a remote worker's outlives a restart, and the engine
+/// decides about the attempts of the process that ran before.
 fn recover(
     connection: &mut Connection,
     path: &Path,
-) -> Result<(BTreeMap<String, usize>, u64), OpenError> {
+) -> Result<(BTreeMap<String, KindCounts>, u64), OpenError> {
     MIGRATIONS
         .to_latest(connection)
         .map_err(|error| match error {
@@ -328,41 +331,31 @@ fn recover(
             },
         })?;
     let database_error = |error: rusqlite::Error| classify_open_error(path, error);
-    let transaction = connection.transaction().map_err(database_error)?;
-    let interrupted: Vec<TaskRecord> = transaction
-        .prepare("SELECT record FROM tasks WHERE lease_expires_at IS NOT NULL")
-        .and_then(|mut statement| statement.query_map([], |row| record_of(row, 0))?.collect())
-        .map_err(database_error)?;
-    for mut task in interrupted {
-        if let Some(lease) = task.lease.as_mut() {
-            lease.expires_at = SystemTime::UNIX_EPOCH;
-        }
-        schema::Columns::of(&task)
-            .map_err(|error| {
-                database_error(rusqlite::Error::ToSqlConversionFailure(Box::new(error)))
-            })?
-            .update(&transaction)
-            .map_err(database_error)?;
-    }
-    let depth = transaction
-        .prepare("SELECT kind, COUNT(*) FROM tasks WHERE due_at IS NOT NULL GROUP BY kind")
+    let counts = connection
+        .prepare(
+            "SELECT kind, COUNT(due_at), COUNT(lease_expires_at) FROM tasks
+             WHERE due_at IS NOT NULL OR lease_expires_at IS NOT NULL GROUP BY kind",
+        )
         .and_then(|mut statement| {
             statement
                 .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as usize))
+                    let counts = KindCounts {
+                        queued: row.get::<_, i64>(1)? as usize,
+                        running: row.get::<_, i64>(2)? as usize,
+                    };
+                    Ok((row.get::<_, String>(0)?, counts))
                 })?
                 .collect::<rusqlite::Result<BTreeMap<_, _>>>()
         })
         .map_err(database_error)?;
-    let fencing_token: i64 = transaction
+    let fencing_token: i64 = connection
         .query_row(
             "SELECT value FROM counters WHERE name = 'fencing_token'",
             [],
             |row| row.get(0),
         )
         .map_err(database_error)?;
-    transaction.commit().map_err(database_error)?;
-    Ok((depth, fencing_token as u64))
+    Ok((counts, fencing_token as u64))
 }
 
 fn records(
@@ -372,8 +365,13 @@ fn records(
 ) -> rusqlite::Result<Vec<SharedTask>> {
     let mut statement = connection.prepare_cached(sql)?;
     statement
-        .query_map(params, |row| record_of(row, 0).map(Arc::new))?
+        .query_map(params, |row| task_of(row).map(Arc::new))?
         .collect()
+}
+
+/// `?, ?, ...` for `count` parameters.
+fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
 }
 
 #[async_trait]
@@ -438,7 +436,7 @@ impl Store for EmbeddedStore {
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
         let query = query.clone();
         self.read(move |connection| {
-            let mut sql = String::from("SELECT record FROM tasks WHERE 1 = 1");
+            let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1");
             let mut values: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(cursor) = query.after {
                 sql.push_str(" AND (created_at, id) < (?, ?)");
@@ -448,14 +446,14 @@ impl Store for EmbeddedStore {
             if !query.states.is_empty() {
                 sql.push_str(&format!(
                     " AND state IN ({})",
-                    vec!["?"; query.states.len()].join(", ")
+                    placeholders(query.states.len())
                 ));
                 values.extend(query.states.iter().map(|state| state_code(*state).into()));
             }
             if !query.kinds.is_empty() {
                 sql.push_str(&format!(
                     " AND kind IN ({})",
-                    vec!["?"; query.kinds.len()].join(", ")
+                    placeholders(query.kinds.len())
                 ));
                 values.extend(query.kinds.iter().map(|kind| kind.clone().into()));
             }
@@ -466,7 +464,7 @@ impl Store for EmbeddedStore {
             let mut next = None;
             // Labels live inside the record, so they filter here.
             while let Some(row) = rows.next()? {
-                let task = record_of(row, 0)?;
+                let task = task_of(row)?;
                 if !query.matches(&task) {
                     continue;
                 }
@@ -487,23 +485,25 @@ impl Store for EmbeddedStore {
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
         // The dispatcher asks after every finished attempt; with nothing
         // queued that would be an empty transaction.
-        if self.nothing_claimable() {
+        if self.nothing_claimable(&request.kinds) {
             return Ok(Vec::new());
         }
         let request = request.clone();
         self.write(|reply| Op::Claim { request, reply }).await
     }
 
-    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
-        if self.nothing_claimable() {
+    async fn next_due_at(&self, kinds: &[String]) -> StoreResult<Option<SystemTime>> {
+        if self.nothing_claimable(kinds) {
             return Ok(None);
         }
-        self.read(|connection| {
-            let due: Option<i64> = connection.query_row(
-                "SELECT MIN(due_at) FROM tasks WHERE due_at IS NOT NULL",
-                [],
-                |row| row.get(0),
-            )?;
+        let kinds = kinds.to_vec();
+        self.read(move |connection| {
+            let sql = format!(
+                "SELECT MIN(due_at) FROM tasks WHERE due_at IS NOT NULL AND kind IN ({})",
+                placeholders(kinds.len())
+            );
+            let due: Option<i64> =
+                connection.query_row(&sql, params_from_iter(&kinds), |row| row.get(0))?;
             Ok(due.map(schema::from_micros))
         })
         .await
@@ -514,11 +514,13 @@ impl Store for EmbeddedStore {
         id: TaskId,
         token: u64,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> StoreResult<()> {
         self.write(|reply| Op::ExtendLease {
             id,
             token,
             expires_at,
+            now,
             reply,
         })
         .await
@@ -528,7 +530,7 @@ impl Store for EmbeddedStore {
         self.read(move |connection| {
             records(
                 connection,
-                "SELECT record FROM tasks WHERE deadline IS NOT NULL AND deadline <= ?1 ORDER BY deadline LIMIT ?2",
+                "SELECT record, lease_expires_at FROM tasks WHERE deadline IS NOT NULL AND deadline <= ?1 ORDER BY deadline LIMIT ?2",
                 rusqlite::params![micros(now), limit as i64],
             )
         })
@@ -539,7 +541,7 @@ impl Store for EmbeddedStore {
         self.read(move |connection| {
             records(
                 connection,
-                "SELECT record FROM tasks WHERE lease_expires_at IS NOT NULL AND lease_expires_at <= ?1
+                "SELECT record, lease_expires_at FROM tasks WHERE lease_expires_at IS NOT NULL AND lease_expires_at <= ?1
                  ORDER BY lease_expires_at LIMIT ?2",
                 rusqlite::params![micros(now), limit as i64],
             )
@@ -556,11 +558,31 @@ impl Store for EmbeddedStore {
         self.write(|reply| Op::Close { reply }).await
     }
 
-    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {
+    async fn kind_counts(&self) -> StoreResult<BTreeMap<String, KindCounts>> {
         Ok(self
-            .queue_depth
+            .counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone())
+    }
+
+    async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
+        let kinds = kinds.to_vec();
+        self.write(|reply| Op::RecordPoll { kinds, at, reply })
+            .await
+    }
+
+    async fn last_polls(&self) -> StoreResult<BTreeMap<String, SystemTime>> {
+        self.read(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT name, last_poll_at FROM kinds WHERE last_poll_at IS NOT NULL",
+            )?;
+            statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, schema::from_micros(row.get(1)?)))
+                })?
+                .collect()
+        })
+        .await
     }
 }

@@ -48,6 +48,17 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     // quicker to encode; it still reads the JSON rows of version 1, which
     // would not read the new ones (so it must refuse the file).
     M::up("UPDATE counters SET value = value WHERE name = 'fencing_token';"),
+    // Version 3: claims take given kinds (in-process ones, or a remote
+    // worker's), so the claim and due indexes lead with the kind; a lease
+    // renewal writes only `lease_expires_at`, which then wins over the
+    // record's copy; and the kinds table keeps when a worker last polled.
+    M::up(
+        "DROP INDEX tasks_claim_order;
+    DROP INDEX tasks_due;
+    CREATE INDEX tasks_claim_by_kind ON tasks (kind, priority DESC, created_at, id) WHERE due_at IS NOT NULL;
+    CREATE INDEX tasks_due_by_kind ON tasks (kind, due_at) WHERE due_at IS NOT NULL;
+    CREATE TABLE kinds (name TEXT PRIMARY KEY, last_poll_at INTEGER) WITHOUT ROWID;",
+    ),
 ];
 
 pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
@@ -191,22 +202,44 @@ pub fn decode_record(bytes: &[u8]) -> Result<TaskRecord, Box<dyn std::error::Err
     }
 }
 
-/// Decodes the `record` column of a row.
-pub fn record_of(row: &Row<'_>, column: usize) -> rusqlite::Result<TaskRecord> {
-    let bytes = row.get_ref(column)?.as_blob()?;
-    decode_record(bytes).map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Blob, error)
-    })
+/// The columns a task is read from: `record`, then `lease_expires_at`.
+pub const TASK_COLUMNS: &str = "record, lease_expires_at";
+
+/// Decodes a task from the [`TASK_COLUMNS`] of a row: the record, with the
+/// lease's expiry from its column (renewals write only that).
+pub fn task_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let bytes = row.get_ref(0)?.as_blob()?;
+    let mut task = decode_record(bytes).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, error)
+    })?;
+    let renewed: Option<i64> = row.get(1)?;
+    if let (Some(renewed), Some(lease)) = (renewed, task.lease.as_mut()) {
+        lease.expires_at = from_micros(renewed);
+    }
+    Ok(task)
 }
 
 /// Reads one task by id.
 pub fn get(connection: &Connection, id: TaskId) -> rusqlite::Result<Option<TaskRecord>> {
-    let mut statement = connection.prepare_cached("SELECT record FROM tasks WHERE id = ?1")?;
+    let mut statement =
+        connection.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
     let mut rows = statement.query([id.to_bytes()])?;
     match rows.next()? {
-        Some(row) => record_of(row, 0).map(Some),
+        Some(row) => task_of(row).map(Some),
         None => Ok(None),
     }
+}
+
+/// Moves a running lease's expiry in its column only.
+pub fn renew_lease(
+    connection: &Connection,
+    id: TaskId,
+    expires_at: SystemTime,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached("UPDATE tasks SET lease_expires_at = ?2 WHERE id = ?1")?
+        .execute(params![id.to_bytes(), micros(expires_at)])
+        .map(drop)
 }
 
 /// Classifies a SQLite error once: busy/locked/full/I/O are conditions the
@@ -230,12 +263,16 @@ mod tests {
 
     use super::*;
     use crate::engine::{
-        task::{ErrorCode, Lease, Payload, PayloadData, Progress, TaskError},
+        task::{
+            Completion, ErrorCode, Lease, Payload, PayloadData, Progress, RemoteAttempt, TaskError,
+            TraceContext,
+        },
         transitions::tests::running,
     };
 
-    /// A record with every optional part set, the same on every run.
-    fn full_record() -> TaskRecord {
+    /// A record with every optional part that version 2 knew set, the same
+    /// on every run.
+    fn version_2_record() -> TaskRecord {
         let mut task = running(2, 5);
         task.id = TaskId::from_bytes(*b"0123456789abcdef");
         task.input = Arc::new(Payload::json(
@@ -256,8 +293,35 @@ mod tests {
             owner: "node".into(),
             token: 7,
             expires_at: task.created_at + Duration::from_secs(30),
+            remote: None,
         });
         task.idempotency_key = Some("key".into());
+        task
+    }
+
+    /// A record with every optional part set, the same on every run.
+    fn full_record() -> TaskRecord {
+        let mut task = version_2_record();
+        if let Some(error) = task.error.as_mut() {
+            error.retry_after = Some(Duration::from_secs(3));
+        }
+        if let Some(lease) = task.lease.as_mut() {
+            lease.remote = Some(RemoteAttempt {
+                secret: "0123456789abcdef0123456789abcdef".into(),
+                lease_duration: Duration::from_secs(20),
+                attempt_deadline: Some(task.created_at + Duration::from_secs(60)),
+                trace: TraceContext {
+                    traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                    tracestate: "a=b".into(),
+                    baggage: String::new(),
+                },
+            });
+        }
+        task.worker_id = "worker-1".into();
+        task.completed_by = Some(Completion {
+            token: 6,
+            outcome_digest: "digest".into(),
+        });
         task
     }
 
@@ -271,8 +335,7 @@ mod tests {
         assert!(encoded.len() * 2 < serde_json::to_vec(&task).unwrap().len());
     }
 
-    /// `full_record()` as version 2 wrote it. The layout is positional, so
-    /// this pins it: reordering or retyping fields breaks this test.
+    /// `version_2_record()` as version 2 wrote it.
     const VERSION_2_RECORD: &str = concat!(
         "dc001bc41030313233343536373839616263646566a46661696ca752756e6e696e679281a44a736f",
         "6e83a46c6973749301fea178a16ecb3ff8000000000000a46e6f6e65c0a09281a642696e617279a8",
@@ -283,14 +346,33 @@ mod tests {
         "a0c2a093a46e6f64650792cd040600",
     );
 
+    /// `full_record()` as version 3 writes it. The layout is positional, so
+    /// this pins it: reordering or retyping fields breaks this test.
+    const VERSION_3_RECORD: &str = concat!(
+        "dc001dc41030313233343536373839616263646566a46661696ca752756e6e696e679281a44a736f",
+        "6e83a46c6973749301fea178a16ecb3ff8000000000000a46e6f6e65c0a09281a642696e617279a8",
+        "3030303130326666b86170706c69636174696f6e2f6f637465742d73747265616d95ab556e617661",
+        "696c61626c65a56c61746572ab554e415641494c41424c4581a16ba176920300029605920100920a",
+        "00cb4000000000000000cb00000000000000009093ca422a0000a468616c6692cd03e80081a47465",
+        "616da1610093a0a0a00392cd03e80092cd03e80092cd03e800c0c0c0c09200ce1dcd6500923c00a3",
+        "6b6579a0c2a094a46e6f64650792cd04060094d92030313233343536373839616263646566303132",
+        "3334353637383961626364656692140092cd04240093d93730302d34626639326633353737623334",
+        "646136613363653932396430653065343733362d303066303637616130626139303262372d3031a3",
+        "613d62a0a8776f726b65722d319206a6646967657374",
+    );
+
     #[test]
-    fn the_version_2_layout_is_stable() {
+    fn records_of_version_2_still_decode() {
         let stored = hex::decode(VERSION_2_RECORD).unwrap();
+        assert_eq!(decode_record(&stored).unwrap(), version_2_record());
+    }
+
+    #[test]
+    fn the_version_3_layout_is_stable() {
+        let encoded = hex::encode(encode_record(&full_record()).unwrap());
+        assert_eq!(encoded, VERSION_3_RECORD);
+        let stored = hex::decode(VERSION_3_RECORD).unwrap();
         assert_eq!(decode_record(&stored).unwrap(), full_record());
-        assert_eq!(
-            hex::encode(encode_record(&full_record()).unwrap()),
-            VERSION_2_RECORD
-        );
     }
 
     #[test]

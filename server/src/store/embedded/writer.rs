@@ -11,11 +11,12 @@ use std::{
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::schema::{self, Columns, micros};
+use super::schema::{self, Columns, TASK_COLUMNS, micros};
 use crate::{
-    engine::task::{TaskId, TaskRecord},
+    engine::task::{TaskId, TaskRecord, TaskState},
     store::{
-        ChangeFeed, ClaimRequest, CreateOutcome, OnClaimed, SharedTask, StoreError, StoreResult,
+        ChangeFeed, ClaimRequest, CreateOutcome, KindCounts, OnClaimed, SharedTask, StoreError,
+        StoreResult,
     },
 };
 
@@ -55,6 +56,12 @@ pub enum Op {
         id: TaskId,
         token: u64,
         expires_at: SystemTime,
+        now: SystemTime,
+        reply: Reply<()>,
+    },
+    RecordPoll {
+        kinds: Vec<String>,
+        at: SystemTime,
         reply: Reply<()>,
     },
     DeleteExpired {
@@ -73,8 +80,8 @@ enum Change {
     Deleted(TaskId),
 }
 
-/// Claimable tasks per kind, shared with readers for the queue depth.
-pub type QueueDepth = Arc<Mutex<BTreeMap<String, usize>>>;
+/// Waiting and running tasks per kind, shared with readers.
+pub type Counts = Arc<Mutex<BTreeMap<String, KindCounts>>>;
 
 /// Recently written records as committed. Only the writer fills it, right
 /// after COMMIT, so it is never older than the file: this process owns the
@@ -84,7 +91,7 @@ pub type Cache = Arc<Mutex<lru::LruCache<TaskId, SharedTask>>>;
 pub struct Writer {
     pub connection: Connection,
     pub feed: Arc<dyn ChangeFeed>,
-    pub queue_depth: QueueDepth,
+    pub counts: Counts,
     pub cache: Cache,
     pub fencing_token: u64,
 }
@@ -124,7 +131,7 @@ struct Transaction {
 
 /// Working state of one batch, kept only if the batch commits.
 struct Batch {
-    depth: BTreeMap<String, usize>,
+    counts: BTreeMap<String, KindCounts>,
     fencing_token: u64,
     /// Records written by this batch (None: deleted), newer than the cache.
     written: HashMap<TaskId, Option<SharedTask>>,
@@ -132,20 +139,41 @@ struct Batch {
 
 impl Batch {
     fn queued(&self) -> usize {
-        self.depth.values().sum()
+        self.counts.values().map(|counts| counts.queued).sum()
+    }
+
+    fn queued_of(&self, kinds: &[String]) -> usize {
+        kinds
+            .iter()
+            .filter_map(|kind| self.counts.get(kind))
+            .map(|counts| counts.queued)
+            .sum()
     }
 
     fn count(&mut self, before: Option<&TaskRecord>, after: Option<&TaskRecord>) {
-        if let Some(task) = before.filter(|task| task.state.is_claimable())
-            && let Some(count) = self.depth.get_mut(&task.kind)
+        if let Some(task) = before
+            && let Some(counts) = self.counts.get_mut(&task.kind)
         {
-            *count -= 1;
-            if *count == 0 {
-                self.depth.remove(&task.kind);
+            if task.state.is_claimable() {
+                counts.queued -= 1;
+            } else if task.state == TaskState::Running {
+                counts.running -= 1;
             }
         }
-        if let Some(task) = after.filter(|task| task.state.is_claimable()) {
-            *self.depth.entry(task.kind.clone()).or_default() += 1;
+        if let Some(task) = after {
+            let claimable = task.state.is_claimable();
+            if claimable || task.state == TaskState::Running {
+                // Look up before inserting: `entry` would copy the kind every time.
+                if !self.counts.contains_key(&task.kind) {
+                    self.counts.insert(task.kind.clone(), KindCounts::default());
+                }
+                let counts = self.counts.get_mut(&task.kind).expect("just inserted");
+                if claimable {
+                    counts.queued += 1;
+                } else {
+                    counts.running += 1;
+                }
+            }
         }
     }
 }
@@ -209,8 +237,8 @@ impl Writer {
     fn begin(&mut self) -> Transaction {
         Transaction {
             batch: Batch {
-                depth: self
-                    .queue_depth
+                counts: self
+                    .counts
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .clone(),
@@ -288,9 +316,9 @@ impl Writer {
             }
         }
         *self
-            .queue_depth
+            .counts
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = batch.depth;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = batch.counts;
         // Durable now: publish in commit order, then answer.
         let deleted_any = applied.iter().any(|done| {
             done.changes
@@ -383,7 +411,8 @@ impl Writer {
                 }
                 let claim = match claim {
                     Some((request, on_claimed)) => {
-                        let due_now = task.due_at().is_some_and(|due| due <= request.now);
+                        let due_now = request.takes(&task.kind)
+                            && task.due_at().is_some_and(|due| due <= request.now);
                         let claimable = due_now && sql!(reply, self.nothing_due(&request, batch));
                         claimable.then_some((request, on_claimed))
                     }
@@ -482,20 +511,38 @@ impl Writer {
                 id,
                 token,
                 expires_at,
+                now,
                 reply,
             } => {
                 let stored = sql!(reply, self.lookup(id, batch));
                 let Some(mut task) = stored else {
                     return Ok(Applied::new(reply, Err(StoreError::NotFound), Vec::new()));
                 };
-                let Some(lease) = task.lease.as_mut().filter(|lease| lease.token == token) else {
+                let Some(lease) = task
+                    .lease
+                    .as_mut()
+                    .filter(|lease| lease.token == token && lease.holds_at(now))
+                else {
                     return Ok(Applied::new(reply, Err(StoreError::StaleLease), Vec::new()));
                 };
                 lease.expires_at = expires_at;
-                // The revision stays: a lease renewal is not a change anyone watches.
-                let columns = sql!(reply, Columns::of(&task).map_err(to_sql_error));
-                sql!(reply, columns.update(&self.connection));
+                // The revision stays: a lease renewal is not a change anyone
+                // watches. Only the column is written; reads take it from there.
+                sql!(reply, schema::renew_lease(&self.connection, id, expires_at));
                 batch.written.insert(id, Some(Arc::new(task)));
+                Applied::new(reply, Ok(()), Vec::new())
+            }
+            Op::RecordPoll { kinds, at, reply } => {
+                let mut upsert = sql!(
+                    reply,
+                    self.connection.prepare_cached(
+                        "INSERT INTO kinds (name, last_poll_at) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET last_poll_at = MAX(last_poll_at, excluded.last_poll_at)",
+                    )
+                );
+                for kind in &kinds {
+                    sql!(reply, upsert.execute(params![kind, micros(at)]));
+                }
                 Applied::new(reply, Ok(()), Vec::new())
             }
             // The run loop takes Close out of every batch before applying it.
@@ -539,49 +586,75 @@ impl Writer {
             .map(drop)
     }
 
-    /// Whether no claimable task is due by `request.now`. The queue depth
-    /// answers without a query when nothing at all is claimable.
+    /// Whether no claimable task of the request's kinds is due by
+    /// `request.now`. The counts answer without a query when nothing of
+    /// those kinds is claimable at all.
     fn nothing_due(&self, request: &ClaimRequest, batch: &Batch) -> rusqlite::Result<bool> {
-        if batch.queued() == 0 {
+        if batch.queued_of(&request.kinds) == 0 {
             return Ok(true);
         }
         let mut statement = self.connection.prepare_cached(
-            "SELECT 1 FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 LIMIT 1",
+            "SELECT 1 FROM tasks WHERE kind = ?1 AND due_at IS NOT NULL AND due_at <= ?2 LIMIT 1",
         )?;
-        Ok(!statement.exists([micros(request.now)])?)
+        for kind in request.kinds.iter() {
+            if statement.exists(params![kind, micros(request.now)])? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn by_idempotency_key(&self, key: &str) -> rusqlite::Result<Option<TaskRecord>> {
-        let mut statement = self
-            .connection
-            .prepare_cached("SELECT record FROM tasks WHERE idempotency_key = ?1")?;
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+        ))?;
         let mut rows = statement.query([key])?;
         match rows.next()? {
-            Some(row) => schema::record_of(row, 0).map(Some),
+            Some(row) => schema::task_of(row).map(Some),
             None => Ok(None),
         }
     }
 
+    /// Up to `request.limit` due tasks of the request's kinds, in claim
+    /// order: each kind read in its index order, then merged.
     fn due_tasks(
         &self,
         request: &ClaimRequest,
         batch: &Batch,
     ) -> rusqlite::Result<Vec<TaskRecord>> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1
-             ORDER BY priority DESC, created_at, id LIMIT ?2",
+            "SELECT id FROM tasks WHERE kind = ?1 AND due_at IS NOT NULL AND due_at <= ?2
+             ORDER BY priority DESC, created_at, id LIMIT ?3",
         )?;
-        let ids: Vec<TaskId> = statement
-            .query_map(params![micros(request.now), request.limit as i64], |row| {
-                row.get::<_, [u8; 16]>(0).map(TaskId::from_bytes)
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut due = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(task) = self.lookup(id, batch)? {
-                due.push(task);
+        let mut due = Vec::new();
+        for kind in request.kinds.iter() {
+            if batch
+                .counts
+                .get(kind)
+                .is_none_or(|counts| counts.queued == 0)
+            {
+                continue;
+            }
+            let ids: Vec<TaskId> = statement
+                .query_map(
+                    params![kind, micros(request.now), request.limit as i64],
+                    |row| row.get::<_, [u8; 16]>(0).map(TaskId::from_bytes),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in ids {
+                if let Some(task) = self.lookup(id, batch)? {
+                    due.push(task);
+                }
             }
         }
+        due.sort_by(|left, right| {
+            (std::cmp::Reverse(left.priority), left.created_at, left.id).cmp(&(
+                std::cmp::Reverse(right.priority),
+                right.created_at,
+                right.id,
+            ))
+        });
+        due.truncate(request.limit);
         Ok(due)
     }
 
@@ -622,6 +695,7 @@ fn answer_unapplied(op: Op, error: &StoreError) {
         Op::Delete { reply, .. } => drop(reply.send(Err(clone_error(error)))),
         Op::Claim { reply, .. } => drop(reply.send(Err(clone_error(error)))),
         Op::ExtendLease { reply, .. } => drop(reply.send(Err(clone_error(error)))),
+        Op::RecordPoll { reply, .. } => drop(reply.send(Err(clone_error(error)))),
         Op::DeleteExpired { reply, .. } => drop(reply.send(Err(clone_error(error)))),
         Op::Close { reply } => drop(reply.send(Err(clone_error(error)))),
     }

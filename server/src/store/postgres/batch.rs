@@ -25,7 +25,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    errors::{classify, is_ambiguous},
+    errors::{classify, is_ambiguous, within_timeout},
     publish::{Change, Publisher},
     schema::{ColumnArrays, Columns},
     settle::{self, Unsettled},
@@ -43,8 +43,9 @@ const IN_FLIGHT: usize = 4;
 /// Writes waiting for a statement at most; further writers wait their turn.
 const QUEUE: usize = 8_192;
 
-/// Inserts rows from column arrays unless their idempotency key is taken;
-/// returns the ids inserted.
+/// Inserts rows from column arrays unless their idempotency key (or their
+/// id: a rerun of an insert whose answer was lost) is taken; returns the
+/// ids inserted.
 static INSERT_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH changed AS (
@@ -52,7 +53,7 @@ static INSERT_ROWS: LazyLock<String> = LazyLock::new(|| {
             SELECT * FROM unnest($2::BYTEA[], $3::TEXT[], $4::SMALLINT[], $5::INTEGER[], $6::BIGINT[],
                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
                 $13::TEXT[], $14::BYTEA[])
-            ON CONFLICT (idempotency_key) DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING id, revision, record
         ), {LOG_CHANGES}"
     )
@@ -327,7 +328,7 @@ impl Writer {
                 .collect();
             query = query.bind(expected);
         }
-        let written = query.fetch_all(&self.pool).await?;
+        let written = within_timeout(query.fetch_all(&self.pool)).await?;
         written
             .iter()
             .map(|row| {

@@ -12,6 +12,27 @@ const TRANSIENT_CLASSES: &[&str] = &["08", "53", "57", "40"];
 /// `lock_not_available` (a lock timeout).
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
+/// Longest one statement may take before vowd stops waiting for it. sqlx
+/// sets no keepalive on its sockets (launchbadge/sqlx#3540), so a flow that
+/// froze without a reset would otherwise hold a query for the kernel's
+/// retransmission timeout, a quarter of an hour.
+pub const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs a statement for at most [`STATEMENT_TIMEOUT`]. One that got no
+/// answer in time may have run: it fails as a broken connection would
+/// (see [`is_ambiguous`]).
+pub async fn within_timeout<T>(
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the database did not answer in time",
+        ))),
+    }
+}
+
 /// Maps a driver error to a store error, logging the details.
 pub fn classify(error: sqlx::Error) -> StoreError {
     if is_transient(&error) {

@@ -14,8 +14,8 @@
 //! its own, so one stuck in the kernel cannot hold the slot of the next.
 //! While reconnecting (with backoff, each try bounded) the replica is deaf:
 //! `vow_change_listener_deaf_seconds` says for how long, and the log says
-//! since when. Once listening again it replays every change of other origins
-//! recorded since shortly before the mark. Replay is exact as long as the
+//! since when. Once listening again it replays every change recorded since
+//! shortly before the mark, its own included. Replay is exact as long as the
 //! change table still holds those rows (they are pruned after
 //! [`super::writes::CHANGE_RETENTION`]); after a longer outage every waiter
 //! and watcher of this replica is resynced from the store instead.
@@ -115,7 +115,6 @@ pub async fn run(
     first: Listening,
     connect_options: PgConnectOptions,
     pool: sqlx::PgPool,
-    origin: Arc<str>,
     publisher: Arc<Publisher>,
     stop: CancellationToken,
 ) {
@@ -151,9 +150,7 @@ pub async fn run(
                 Ok(None)
             } else {
                 let replay_from = in_step_at - REPLAY_MARGIN.as_micros() as i64;
-                replay(&pool, &origin, &publisher, replay_from)
-                    .await
-                    .map(Some)
+                replay(&pool, &publisher, replay_from).await.map(Some)
             };
             match replayed {
                 Ok(replayed) => {
@@ -314,14 +311,13 @@ async fn deliver(batch: &[PgNotification], publisher: &Publisher) {
     }
 }
 
-/// Delivers every change of other origins recorded since `since` (database
-/// micros); returns how many rows were read. Rows come in `seq` order, which
-/// is commit order per task: every change holds its task's row lock when it
-/// takes its `seq`. This replica's own changes of the time are settled by
-/// its writes (see `writes`), which know which of them went unreported.
+/// Delivers every change recorded since `since` (database micros), this
+/// replica's own included (a write whose answer was lost while nobody
+/// listened is then heard; the publisher skips what was delivered); returns
+/// how many rows were read. Rows come in `seq` order, which is commit order
+/// per task: every change holds its task's row lock when it takes its `seq`.
 async fn replay(
     pool: &sqlx::PgPool,
-    origin: &str,
     publisher: &Publisher,
     since: i64,
 ) -> Result<usize, crate::store::StoreError> {
@@ -330,16 +326,16 @@ async fn replay(
     loop {
         let rows = sqlx::query(
             "SELECT seq, task_id, revision, record FROM task_changes
-             WHERE changed_at >= $1 AND seq > $2 AND origin <> $3
-             ORDER BY seq LIMIT $4",
+             WHERE changed_at >= $1 AND seq > $2
+             ORDER BY seq LIMIT $3",
         )
         .bind(since)
         .bind(after_seq)
-        .bind(origin)
         .bind(REPLAY_PAGE)
-        .fetch_all(pool)
-        .await
-        .map_err(super::errors::classify)?;
+        .fetch_all(pool);
+        let rows = super::errors::within_timeout(rows)
+            .await
+            .map_err(super::errors::classify)?;
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
             after_seq = sqlx::Row::try_get(row, "seq").map_err(super::errors::classify)?;

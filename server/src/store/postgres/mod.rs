@@ -49,14 +49,16 @@ use tokio_util::sync::CancellationToken;
 
 use self::{admission::Admission, batch::Batcher, publish::Publisher, settle::Unsettled};
 use super::{
-    ChangeFeed, ClaimRequest, CreateOutcome, ListPage, ListQuery, SharedTask, Store, StoreError,
-    StoreResult,
+    ChangeFeed, ClaimRequest, CreateOutcome, KindCounts, ListPage, ListQuery, SharedTask, Store,
+    StoreError, StoreResult,
 };
 use crate::engine::task::{TaskId, TaskRecord};
 
 /// `application_name` of the connection that listens for changes (the
 /// others are `vowd`), so operators can tell it apart in pg_stat_activity.
 const LISTENER_NAME: &str = "vowd-listener";
+/// Longest a caller waits for one store operation (a few statements).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// TCP keepalives of every connection, set on the database's side of it
 /// (sqlx cannot set them on its own sockets, launchbadge/sqlx#3540): a
 /// connection whose peer vanished without a reset (a dropped NAT mapping,
@@ -106,8 +108,8 @@ struct Shared {
     admission: Admission,
     /// Tasks whose last write here may have committed unreported.
     unsettled: Arc<Unsettled>,
-    /// The last count of the queue, and when it was taken.
-    queue_depth: Mutex<Option<(Instant, BTreeMap<String, usize>)>>,
+    /// The last count of waiting and running tasks, and when it was taken.
+    kind_counts: Mutex<Option<(Instant, BTreeMap<String, KindCounts>)>>,
     pruned_at: Mutex<Option<Instant>>,
 }
 
@@ -179,7 +181,6 @@ impl PostgresStore {
             listening,
             listen_options,
             pool.clone(),
-            origin.clone(),
             publisher.clone(),
             stop_listening.clone(),
         ));
@@ -202,7 +203,7 @@ impl PostgresStore {
                 publisher,
                 admission: Admission::default(),
                 unsettled,
-                queue_depth: Mutex::new(None),
+                kind_counts: Mutex::new(None),
                 pruned_at: Mutex::new(None),
             }),
             stop_listening,
@@ -211,15 +212,32 @@ impl PostgresStore {
     }
 
     /// Runs a write in a task of its own: it commits and reports its change
-    /// even if the caller stops waiting.
+    /// even if the caller stops waiting (or gives up, see [`bounded`]).
     async fn detached<T: Send + 'static>(
         &self,
         write: impl Future<Output = StoreResult<T>> + Send + 'static,
     ) -> StoreResult<T> {
-        tokio::spawn(write)
-            .await
-            .map_err(|error| StoreError::Internal(format!("a store write failed: {error}")))?
+        let write = tokio::spawn(write);
+        bounded(async {
+            write
+                .await
+                .map_err(|error| StoreError::Internal(format!("a store write failed: {error}")))?
+        })
+        .await
     }
+}
+
+/// Waits at most [`OPERATION_TIMEOUT`] for a store operation: a caller never
+/// waits on a database that stopped answering (each statement is bounded
+/// too, see [`errors::within_timeout`]).
+async fn bounded<T>(operation: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    tokio::time::timeout(OPERATION_TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        })
 }
 
 impl Drop for PostgresStore {
@@ -240,7 +258,7 @@ impl Store for PostgresStore {
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<SharedTask>> {
-        reads::get(&self.shared.pool, id).await
+        bounded(reads::get(&self.shared.pool, id)).await
     }
 
     async fn update(&self, task: TaskRecord, expected_revision: u64) -> StoreResult<SharedTask> {
@@ -253,7 +271,7 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
-        reads::list(&self.shared.pool, query).await
+        bounded(reads::list(&self.shared.pool, query)).await
     }
 
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
@@ -261,8 +279,8 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn next_due_at(&self) -> StoreResult<Option<SystemTime>> {
-        reads::next_due_at(&self.shared.pool).await
+    async fn next_due_at(&self, kinds: &[String]) -> StoreResult<Option<SystemTime>> {
+        bounded(reads::next_due_at(&self.shared.pool, kinds)).await
     }
 
     async fn extend_lease(
@@ -270,22 +288,24 @@ impl Store for PostgresStore {
         id: TaskId,
         token: u64,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> StoreResult<()> {
         self.detached(writes::extend_lease(
             self.shared.clone(),
             id,
             token,
             expires_at,
+            now,
         ))
         .await
     }
 
     async fn overdue(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
-        reads::overdue(&self.shared.pool, now, limit).await
+        bounded(reads::overdue(&self.shared.pool, now, limit)).await
     }
 
     async fn expired_leases(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
-        reads::expired_leases(&self.shared.pool, now, limit).await
+        bounded(reads::expired_leases(&self.shared.pool, now, limit)).await
     }
 
     async fn delete_expired(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<TaskId>> {
@@ -293,8 +313,17 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn queue_depth(&self) -> StoreResult<BTreeMap<String, usize>> {
-        reads::queue_depth(&self.shared).await
+    async fn kind_counts(&self) -> StoreResult<BTreeMap<String, KindCounts>> {
+        bounded(reads::kind_counts(&self.shared)).await
+    }
+
+    async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
+        self.detached(writes::record_poll(self.shared.clone(), kinds.to_vec(), at))
+            .await
+    }
+
+    async fn last_polls(&self) -> StoreResult<BTreeMap<String, SystemTime>> {
+        bounded(reads::last_polls(&self.shared.pool)).await
     }
 
     async fn close(&self) -> StoreResult<()> {

@@ -31,8 +31,11 @@ use crate::{
 
 /// Tasks remembered per generation of the delivered-revision map.
 const GENERATION_CAPACITY: usize = 65_536;
-/// How long reading missed revisions from the change table is retried.
+/// How long reading missed revisions from the change table is retried for
+/// what other replicas announced (the listener's own time).
 const FETCH_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+/// The same for this replica's own commits, whose writers wait meanwhile.
+const LOCAL_FETCH_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 const FETCH_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// The revision recorded for a deleted task: nothing after it is delivered.
 const DELETED: u64 = u64::MAX;
@@ -231,7 +234,7 @@ impl Publisher {
         if gapped.is_empty() {
             return;
         }
-        let missing = self.fetch(&wanted).await;
+        let missing = self.fetch(&wanted, LOCAL_FETCH_BOUND).await;
         let mut delivered = self.delivered();
         for change in missing.iter().chain(&gapped) {
             self.deliver(&mut delivered, change);
@@ -262,7 +265,7 @@ impl Publisher {
                 .collect()
         };
         let mut fetched: HashMap<TaskId, Vec<Change>> = HashMap::new();
-        for change in self.fetch(&wanted).await {
+        for change in self.fetch(&wanted, FETCH_BOUND).await {
             fetched.entry(change.task_id()).or_default().push(change);
         }
         let mut delivered = self.delivered();
@@ -301,15 +304,15 @@ impl Publisher {
     }
 
     /// Reads the wanted revisions from the change table, per task in
-    /// revision order, retrying for [`FETCH_BOUND`]. When that fails, the
+    /// revision order, retrying for `bound`. When that fails, the
     /// followers of those tasks are resynced from the store, and nothing is
     /// returned: what was announced stays undelivered, so a later change
     /// of those tasks asks for the gap again.
-    async fn fetch(&self, wanted: &[Wanted]) -> Vec<Change> {
+    async fn fetch(&self, wanted: &[Wanted], bound: std::time::Duration) -> Vec<Change> {
         if wanted.is_empty() {
             return Vec::new();
         }
-        let give_up_at = tokio::time::Instant::now() + FETCH_BOUND;
+        let give_up_at = tokio::time::Instant::now() + bound;
         let mut backoff = FETCH_FIRST_BACKOFF;
         loop {
             let remaining = give_up_at.saturating_duration_since(tokio::time::Instant::now());

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     engine::task::TaskId,
-    store::{ListCursor, ListPage, ListQuery, SharedTask, StoreResult},
+    store::{KindCounts, ListCursor, ListPage, ListQuery, SharedTask, StoreResult},
 };
 
 /// How long a count of the queue depth is reused.
@@ -26,7 +26,7 @@ const QUEUE_DEPTH_MAX_AGE: Duration = Duration::from_secs(1);
 const LIST_CHUNK: usize = 256;
 
 pub async fn get(pool: &PgPool, id: TaskId) -> StoreResult<Option<SharedTask>> {
-    let row = sqlx::query("SELECT record FROM tasks WHERE id = $1")
+    let row = sqlx::query("SELECT record, lease_expires_at FROM tasks WHERE id = $1")
         .bind(id.to_bytes().to_vec())
         .fetch_optional(pool)
         .await
@@ -35,7 +35,8 @@ pub async fn get(pool: &PgPool, id: TaskId) -> StoreResult<Option<SharedTask>> {
 }
 
 pub async fn list(pool: &PgPool, query: &ListQuery) -> StoreResult<ListPage> {
-    let mut sql = String::from("SELECT record, created_at, id FROM tasks WHERE TRUE");
+    let mut sql =
+        String::from("SELECT record, lease_expires_at, created_at, id FROM tasks WHERE TRUE");
     let mut next_parameter = 1;
     let mut parameter = || {
         let name = format!("${next_parameter}");
@@ -107,12 +108,14 @@ pub async fn list(pool: &PgPool, query: &ListQuery) -> StoreResult<ListPage> {
     }
 }
 
-pub async fn next_due_at(pool: &PgPool) -> StoreResult<Option<SystemTime>> {
-    let due: Option<i64> =
-        sqlx::query_scalar("SELECT min(due_at) FROM tasks WHERE due_at IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .map_err(classify)?;
+pub async fn next_due_at(pool: &PgPool, kinds: &[String]) -> StoreResult<Option<SystemTime>> {
+    let due: Option<i64> = sqlx::query_scalar(
+        "SELECT min(due_at) FROM tasks WHERE due_at IS NOT NULL AND kind = ANY($1)",
+    )
+    .bind(kinds)
+    .fetch_one(pool)
+    .await
+    .map_err(classify)?;
     Ok(due.map(from_micros))
 }
 
@@ -134,7 +137,7 @@ async fn records(
 pub async fn overdue(pool: &PgPool, now: SystemTime, limit: usize) -> StoreResult<Vec<SharedTask>> {
     records(
         pool,
-        "SELECT record FROM tasks WHERE deadline <= $1 ORDER BY deadline LIMIT $2",
+        "SELECT record, lease_expires_at FROM tasks WHERE deadline <= $1 ORDER BY deadline LIMIT $2",
         now,
         limit,
     )
@@ -148,42 +151,70 @@ pub async fn expired_leases(
 ) -> StoreResult<Vec<SharedTask>> {
     records(
         pool,
-        "SELECT record FROM tasks WHERE lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2",
+        "SELECT record, lease_expires_at FROM tasks WHERE lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2",
         now,
         limit,
     )
     .await
 }
 
-/// Claimable tasks per kind, counted at most once per
+/// Waiting and running tasks per kind, counted at most once per
 /// [`QUEUE_DEPTH_MAX_AGE`] (every replica's sweep asks several times a
 /// second, and a count walks the whole queue); also refreshes the admission
 /// estimate.
-pub async fn queue_depth(shared: &Arc<Shared>) -> StoreResult<BTreeMap<String, usize>> {
-    if let Some((counted_at, depth)) = &*shared
-        .queue_depth
+pub async fn kind_counts(shared: &Arc<Shared>) -> StoreResult<BTreeMap<String, KindCounts>> {
+    if let Some((counted_at, counts)) = &*shared
+        .kind_counts
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         && counted_at.elapsed() < QUEUE_DEPTH_MAX_AGE
     {
-        return Ok(depth.clone());
+        return Ok(counts.clone());
     }
     let rows = sqlx::query(
-        "SELECT kind, count(*) AS queued FROM tasks WHERE due_at IS NOT NULL GROUP BY kind",
+        "SELECT kind, count(due_at) AS queued, count(lease_token) AS running FROM tasks
+         WHERE due_at IS NOT NULL OR lease_token IS NOT NULL GROUP BY kind",
     )
     .fetch_all(&shared.pool)
     .await
     .map_err(classify)?;
-    let mut depth = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for row in &rows {
         let kind: String = row.try_get("kind").map_err(classify)?;
         let queued: i64 = row.try_get("queued").map_err(classify)?;
-        depth.insert(kind, queued as usize);
+        let running: i64 = row.try_get("running").map_err(classify)?;
+        counts.insert(
+            kind,
+            KindCounts {
+                queued: queued as usize,
+                running: running as usize,
+            },
+        );
     }
-    shared.admission.counted(depth.values().sum());
+    shared.admission.counted(
+        counts
+            .values()
+            .map(|counts: &KindCounts| counts.queued)
+            .sum(),
+    );
     *shared
-        .queue_depth
+        .kind_counts
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), depth.clone()));
-    Ok(depth)
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), counts.clone()));
+    Ok(counts)
+}
+
+/// When a worker last polled for each kind, on any replica.
+pub async fn last_polls(pool: &PgPool) -> StoreResult<BTreeMap<String, SystemTime>> {
+    let rows = sqlx::query("SELECT name, last_poll_at FROM kinds WHERE last_poll_at IS NOT NULL")
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+    rows.iter()
+        .map(|row| {
+            let name: String = row.try_get("name").map_err(classify)?;
+            let at: i64 = row.try_get("last_poll_at").map_err(classify)?;
+            Ok((name, from_micros(at)))
+        })
+        .collect()
 }

@@ -22,7 +22,10 @@ use crate::{
 
 /// The schema versions, oldest first. Applied ones must never change: the
 /// migrator refuses a database whose applied scripts differ from these.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "tasks", include_str!("migrations/0001_tasks.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "tasks", include_str!("migrations/0001_tasks.sql")),
+    (2, "kinds", include_str!("migrations/0002_kinds.sql")),
+];
 
 /// The migrations compiled into this build (what `sqlx::migrate!` would
 /// embed), resolved without touching the file system.
@@ -178,10 +181,18 @@ pub fn record_of(row: &PgRow) -> StoreResult<SharedTask> {
     owned_record_of(row).map(SharedTask::new)
 }
 
-/// Decodes the `record` column of a row, for a caller that changes it.
+/// Decodes the `record` column of a row, for a caller that changes it. A
+/// row of `tasks` read with its `lease_expires_at` column gets the lease's
+/// expiry from there: renewals write only that column.
 pub fn owned_record_of(row: &PgRow) -> StoreResult<TaskRecord> {
     let bytes: &[u8] = row.try_get("record").map_err(errors::classify)?;
-    decode(bytes)
+    let mut task = decode(bytes)?;
+    if let Ok(Some(renewed)) = row.try_get::<Option<i64>, _>("lease_expires_at")
+        && let Some(lease) = task.lease.as_mut()
+    {
+        lease.expires_at = from_micros(renewed);
+    }
+    Ok(task)
 }
 
 /// Reads a 16-byte task id column.

@@ -11,20 +11,23 @@
 //! committed always reaches its own waiters and watchers.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    errors::classify,
+    errors::{classify, within_timeout},
     publish::{Change, Publisher},
     schema,
 };
-use crate::{engine::task::TaskId, store::StoreResult};
+use crate::{
+    engine::task::TaskId,
+    store::{SharedTask, StoreResult},
+};
 
 /// How often the tasks of unsettled writes are read again.
 const SETTLE_INTERVAL: Duration = Duration::from_millis(250);
@@ -56,35 +59,59 @@ pub async fn committed(
     .bind(revisions)
     .bind(records)
     .bind(origin)
-    .fetch_all(pool)
-    .await
-    .map_err(classify)?;
+    .fetch_all(pool);
+    let rows = within_timeout(rows).await.map_err(classify)?;
     rows.iter()
         .map(|row| schema::task_id_of(row, "task_id"))
         .collect()
 }
 
+/// How long a task whose unsettled write left no row is looked for (the
+/// insert's commit may still be on its way), before it counts as never made.
+const MISSING_ROW_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Tasks whose last write by this replica has an unknown outcome.
 #[derive(Default)]
 pub struct Unsettled {
-    ids: Mutex<HashSet<TaskId>>,
+    writes: Mutex<HashMap<TaskId, UnsettledWrite>>,
+}
+
+#[derive(Clone, Copy)]
+struct UnsettledWrite {
+    /// The write deleted the task: no row means it did.
+    deletion: bool,
+    since: Instant,
 }
 
 impl Unsettled {
     /// Remembers tasks to read again once the database answers.
     pub fn add(&self, ids: impl IntoIterator<Item = TaskId>) {
-        self.lock().extend(ids);
+        self.remember(ids, false);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<TaskId>> {
-        self.ids
+    /// Remembers a deletion to settle.
+    pub fn add_deletion(&self, id: TaskId) {
+        self.remember([id], true);
+    }
+
+    fn remember(&self, ids: impl IntoIterator<Item = TaskId>, deletion: bool) {
+        let since = Instant::now();
+        let mut writes = self.lock();
+        for id in ids {
+            writes.insert(id, UnsettledWrite { deletion, since });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, UnsettledWrite>> {
+        self.writes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Reads the unsettled tasks again every [`SETTLE_INTERVAL`] and
-    /// publishes what is stored (a deletion for a task that is gone), until
-    /// `stop` fires.
+    /// publishes what is stored, until `stop` fires. A task without a row is
+    /// published as deleted only if the unsettled write was its deletion;
+    /// an insert's row may yet come, and is waited for a while.
     pub async fn run(
         self: Arc<Self>,
         pool: PgPool,
@@ -98,50 +125,64 @@ impl Unsettled {
                 _ = ticks.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let ids: Vec<TaskId> = self.lock().iter().copied().collect();
-            if ids.is_empty() {
+            let pending: Vec<(TaskId, UnsettledWrite)> = self
+                .lock()
+                .iter()
+                .map(|(id, write)| (*id, *write))
+                .collect();
+            if pending.is_empty() {
                 continue;
             }
-            match stored(&pool, &ids).await {
-                Ok(changes) => {
-                    publisher.publish_local(changes).await;
-                    let mut unsettled = self.lock();
-                    for id in &ids {
-                        unsettled.remove(id);
-                    }
-                    tracing::info!(
-                        tasks = ids.len(),
-                        "published what writes with a lost answer left"
-                    );
+            let ids: Vec<TaskId> = pending.iter().map(|(id, _)| *id).collect();
+            let stored = match stored(&pool, &ids).await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    tracing::debug!(%error, "unsettled writes wait for the database");
+                    continue;
                 }
-                Err(error) => tracing::debug!(%error, "unsettled writes wait for the database"),
+            };
+            let mut changes = Vec::with_capacity(pending.len());
+            let mut settled = Vec::with_capacity(pending.len());
+            for (id, write) in pending {
+                match stored.get(&id) {
+                    Some(task) => {
+                        changes.push(Change::Changed(task.clone()));
+                        settled.push(id);
+                    }
+                    None if write.deletion => {
+                        changes.push(Change::Deleted {
+                            id,
+                            last_revision: None,
+                        });
+                        settled.push(id);
+                    }
+                    None if write.since.elapsed() >= MISSING_ROW_PATIENCE => settled.push(id),
+                    None => {}
+                }
+            }
+            publisher.publish_local(changes).await;
+            let mut writes = self.lock();
+            for id in &settled {
+                writes.remove(id);
+            }
+            if !settled.is_empty() {
+                tracing::info!(
+                    tasks = settled.len(),
+                    "published what writes with a lost answer left"
+                );
             }
         }
     }
 }
 
-/// The stored state of each task: its record, or its deletion.
-async fn stored(pool: &PgPool, ids: &[TaskId]) -> StoreResult<Vec<Change>> {
+/// The stored records of those of `ids` that exist.
+async fn stored(pool: &PgPool, ids: &[TaskId]) -> StoreResult<HashMap<TaskId, SharedTask>> {
     let keys: Vec<Vec<u8>> = ids.iter().map(|id| id.to_bytes().to_vec()).collect();
-    let rows = sqlx::query("SELECT record FROM tasks WHERE id = ANY($1)")
+    let rows = sqlx::query("SELECT record, lease_expires_at FROM tasks WHERE id = ANY($1)")
         .bind(keys)
-        .fetch_all(pool)
-        .await
-        .map_err(classify)?;
-    let mut changes = Vec::with_capacity(ids.len());
-    let mut found = HashSet::with_capacity(rows.len());
-    for row in &rows {
-        let task = schema::record_of(row)?;
-        found.insert(task.id);
-        changes.push(Change::Changed(task));
-    }
-    changes.extend(
-        ids.iter()
-            .filter(|id| !found.contains(id))
-            .map(|&id| Change::Deleted {
-                id,
-                last_revision: None,
-            }),
-    );
-    Ok(changes)
+        .fetch_all(pool);
+    let rows = within_timeout(rows).await.map_err(classify)?;
+    rows.iter()
+        .map(|row| schema::record_of(row).map(|task| (task.id, task)))
+        .collect()
 }

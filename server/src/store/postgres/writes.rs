@@ -29,8 +29,6 @@ use crate::{
 /// Inserts with a taken idempotency key whose task vanished before it could
 /// be read (deleted concurrently) are retried this often.
 const CREATE_ATTEMPTS: usize = 8;
-/// Lease renewals that lost a race with another write are retried this often.
-const EXTEND_ATTEMPTS: usize = 16;
 /// How long change rows are kept for replicas that must replay them.
 pub const CHANGE_RETENTION: Duration = Duration::from_secs(5 * 60);
 /// Least time between two prunings of the change table by one process.
@@ -104,10 +102,20 @@ const DELETE_EXPIRED: &str = "WITH doomed AS (
     FROM deleted JOIN logged ON logged.task_id = deleted.id,
         pg_notify('vow_changes', $1 || ':' || encode(deleted.id, 'hex') || ':deleted') AS notified";
 
+/// Claims up to `$2` tasks due by `$1` of the kinds `$3`: each kind read in
+/// its claim index's order (so a long queue of one kind is never sorted),
+/// then merged. Rows locked but not taken are released at commit.
 const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token FROM (
-        SELECT record, priority, created_at, id FROM tasks
-        WHERE due_at <= $1 ORDER BY priority DESC, created_at, id
-        LIMIT $2 FOR UPDATE SKIP LOCKED
+        SELECT t.record, t.priority, t.created_at, t.id
+        FROM unnest($3::TEXT[]) AS k(kind)
+        CROSS JOIN LATERAL (
+            SELECT record, priority, created_at, id FROM tasks
+            WHERE kind = k.kind AND due_at <= $1
+            ORDER BY priority DESC, created_at, id
+            LIMIT $2 FOR UPDATE SKIP LOCKED
+        ) AS t
+        ORDER BY t.priority DESC, t.created_at, t.id
+        LIMIT $2
     ) AS due
     ORDER BY due.priority DESC, due.created_at, due.id";
 
@@ -211,7 +219,17 @@ pub async fn create(
             }
             return Ok(CreateOutcome::Created(task));
         }
-        // Only a taken idempotency key makes the insert do nothing.
+        // A row with this (random, unique) id is this very insert, run
+        // again after its answer was lost: it was created.
+        if stored_with_id(&shared, &task).await? {
+            // Its change may not have reached this replica's feed.
+            shared.unsettled.add([task.id]);
+            if task.state.is_claimable() {
+                shared.admission.created();
+            }
+            return Ok(CreateOutcome::Created(task));
+        }
+        // Otherwise only a taken idempotency key makes the insert do nothing.
         if task.idempotency_key.is_none() {
             return Err(StoreError::Internal("a task insert did nothing".into()));
         }
@@ -224,6 +242,17 @@ pub async fn create(
     ))
 }
 
+/// Whether the task's row exists (its id is random and unique: a row with
+/// it can only be this task's).
+async fn stored_with_id(shared: &Shared, task: &TaskRecord) -> StoreResult<bool> {
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM tasks WHERE id = $1")
+        .bind(task.id.to_bytes().to_vec())
+        .fetch_optional(&shared.pool)
+        .await
+        .map_err(classify)?;
+    Ok(exists.is_some())
+}
+
 /// What a create answers when its idempotency key is taken: the task that
 /// holds it, or a refusal if that task came from another request. `None`
 /// when no task holds the key (or the task has none).
@@ -234,11 +263,12 @@ async fn existing_for_key(
     let Some(key) = &task.idempotency_key else {
         return Ok(None);
     };
-    let existing = sqlx::query("SELECT record FROM tasks WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(&shared.pool)
-        .await
-        .map_err(classify)?;
+    let existing =
+        sqlx::query("SELECT record, lease_expires_at FROM tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(classify)?;
     let Some(existing) = existing else {
         return Ok(None);
     };
@@ -280,7 +310,7 @@ async fn update_carefully(
 ) -> StoreResult<SharedTask> {
     let grows = task.revision > expected_revision;
     let mut transaction = shared.pool.begin().await.map_err(classify)?;
-    let stored = sqlx::query("SELECT record FROM tasks WHERE id = $1 FOR UPDATE")
+    let stored = sqlx::query("SELECT record, lease_expires_at FROM tasks WHERE id = $1 FOR UPDATE")
         .bind(task.id.to_bytes().to_vec())
         .fetch_optional(&mut *transaction)
         .await
@@ -335,7 +365,7 @@ pub async fn delete(shared: Arc<Shared>, id: TaskId) -> StoreResult<bool> {
         .await
         .map_err(|error| {
             if is_ambiguous(&error) {
-                shared.unsettled.add([id]);
+                shared.unsettled.add_deletion(id);
             }
             classify(error)
         })?;
@@ -361,6 +391,7 @@ pub async fn claim_due(shared: Arc<Shared>, request: ClaimRequest) -> StoreResul
     let due: Vec<PgRow> = sqlx::query(CLAIM)
         .bind(micros(request.now))
         .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+        .bind(request.kinds.to_vec())
         .fetch_all(&mut *transaction)
         .await
         .map_err(classify)?;
@@ -390,46 +421,56 @@ pub async fn claim_due(shared: Arc<Shared>, request: ClaimRequest) -> StoreResul
     Ok(claimed)
 }
 
+/// Renews a lease in its column only: the record keeps the expiry of the
+/// claim, and reads take the renewed one from the column.
 pub async fn extend_lease(
     shared: Arc<Shared>,
     id: TaskId,
     token: u64,
     expires_at: SystemTime,
+    now: SystemTime,
 ) -> StoreResult<()> {
-    for _ in 0..EXTEND_ATTEMPTS {
-        let stored = sqlx::query("SELECT record FROM tasks WHERE id = $1")
-            .bind(id.to_bytes().to_vec())
-            .fetch_optional(&shared.pool)
-            .await
-            .map_err(classify)?;
-        let Some(stored) = stored else {
-            return Err(StoreError::NotFound);
-        };
-        let stored_record: Vec<u8> = stored.try_get("record").map_err(classify)?;
-        let mut task = schema::decode(&stored_record)?;
-        let Some(lease) = task.lease.as_mut().filter(|lease| lease.token == token) else {
-            return Err(StoreError::StaleLease);
-        };
-        lease.expires_at = expires_at;
-        // The revision stays: a lease renewal is not a change anyone watches.
-        let columns = Columns::of(&task)?;
-        let renewed = sqlx::query(
-            "UPDATE tasks SET lease_expires_at = $2, record = $3 WHERE id = $1 AND record = $4",
-        )
-        .bind(columns.id)
-        .bind(columns.lease_expires_at)
-        .bind(columns.record)
-        .bind(stored_record)
-        .execute(&shared.pool)
+    let renewed = sqlx::query(
+        "UPDATE tasks SET lease_expires_at = $3
+         WHERE id = $1 AND lease_token = $2 AND lease_expires_at > $4",
+    )
+    .bind(id.to_bytes().to_vec())
+    .bind(token as i64)
+    .bind(micros(expires_at))
+    .bind(micros(now))
+    .execute(&shared.pool)
+    .await
+    .map_err(classify)?;
+    if renewed.rows_affected() == 1 {
+        return Ok(());
+    }
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM tasks WHERE id = $1")
+        .bind(id.to_bytes().to_vec())
+        .fetch_optional(&shared.pool)
         .await
         .map_err(classify)?;
-        if renewed.rows_affected() == 1 {
-            return Ok(());
-        }
-    }
-    Err(StoreError::Unavailable(
-        "the task changed too often to renew its lease".into(),
-    ))
+    Err(match exists {
+        Some(_) => StoreError::StaleLease,
+        None => StoreError::NotFound,
+    })
+}
+
+/// Records that a worker polled for `kinds` at `at`.
+pub async fn record_poll(
+    shared: Arc<Shared>,
+    kinds: Vec<String>,
+    at: SystemTime,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO kinds (name, last_poll_at) SELECT unnest($1::TEXT[]), $2
+         ON CONFLICT (name) DO UPDATE SET last_poll_at = GREATEST(kinds.last_poll_at, excluded.last_poll_at)",
+    )
+    .bind(kinds)
+    .bind(micros(at))
+    .execute(&shared.pool)
+    .await
+    .map_err(classify)?;
+    Ok(())
 }
 
 pub async fn delete_expired(

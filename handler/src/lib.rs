@@ -1,5 +1,10 @@
-//! What a task kind does: the `Handler` trait, the context an attempt gets,
-//! and the registry that maps kinds to handlers.
+//! What a task kind does: the [`Handler`] trait, the context an attempt
+//! gets, and the registry that maps kinds to handlers. `vowd` runs
+//! handlers in its own process (its built-in kinds, or a custom build);
+//! `vow_client::Worker` runs the same handlers in a worker process of its
+//! own, through the WorkerService. A handler is written once for both.
+
+mod types;
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
@@ -7,7 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::task::{Payload, TaskError, TaskId};
+pub use types::{ErrorCode, MalformedTaskId, Payload, PayloadData, TaskError, TaskId};
 
 /// Runs one kind of task. An attempt calls `run` once; returning `Err` fails
 /// the attempt with that error's code, which decides whether it is retried.
@@ -39,7 +44,7 @@ pub struct HandlerContext {
     pub deadline: Option<SystemTime>,
     /// Fires when the attempt must stop: cancel, timeout, deadline or shutdown.
     pub cancellation: CancellationToken,
-    pub(crate) progress: ProgressReporter,
+    pub progress: ProgressReporter,
 }
 
 impl HandlerContext {
@@ -73,7 +78,7 @@ pub struct ProgressReporter(Arc<watch::Sender<Option<ProgressReport>>>);
 
 impl ProgressReporter {
     /// A reporter and the receiver the attempt loop reads.
-    pub(crate) fn channel() -> (Self, watch::Receiver<Option<ProgressReport>>) {
+    pub fn channel() -> (Self, watch::Receiver<Option<ProgressReport>>) {
         let (sender, receiver) = watch::channel(None);
         (Self(Arc::new(sender)), receiver)
     }
