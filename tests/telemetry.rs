@@ -710,3 +710,84 @@ fn an_exporter_setting_vowd_cannot_honour_stops_it_at_start_with_the_reason() {
         );
     }
 }
+
+/// A span the handler of a remote worker starts is a child of the
+/// `task.attempt` span the server records, in the submitter's trace: the
+/// lease's traceparent is the attempt span's context, and whichever replica
+/// ends the attempt records that span with the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_workers_spans_are_children_of_the_attempt() {
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use vow_client::worker::{
+        Handler, HandlerContext, HandlerRegistry, Payload, TaskError, Worker,
+    };
+
+    struct Traced(opentelemetry_sdk::trace::SdkTracer);
+
+    #[async_trait::async_trait]
+    impl Handler for Traced {
+        async fn run(&self, _context: HandlerContext) -> Result<Payload, TaskError> {
+            // Started under the context the worker made current: the lease's.
+            let span = self.0.start("resize.work");
+            drop(span);
+            Ok(Payload::json(serde_json::json!("done")))
+        }
+    }
+
+    let (receiver, vowd) = vowd_exporting(&["--remote-kind", "resize"]).await;
+    let client = Client::connect(&vowd.address).await.expect("connect");
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let mut handlers = HandlerRegistry::new();
+    handlers.register("resize", Traced(provider.tracer("worker")));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(Worker::new(&client, handlers).run(stop.clone().cancelled_owned()));
+
+    let submitted = client.submit("resize").send().await.expect("submit").task;
+    let awaited = client
+        .await_task(&submitted.id, BOUND)
+        .await
+        .expect("await");
+    assert_eq!(awaited.task.state(), TaskState::Succeeded);
+    stop.cancel();
+    worker
+        .await
+        .expect("the worker task")
+        .expect("the worker ran");
+
+    let attempt = wait_for_spans(&receiver, "the remote attempt's span", |spans| {
+        attempt_spans_of(spans, &submitted.id).remove(&1)
+    })
+    .await;
+    assert_eq!(hex_id(&attempt.trace_id), submitted.trace_id);
+    let submit = wait_for_spans(&receiver, "the Submit span", |spans| {
+        submit_span_of(spans, &submitted.trace_id)
+    })
+    .await;
+    assert_eq!(
+        attempt.parent_span_id, submit.span_id,
+        "a child of the submit"
+    );
+    let worker_span = exporter
+        .get_finished_spans()
+        .expect("the worker's spans")
+        .into_iter()
+        .find(|span| span.name == "resize.work")
+        .expect("the handler's span");
+    assert_eq!(
+        worker_span.span_context.trace_id().to_string(),
+        submitted.trace_id,
+        "the submitter's trace"
+    );
+    assert_eq!(
+        worker_span.parent_span_id.to_string(),
+        hex_id(&attempt.span_id),
+        "a child of task.attempt"
+    );
+    assert_eq!(
+        string_attribute(&attempt.attributes, "worker.id"),
+        Some(awaited.task.worker_id.as_str())
+    );
+}

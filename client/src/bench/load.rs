@@ -23,7 +23,10 @@ use vow_client::{
     proto::{self, TaskState, task_service_client::TaskServiceClient},
 };
 
-use super::Mode;
+use super::{
+    Mode,
+    remote::{DispatchClock, Moment},
+};
 use crate::cli::{json::code_name, render::human_duration};
 
 /// Largest latency recorded exactly; slower iterations count as this.
@@ -46,6 +49,8 @@ pub struct LoadPlan {
     pub connections: usize,
     /// The task submitted by every iteration (Run sends the same fields).
     pub request: proto::SubmitRequest,
+    /// Told of every acknowledged Submit (remote mode: dispatch latency).
+    pub dispatch: Option<Arc<DispatchClock>>,
 }
 
 /// What one load run measured, over the window after the warmup.
@@ -67,6 +72,8 @@ pub struct LoadReport {
     pub fanout_server_cpu: Option<DeliveryCpu>,
     /// Watch fan-out: the bench's own CPU time over the same stretches.
     pub fanout_bench_cpu: Option<DeliveryCpu>,
+    /// Remote mode: from each Submit acknowledged to its lease received, µs.
+    pub dispatch: Option<Histogram<u64>>,
 }
 
 /// CPU time spent on watch fan-out rounds, and the deliveries they made.
@@ -137,6 +144,7 @@ impl LoadReport {
             fanout_rounds: 0,
             fanout_server_cpu: None,
             fanout_bench_cpu: None,
+            dispatch: None,
         }
     }
 
@@ -158,6 +166,13 @@ impl LoadReport {
         }
         if self.first_error.is_none() {
             self.first_error = other.first_error;
+        }
+        match (&mut self.dispatch, other.dispatch) {
+            (Some(mine), Some(theirs)) => {
+                let _ = mine.add(&theirs);
+            }
+            (mine @ None, theirs) => *mine = theirs,
+            _ => {}
         }
         self.fanout_rounds += other.fanout_rounds;
         for (mine, theirs) in [
@@ -195,6 +210,7 @@ pub async fn drive(
             window_start,
             window_end,
             iterations: Arc::clone(&iterations),
+            dispatch: plan.dispatch.clone(),
         };
         callers.spawn(caller.run());
     }
@@ -220,6 +236,7 @@ pub async fn drive(
                 fanout_rounds: 0,
                 fanout_server_cpu: None,
                 fanout_bench_cpu: None,
+                dispatch: None,
             });
         }
     })
@@ -265,7 +282,7 @@ fn run_request(request: &proto::SubmitRequest) -> proto::RunRequest {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(super) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_RECORDED_MICROS, 3)
         .expect("1 µs to 60 s at 3 significant figures is a valid histogram")
 }
@@ -279,6 +296,7 @@ struct Caller {
     window_start: Instant,
     window_end: Instant,
     iterations: Arc<AtomicU64>,
+    dispatch: Option<Arc<DispatchClock>>,
 }
 
 /// What one caller counted.
@@ -331,7 +349,7 @@ impl Caller {
 
     async fn iterate(&mut self) -> Result<(), IterationError> {
         match self.mode {
-            Mode::SubmitAwait => {
+            Mode::SubmitAwait | Mode::Remote => {
                 let submitted = self.client.submit(self.submit.clone()).await;
                 let id = submitted
                     .map_err(IterationError::Rpc)?
@@ -339,6 +357,9 @@ impl Caller {
                     .task
                     .map(|task| task.id)
                     .unwrap_or_default();
+                if let Some(dispatch) = &self.dispatch {
+                    dispatch.mark(&id, Moment::Acknowledged);
+                }
                 let request = proto::AwaitRequest {
                     id,
                     timeout: Some(AWAIT_TIMEOUT),

@@ -7,6 +7,7 @@
 pub mod ceiling;
 mod fanout;
 mod load;
+mod remote;
 mod report;
 
 use std::{io::IsTerminal, process::Stdio, time::Duration};
@@ -38,6 +39,11 @@ pub enum Mode {
     /// change, by the server's clock: run the bench on the server's host. The rate
     /// is deliveries per second. Ignores --kind, --input and --payload-bytes; no --ceiling.
     WatchFanout,
+    /// Submit then Await tasks of a remote --kind (declared on the server with
+    /// --remote-kind), run by --workers Rust workers in this process that echo the
+    /// input; also reports the dispatch latency, from each Submit acknowledged to
+    /// its lease received by a waiting worker.
+    Remote,
 }
 
 impl Mode {
@@ -48,6 +54,7 @@ impl Mode {
             Self::Run => "run",
             Self::SubmitOnly => "submit-only",
             Self::WatchFanout => "watch-fanout",
+            Self::Remote => "remote",
         }
     }
 }
@@ -92,6 +99,16 @@ pub struct BenchArgs {
     /// own share of the cores.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// With remote: Rust workers started in this process.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// With remote: attempts each worker runs at once (default: --concurrency).
+    #[arg(long)]
+    pub worker_concurrency: Option<usize>,
+    /// With remote: the server the workers poll (default: --server), such as
+    /// another PostgreSQL replica, to measure dispatch across replicas.
+    #[arg(long)]
+    pub worker_server: Option<String>,
 }
 
 /// Unmeasured run-in before each later round, after the other server had the machine.
@@ -145,10 +162,18 @@ pub async fn run(
         }
         None => proto::payload::Data::Binary(vec![b'x'; args.payload_bytes]),
     };
+    if args.mode == Mode::Remote && args.ceiling {
+        return Err(Failure::Usage(
+            "--ceiling does not apply to --mode remote: compare with --mode submit-await and an in-process kind"
+                .into(),
+        ));
+    }
+    let dispatch = (args.mode == Mode::Remote).then(|| std::sync::Arc::new(remote::DispatchClock::default()));
     let plan = LoadPlan {
         mode: args.mode,
         concurrency: args.concurrency,
         connections: args.connections,
+        dispatch: dispatch.clone(),
         request: proto::SubmitRequest {
             kind: args.kind.clone(),
             input: Some(proto::Payload {
@@ -185,6 +210,29 @@ pub async fn run(
         }
         None => None,
     };
+    let workers = match &dispatch {
+        Some(clock) => {
+            let worker_server = args.worker_server.as_deref().unwrap_or(server);
+            let client = vow_client::Client::connect_with(worker_server, &options).await?;
+            let concurrency = args.worker_concurrency.unwrap_or(args.concurrency);
+            Some(remote::Workers::start(
+                &client,
+                &setup.kind,
+                args.workers,
+                concurrency,
+                clock.clone(),
+            ))
+        }
+        None => None,
+    };
+    if let Some(clock) = &dispatch {
+        let clock = clock.clone();
+        let warmup = args.warmup;
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            clock.start_measuring();
+        });
+    }
     let rounds = setup.rounds;
     let slice = args.duration / rounds;
     let mut target = LoadReport::empty();
@@ -203,6 +251,10 @@ pub async fn run(
         }
     }
     drop(ceiling);
+    if let Some(workers) = workers {
+        workers.stop().await;
+    }
+    target.dispatch = dispatch.and_then(|clock| clock.take());
 
     report::print(format, &setup, &target, ceiling_report.as_ref());
     if target.completed == 0 {

@@ -70,6 +70,9 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
             }
         }
     }
+    if let Some(dispatch) = &target.dispatch {
+        fields.insert("dispatch_us".into(), percentiles_json(dispatch));
+    }
     fields.insert("ceiling".into(), ceiling.map_or(Value::Null, report_json));
     let (throughput_ratio, p99_ratio) = ceiling
         .map(|ceiling| ratios(target, ceiling))
@@ -81,20 +84,22 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
     object
 }
 
-fn report_json(report: &LoadReport) -> Value {
+/// The reported percentiles, max and mean of a histogram of microseconds.
+fn percentiles_json(histogram: &Histogram<u64>) -> Value {
     let mut latency = serde_json::Map::new();
     for (name, percentile) in PERCENTILES {
-        latency.insert(
-            name.into(),
-            report.latency.value_at_percentile(percentile).into(),
-        );
+        latency.insert(name.into(), histogram.value_at_percentile(percentile).into());
     }
-    latency.insert("max".into(), report.latency.max().into());
-    latency.insert("mean".into(), round(report.latency.mean(), 1).into());
+    latency.insert("max".into(), histogram.max().into());
+    latency.insert("mean".into(), round(histogram.mean(), 1).into());
+    Value::Object(latency)
+}
+
+fn report_json(report: &LoadReport) -> Value {
     json!({
         "tasks": report.completed,
         "tasks_per_s": round(report.throughput(), 1),
-        "latency_us": latency,
+        "latency_us": percentiles_json(&report.latency),
         "errors": report.errors,
         "first_error": report.first_error,
     })
@@ -143,6 +148,17 @@ fn print_human(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadRep
     let mut rows = vec![("server", target)];
     rows.extend(ceiling.map(|ceiling| ("ceiling", ceiling)));
     print_table_of(&rows, "tasks/s");
+    if let Some(dispatch) = &target.dispatch {
+        let percentiles: Vec<String> = PERCENTILES
+            .iter()
+            .map(|(name, percentile)| format!("{name} {}", micros(dispatch, *percentile)))
+            .collect();
+        println!(
+            "dispatch, Submit acknowledged to lease received: {} over {} tasks",
+            percentiles.join(", "),
+            dispatch.len()
+        );
+    }
     print_first_errors(target, ceiling);
     if let Some(ceiling) = ceiling {
         let (throughput, p99) = ratios(target, ceiling);

@@ -147,26 +147,24 @@ impl CommandHandler {
             let _ = stderr.read_to_end(&mut output).await;
             output
         };
-        let io = async { tokio::join!(feed, read_out, read_err) };
-        let mut io = std::pin::pin!(io);
-        let mut stopping = false;
-        let status = loop {
+        let kill_grace = self.kill_grace;
+        let exited = async {
             tokio::select! {
-                status = child.wait() => break status,
-                () = context.cancelled(), if !stopping => {
-                    stopping = true;
+                status = child.wait() => status,
+                () = context.cancelled() => {
                     terminate(&child);
-                    let grace = self.kill_grace;
                     tokio::select! {
-                        status = child.wait() => break status,
-                        () = tokio::time::sleep(grace) => {
+                        status = child.wait() => status,
+                        () = tokio::time::sleep(kill_grace) => {
                             let _ = child.start_kill();
+                            child.wait().await
                         }
                     }
                 }
             }
         };
-        let ((), output, errors) = io.as_mut().await;
+        let (((), output, errors), status) =
+            tokio::join!(async { tokio::join!(feed, read_out, read_err) }, exited);
         let status = status.map_err(|error| {
             TaskError::new(
                 ErrorCode::Internal,

@@ -219,9 +219,9 @@ pub async fn create(
             }
             return Ok(CreateOutcome::Created(task));
         }
-        // A row with this (random, unique) id is this very insert, run
-        // again after its answer was lost: it was created.
-        if stored_with_id(&shared, &task).await? {
+        // This very insert, run again after its answer was lost, finds
+        // its own committed change: it was created.
+        if inserted_before(&shared, &task).await? {
             // Its change may not have reached this replica's feed.
             shared.unsettled.add([task.id]);
             if task.state.is_claimable() {
@@ -242,15 +242,17 @@ pub async fn create(
     ))
 }
 
-/// Whether the task's row exists (its id is random and unique: a row with
-/// it can only be this task's).
-async fn stored_with_id(shared: &Shared, task: &TaskRecord) -> StoreResult<bool> {
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM tasks WHERE id = $1")
-        .bind(task.id.to_bytes().to_vec())
-        .fetch_optional(&shared.pool)
-        .await
-        .map_err(classify)?;
-    Ok(exists.is_some())
+/// Whether this replica committed the insert of exactly this record (the
+/// change table says so, whatever the row became since).
+async fn inserted_before(shared: &Shared, task: &TaskRecord) -> StoreResult<bool> {
+    let record = schema::encode(task)?;
+    let committed = super::settle::committed(
+        &shared.pool,
+        &shared.origin,
+        &[(task.id, task.revision, record.as_slice())],
+    )
+    .await?;
+    Ok(committed.contains(&task.id))
 }
 
 /// What a create answers when its idempotency key is taken: the task that
