@@ -25,7 +25,7 @@ use futures::{StreamExt, future::join_all};
 use serde_json::json;
 use tonic::Code;
 use vow_client::{
-    Client, RetryConfig, Task, TaskExt, TaskState, WatchEventType,
+    Client, Task, TaskExt, TaskState, WatchEventType,
     proto::{self, task_service_client::TaskServiceClient},
 };
 
@@ -52,16 +52,23 @@ async fn replica_behind_proxy(database: &TestDatabase, extra_args: &[&str]) -> (
     (proxy, vowd)
 }
 
-/// A client that makes one attempt per call, so what a replica answers is
-/// what the test sees.
 async fn connect(vowd: &Vowd) -> Client {
-    Client::connect(&vowd.address)
+    common::client_without_retries(vowd).await
+}
+
+/// A one-second `sleep` task with one attempt, running by the time this returns.
+async fn one_second_sleep(client: &Client) -> String {
+    let id = client
+        .submit("sleep")
+        .input_json(json!({"ms": 1000, "steps": 1}))
+        .max_attempts(1)
+        .send()
         .await
-        .expect("connect to vowd")
-        .with_retry(RetryConfig {
-            max_attempts: 1,
-            ..RetryConfig::default()
-        })
+        .expect("submit")
+        .task
+        .id;
+    running(client, &id).await;
+    id
 }
 
 async fn running(client: &Client, id: &str) -> Task {
@@ -182,16 +189,7 @@ async fn an_outcome_written_on_a_frozen_connection_is_written_again() {
     let database = TestDatabase::create().await;
     let (proxy, vowd) = replica_behind_proxy(&database, &[]).await;
     let client = connect(&vowd).await;
-    let id = client
-        .submit("sleep")
-        .input_json(json!({"ms": 1000, "steps": 1}))
-        .max_attempts(1)
-        .send()
-        .await
-        .expect("submit")
-        .task
-        .id;
-    running(&client, &id).await;
+    let id = one_second_sleep(&client).await;
     proxy.stall_at(Some(b"\"Succeeded\""));
     poll_until(BOUND, "the outcome write to freeze", || async {
         (proxy.triggered() > 0).then_some(())
@@ -223,16 +221,7 @@ async fn a_committed_write_whose_reply_was_lost_reaches_its_own_watchers() {
     let database = TestDatabase::create().await;
     let (proxy, vowd) = replica_behind_proxy(&database, &[]).await;
     let client = connect(&vowd).await;
-    let id = client
-        .submit("sleep")
-        .input_json(json!({"ms": 1000, "steps": 1}))
-        .max_attempts(1)
-        .send()
-        .await
-        .expect("submit")
-        .task
-        .id;
-    running(&client, &id).await;
+    let id = one_second_sleep(&client).await;
     let watch = watch_after_snapshot(&client, &id).await;
     // The write that stores the outcome (its record says "Succeeded")
     // runs and commits; its answer is lost, then its connection breaks.

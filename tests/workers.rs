@@ -19,7 +19,7 @@ use futures::future::join_all;
 use serde_json::json;
 use tonic::{Code, transport::Channel};
 use vow_client::{
-    Client, RetryConfig, Task, TaskExt, TaskState,
+    Client, Task, TaskExt, TaskState,
     proto::{self, worker_service_client::WorkerServiceClient},
     worker::{ErrorCode, Handler, HandlerContext, HandlerRegistry, Payload, TaskError, Worker},
 };
@@ -83,13 +83,7 @@ async fn server(store: StoreKind, extra: &[&str]) -> Server {
 }
 
 async fn client(vowd: &Vowd) -> Client {
-    Client::connect(&vowd.address)
-        .await
-        .expect("connect")
-        .with_retry(RetryConfig {
-            max_attempts: 1,
-            ..RetryConfig::default()
-        })
+    common::client_without_retries(vowd).await
 }
 
 async fn workers(vowd: &Vowd) -> WorkerServiceClient<Channel> {
@@ -577,6 +571,23 @@ impl Handler for Thumbnail {
     }
 }
 
+/// A task whose handler waits to be stopped, once the handler has started.
+async fn started_waiting_task(client: &Client) -> Task {
+    let task = client
+        .submit("resize")
+        .input_json(json!({"wait": true}))
+        .send()
+        .await
+        .expect("submit")
+        .task;
+    poll_until(BOUND, "the handler to start", || async {
+        let task = client.get(&task.id).await.ok()?;
+        (task.progress.is_some()).then_some(())
+    })
+    .await;
+    task
+}
+
 async fn rust_worker(store: StoreKind) {
     let server = server(store, &[]).await;
     let vowd = &server.vowd;
@@ -617,18 +628,7 @@ async fn rust_worker(store: StoreKind) {
     }
 
     // A cancel reaches the handler within one heartbeat (a second here).
-    let waiting = client
-        .submit("resize")
-        .input_json(json!({"wait": true}))
-        .send()
-        .await
-        .expect("submit")
-        .task;
-    poll_until(BOUND, "the handler to start", || async {
-        let task = client.get(&waiting.id).await.ok()?;
-        (task.progress.is_some()).then_some(())
-    })
-    .await;
+    let waiting = started_waiting_task(&client).await;
     client
         .cancel(&waiting.id, "not needed")
         .await
@@ -642,18 +642,7 @@ async fn rust_worker(store: StoreKind) {
 
     // Shut down with a handler still running: its lease is released, and
     // the task waits for another worker with its attempt not counted.
-    let stuck = client
-        .submit("resize")
-        .input_json(json!({"wait": true}))
-        .send()
-        .await
-        .expect("submit")
-        .task;
-    poll_until(BOUND, "the handler to start", || async {
-        let task = client.get(&stuck.id).await.ok()?;
-        (task.progress.is_some()).then_some(())
-    })
-    .await;
+    let stuck = started_waiting_task(&client).await;
     stop.cancel();
     tokio::time::timeout(BOUND, running)
         .await

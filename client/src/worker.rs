@@ -305,7 +305,7 @@ impl Attempt {
                     Ok(outcome) => outcome,
                     Err(panic) => Err(TaskError::new(
                         ErrorCode::Internal,
-                        format!("panicked: {}", panic_message(&*panic)),
+                        format!("panicked: {}", vow_handler::panic_message(&*panic)),
                     )
                     .with_reason("HANDLER_PANICKED")),
                 };
@@ -391,16 +391,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a non-string panic payload".to_owned()
     }
 }
 

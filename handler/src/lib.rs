@@ -121,3 +121,14 @@ impl HandlerRegistry {
         self.handlers.keys().map(String::as_str)
     }
 }
+
+/// The message of a handler's panic, for the error that fails its attempt.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

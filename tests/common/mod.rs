@@ -160,6 +160,18 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
+/// A client of `vowd` that makes one attempt per call, so what the server
+/// answers is what the test sees.
+pub async fn client_without_retries(vowd: &Vowd) -> vow_client::Client {
+    vow_client::Client::connect(&vowd.address)
+        .await
+        .expect("connect to vowd")
+        .with_retry(vow_client::RetryConfig {
+            max_attempts: 1,
+            ..vow_client::RetryConfig::default()
+        })
+}
+
 /// Polls `condition` until it holds, failing the test after `bound`.
 pub async fn eventually<F, Fut>(bound: Duration, what: &str, mut condition: F)
 where

@@ -397,7 +397,7 @@ async fn execute(
         (None, Some(Ok(Ok(output)))) => AttemptOutcome::Succeeded(output),
         (None, Some(Ok(Err(error)))) => AttemptOutcome::Failed(error),
         (None, Some(Err(panic))) => {
-            let message = panic_message(&*panic);
+            let message = vow_handler::panic_message(&*panic);
             tracing::error!(task.id = %task.id, task.kind = %task.kind, panic.message = %message, "handler panicked");
             AttemptOutcome::Failed(
                 TaskError::new(ErrorCode::Internal, format!("panicked: {message}"))
@@ -609,16 +609,6 @@ async fn write_progress(
         tracing::debug!(task.id = %claimed.id, %error, "progress not stored");
     }
     result.is_ok()
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a non-string panic payload".to_owned()
-    }
 }
 
 fn instant_of(at: SystemTime, now: SystemTime) -> Instant {
