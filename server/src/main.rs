@@ -46,13 +46,15 @@ fn main() -> ExitCode {
 
 async fn serve() -> ExitCode {
     let config = Config::parse();
-    let telemetry = match vow_server::telemetry::init(config.log_format) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("vowd: cannot set up telemetry: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let telemetry =
+        match vow_server::telemetry::init(config.log_format == vow_server::config::LogFormat::Json)
+        {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("vowd: cannot set up telemetry: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
     let kinds = config.validate().and_then(|()| {
         let kinds = config.kinds()?;
         vow_server::engine::Kinds::new(&builtin_registry(), &kinds)

@@ -389,6 +389,7 @@ mod postgres_support;
 pub use postgres_support::{TestDatabase, postgres_server};
 
 pub mod fault_proxy;
+pub mod pki;
 
 impl Vowd {
     /// Starts `vowd --store postgres --database-url <database_url> --listen

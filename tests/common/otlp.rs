@@ -216,6 +216,7 @@ pub struct OtlpReceiver {
     address: SocketAddr,
     collected: Arc<Collected>,
     server: JoinHandle<()>,
+    tls: bool,
 }
 
 impl OtlpReceiver {
@@ -230,7 +231,20 @@ impl OtlpReceiver {
         Self::serve(address, false).await
     }
 
+    /// Serves over TLS on `127.0.0.1:0` and keeps every span.
+    pub async fn start_tls(tls: tonic::transport::ServerTlsConfig) -> Self {
+        Self::serve_with("127.0.0.1:0", true, Some(tls)).await
+    }
+
     async fn serve(address: &str, keep: bool) -> Self {
+        Self::serve_with(address, keep, None).await
+    }
+
+    async fn serve_with(
+        address: &str,
+        keep: bool,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         // Bound before serving, so the port is ready once this returns.
         let listener = TcpListener::bind(address)
             .await
@@ -243,7 +257,11 @@ impl OtlpReceiver {
             ..Default::default()
         });
         let incoming = TcpListenerStream::new(listener);
+        let served_over_tls = tls.is_some();
         let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("a valid TLS configuration");
+        }
         let router = if keep {
             builder.add_service(TraceServiceServer::new(Collector(collected.clone())))
         } else {
@@ -260,12 +278,17 @@ impl OtlpReceiver {
             address,
             collected,
             server,
+            tls: served_over_tls,
         }
     }
 
-    /// `http://127.0.0.1:PORT`, the value of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` over TLS, the
+    /// name its certificate bears), the value of `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        match self.tls {
+            true => format!("https://localhost:{}", self.address.port()),
+            false => format!("http://{}", self.address),
+        }
     }
 
     /// Every span received so far (empty when only counting).

@@ -168,7 +168,8 @@ pub async fn run(
                 .into(),
         ));
     }
-    let dispatch = (args.mode == Mode::Remote).then(|| std::sync::Arc::new(remote::DispatchClock::default()));
+    let dispatch =
+        (args.mode == Mode::Remote).then(|| std::sync::Arc::new(remote::DispatchClock::default()));
     let plan = LoadPlan {
         mode: args.mode,
         concurrency: args.concurrency,

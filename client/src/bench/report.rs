@@ -88,7 +88,10 @@ fn to_json(setup: &BenchSetup, target: &LoadReport, ceiling: Option<&LoadReport>
 fn percentiles_json(histogram: &Histogram<u64>) -> Value {
     let mut latency = serde_json::Map::new();
     for (name, percentile) in PERCENTILES {
-        latency.insert(name.into(), histogram.value_at_percentile(percentile).into());
+        latency.insert(
+            name.into(),
+            histogram.value_at_percentile(percentile).into(),
+        );
     }
     latency.insert("max".into(), histogram.max().into());
     latency.insert("mean".into(), round(histogram.mean(), 1).into());

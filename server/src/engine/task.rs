@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub use vow_handler::{ErrorCode, MalformedTaskId, Payload, PayloadData, TaskError, TaskId};
 
+pub use crate::telemetry::propagation::{TraceContext, trace_id_of};
+
 use super::retry::RetryPolicy;
 
 /// Where a task is in its lifecycle.
@@ -54,52 +56,6 @@ pub struct Progress {
     pub percent: f32,
     pub message: String,
     pub updated_at: SystemTime,
-}
-
-/// W3C trace context captured from the submitter.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TraceContext {
-    pub traceparent: String,
-    pub tracestate: String,
-    pub baggage: String,
-}
-
-impl TraceContext {
-    /// The 32-hex-digit trace id of a well-formed `traceparent`.
-    pub fn trace_id(&self) -> Option<&str> {
-        trace_id_of(&self.traceparent)
-    }
-
-    /// The context of a child span with id `span_id` (16 hex digits come
-    /// from it): the same trace, flags and state. A context without a
-    /// well-formed `traceparent` is returned as it is.
-    pub fn child(&self, span_id: u64) -> TraceContext {
-        let parts: Vec<&str> = self.traceparent.split('-').collect();
-        let [version, _, _, flags] = parts.as_slice() else {
-            return self.clone();
-        };
-        let Some(trace_id) = self.trace_id() else {
-            return self.clone();
-        };
-        // A span id of zero is invalid.
-        let span_id = span_id.max(1);
-        TraceContext {
-            traceparent: format!("{version}-{trace_id}-{span_id:016x}-{flags}"),
-            tracestate: self.tracestate.clone(),
-            baggage: self.baggage.clone(),
-        }
-    }
-}
-
-/// The 32-hex-digit trace id of a well-formed W3C `traceparent`.
-pub fn trace_id_of(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let _version = parts.next()?;
-    let trace_id = parts.next()?;
-    let valid = trace_id.len() == 32
-        && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())
-        && trace_id.bytes().any(|byte| byte != b'0');
-    valid.then_some(trace_id)
 }
 
 /// An executor's claim on a running task. Every lease change also bumps the

@@ -13,8 +13,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer};
 
-use super::propagation;
-use crate::engine::task::TraceContext;
+use super::propagation::{self, TraceContext};
 
 thread_local! {
     static NEXT_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };

@@ -7,11 +7,9 @@
 mod format;
 mod ids;
 pub mod metrics;
-mod otlp_encoding;
-mod otlp_export;
+mod otlp;
 mod own_spans;
 pub mod propagation;
-mod span_batches;
 
 use std::{
     cell::Cell,
@@ -30,7 +28,8 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitEx
 pub use ids::{FinishedSpan, record_span_with_context};
 pub use metrics::{metrics_handle, serve_metrics};
 
-use crate::config::LogFormat;
+/// Longest the flush of spans at exit may take.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The tracer of vowd's own spans (RPCs and attempts), set when spans are
 /// exported.
@@ -139,12 +138,23 @@ impl Telemetry {
         self.provider.is_some()
     }
 
-    /// Exports what is still buffered. Call once, at the end.
+    /// Exports what is still buffered, waiting at most [`SHUTDOWN_BOUND`]
+    /// (a collector that stopped answering must not keep vowd from
+    /// exiting). Call once, at the end.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(error) = provider.shutdown()
-        {
-            eprintln!("vowd: flushing spans failed: {error}");
+        let Some(provider) = self.provider else {
+            return;
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(provider.shutdown());
+        });
+        match finished.recv_timeout(SHUTDOWN_BOUND) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("vowd: flushing spans failed: {error}"),
+            Err(_) => eprintln!(
+                "vowd: flushing spans failed: the collector did not take them within {SHUTDOWN_BOUND:?}"
+            ),
         }
     }
 }
@@ -175,12 +185,18 @@ fn resource() -> Resource {
 
 /// Installs the global subscriber and propagator. Must run inside the Tokio
 /// runtime (the OTLP exporter and its batch processor live on it).
-pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
+pub fn init(json_logs: bool) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(propagation::propagator());
     let provider = if otlp_configured() {
-        let exporter = otlp_export::OtlpSpanExporter::new(otlp_export::OtlpConfig::from_env()?)?;
-        let batches =
-            span_batches::SpanBatches::new(exporter, span_batches::BatchConfig::from_env());
+        // tonic's and reqwest's TLS both take ring, as the client's does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let exporter = otlp::exporter()?;
+        // The SDK's batch processor, on Tokio: it reads the OTEL_BSP_* variables.
+        let batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
         Some(
             SdkTracerProvider::builder()
                 .with_id_generator(ids::PresetSpanIds::default())
@@ -220,7 +236,7 @@ pub fn init(log_format: LogFormat) -> anyhow::Result<Telemetry> {
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .fmt_fields(format::TraceIdFieldOnly);
-    let json = matches!(log_format, LogFormat::Json);
+    let json = json_logs;
     registry
         .with(logs.event_format(format::WithTrace { json }))
         .try_init()?;

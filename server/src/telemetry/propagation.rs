@@ -10,7 +10,6 @@
 
 use std::str::FromStr;
 
-use crate::engine::task::TraceContext;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
@@ -20,6 +19,54 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{IdGenerator, RandomIdGenerator},
 };
+use serde::{Deserialize, Serialize};
+
+/// W3C trace context as it travels in headers and is stored with a task:
+/// the submitter's, or an attempt's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: String,
+    pub baggage: String,
+}
+
+impl TraceContext {
+    /// The 32-hex-digit trace id of a well-formed `traceparent`.
+    pub fn trace_id(&self) -> Option<&str> {
+        trace_id_of(&self.traceparent)
+    }
+
+    /// The context of a child span with id `span_id` (16 hex digits come
+    /// from it): the same trace, flags and state. A context without a
+    /// well-formed `traceparent` is returned as it is.
+    pub fn child(&self, span_id: u64) -> TraceContext {
+        let parts: Vec<&str> = self.traceparent.split('-').collect();
+        let [version, _, _, flags] = parts.as_slice() else {
+            return self.clone();
+        };
+        let Some(trace_id) = self.trace_id() else {
+            return self.clone();
+        };
+        // A span id of zero is invalid.
+        let span_id = span_id.max(1);
+        TraceContext {
+            traceparent: format!("{version}-{trace_id}-{span_id:016x}-{flags}"),
+            tracestate: self.tracestate.clone(),
+            baggage: self.baggage.clone(),
+        }
+    }
+}
+
+/// The 32-hex-digit trace id of a well-formed W3C `traceparent`.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    let valid = trace_id.len() == 32
+        && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())
+        && trace_id.bytes().any(|byte| byte != b'0');
+    valid.then_some(trace_id)
+}
 
 /// The standard propagators: trace context and baggage.
 pub fn propagator() -> TextMapCompositePropagator {
