@@ -134,6 +134,7 @@ fn task(kind: &str) -> TaskRecord {
         lease: None,
         worker_id: String::new(),
         completed_by: None,
+        namespace: "default".into(),
     }
 }
 
@@ -151,6 +152,8 @@ fn claim(owner: &str, now: SystemTime, lease: Duration) -> ClaimRequest {
         owner: owner.into(),
         lease_duration: lease,
         kinds: ["echo", "sleep"].map(str::to_owned).into(),
+        namespace: None,
+        excluded_namespaces: Arc::from([]),
         remote: None,
     }
 }

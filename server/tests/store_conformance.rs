@@ -162,6 +162,14 @@ fn task(kind: &str) -> TaskRecord {
         lease: None,
         worker_id: String::new(),
         completed_by: None,
+        namespace: "default".into(),
+    }
+}
+
+fn task_in(namespace: &str, kind: &str) -> TaskRecord {
+    TaskRecord {
+        namespace: namespace.into(),
+        ..task(kind)
     }
 }
 
@@ -186,6 +194,8 @@ fn claim_of(kinds: &[&str], now: SystemTime, limit: usize) -> ClaimRequest {
         owner: "node-a".into(),
         lease_duration: Duration::from_secs(30),
         kinds: kinds.iter().map(|kind| (*kind).to_owned()).collect(),
+        namespace: None,
+        excluded_namespaces: Arc::from([]),
         remote: None,
     }
 }
@@ -975,6 +985,116 @@ async fn concurrent_writers_lose_no_update(backend: Backend) {
     assert_eq!(last.revision, 161);
 }
 
+/// The same idempotency key in two namespaces names two tasks; within one
+/// it deduplicates as ever.
+async fn idempotency_keys_are_per_namespace(backend: Backend) {
+    let store = backend.store;
+    let keyed = |namespace: &str| TaskRecord {
+        idempotency_key: Some("order-1".into()),
+        ..task_in(namespace, "echo")
+    };
+    let in_default = create(&store, keyed("default")).await;
+    let in_a = create(&store, keyed("team-a")).await;
+    assert_ne!(in_default.id, in_a.id);
+    assert_eq!(in_a.idempotency_key.as_deref(), Some("order-1"));
+    match store.create(keyed("team-a"), None).await.expect("a retry") {
+        CreateOutcome::Existing(existing) => assert_eq!(existing.id, in_a.id),
+        CreateOutcome::Created(_) => panic!("the same key in one namespace must deduplicate"),
+    }
+    let read = store.get(in_a.id).await.expect("get").expect("stored");
+    assert_eq!(&*read.namespace, "team-a");
+}
+
+/// Listings, claims and counts of one namespace see only its tasks, and
+/// claims pass over namespaces at their running quota without starving
+/// the others.
+async fn namespaces_scope_lists_claims_and_counts(backend: Backend) {
+    let store = backend.store;
+    let a_old = create(
+        &store,
+        TaskRecord {
+            created_at: at(0),
+            ..task_in("team-a", "echo")
+        },
+    )
+    .await;
+    let b = create(
+        &store,
+        TaskRecord {
+            created_at: at(1),
+            ..task_in("team-b", "echo")
+        },
+    )
+    .await;
+    let a_new = create(
+        &store,
+        TaskRecord {
+            created_at: at(2),
+            ..task_in("team-a", "echo")
+        },
+    )
+    .await;
+    let listed = store
+        .list(&ListQuery {
+            namespace: Some("team-a".into()),
+            page_size: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.tasks.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![a_new.id, a_old.id]
+    );
+    let counts = store.namespace_counts("team-a").await.expect("counts");
+    assert_eq!((counts.queued, counts.running), (2, 0));
+    let only_b = ClaimRequest {
+        namespace: Some("team-b".into()),
+        ..claim_request(at(10), 10)
+    };
+    let claimed = store.claim_due(&only_b).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![b.id]
+    );
+    assert_eq!(
+        store
+            .namespace_counts("team-b")
+            .await
+            .expect("counts")
+            .running,
+        1
+    );
+    let requeued = store
+        .update(
+            next(&claimed[0], |task| {
+                task.state = TaskState::Queued;
+                task.lease = None;
+            }),
+            claimed[0].revision,
+        )
+        .await
+        .expect("back in the queue");
+    let not_a = ClaimRequest {
+        excluded_namespaces: Arc::from([Arc::from("team-a")]),
+        ..claim_request(at(10), 1)
+    };
+    let claimed = store.claim_due(&not_a).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![requeued.id]
+    );
+    assert!(store.claim_due(&not_a).await.expect("claim").is_empty());
+    let claimed = store
+        .claim_due(&claim_request(at(10), 10))
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![a_old.id, a_new.id]
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -1007,6 +1127,8 @@ macro_rules! all_cases {
             claims_take_only_the_kinds_asked_for,
             remote_leases_end_at_their_attempt_deadline,
             polls_are_recorded_per_kind,
+            idempotency_keys_are_per_namespace,
+            namespaces_scope_lists_claims_and_counts,
         );
     };
 }

@@ -33,6 +33,15 @@ pub enum EngineError {
     IdempotencyConflict { key: String, existing: TaskId },
     #[error("the queue is full ({limit} tasks waiting); retry later")]
     QueueFull { limit: usize, retry_after: Duration },
+    /// A quota or a listener limit was reached.
+    #[error("{description}")]
+    QuotaExceeded {
+        reason: &'static str,
+        /// Whose quota, as `QuotaFailure` names it (`namespace:team-a`).
+        subject: String,
+        description: String,
+        retry_after: Duration,
+    },
     #[error("{message}")]
     FailedPrecondition {
         reason: &'static str,
@@ -59,6 +68,7 @@ impl EngineError {
             Self::NotFound(_) => "TASK_NOT_FOUND",
             Self::IdempotencyConflict { .. } => "IDEMPOTENCY_KEY_REUSED",
             Self::QueueFull { .. } => "QUEUE_FULL",
+            Self::QuotaExceeded { reason, .. } => reason,
             Self::FailedPrecondition { reason, .. } => reason,
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",

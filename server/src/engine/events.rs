@@ -21,14 +21,19 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
 use tokio::sync::broadcast;
 
-use super::task::{TaskId, TaskRecord};
+use super::{
+    EngineError,
+    namespace::Scope,
+    quota::{self, ListenerLimits, Quotas, SharedQuotas},
+    task::{TaskId, TaskRecord},
+};
 use crate::store::ChangeFeed;
 
 /// Changes buffered per topic for listeners that are briefly behind; one who
@@ -159,22 +164,50 @@ impl Topics {
 /// Fan-out of task changes to whoever listens in this process.
 pub struct EventHub {
     topics: Mutex<Topics>,
+    /// Every namespace's changes, for listeners of every namespace.
     firehose: broadcast::Sender<FirehoseEvent>,
+    /// One namespace's changes each: a busy namespace fills its own
+    /// channel, and never makes another namespace's listeners lag.
+    namespace_firehoses: RwLock<HashMap<Arc<str>, broadcast::Sender<FirehoseEvent>>>,
     history_len: usize,
     live_waiters: AtomicUsize,
     live_watchers: AtomicUsize,
+    /// Open listeners per namespace, against their quotas.
+    namespace_listeners: Mutex<HashMap<Arc<str>, [usize; 2]>>,
+    limits: ListenerLimits,
+    quotas: SharedQuotas,
 }
 
 impl EventHub {
-    /// A hub keeping up to `history_len` changes per watched task.
+    /// A hub keeping up to `history_len` changes per watched task, with the
+    /// default listener limits and no quotas.
     pub fn new(history_len: usize) -> Self {
+        Self::with_limits(history_len, ListenerLimits::default())
+    }
+
+    /// A hub whose open listeners are bounded by `limits`.
+    pub fn with_limits(history_len: usize, limits: ListenerLimits) -> Self {
         Self {
             topics: Mutex::default(),
             firehose: broadcast::channel(FIREHOSE_CAPACITY).0,
+            namespace_firehoses: RwLock::default(),
             history_len: history_len.max(1),
             live_waiters: AtomicUsize::new(0),
             live_watchers: AtomicUsize::new(0),
+            namespace_listeners: Mutex::default(),
+            limits,
+            quotas: SharedQuotas::default(),
         }
+    }
+
+    /// The namespaces' quotas, which the engine reads as well.
+    pub fn quotas(&self) -> &SharedQuotas {
+        &self.quotas
+    }
+
+    /// Replaces every namespace's quota (the auth file changed).
+    pub fn set_quotas(&self, quotas: Quotas) {
+        self.quotas.store(Arc::new(quotas));
     }
 
     fn topics(&self) -> std::sync::MutexGuard<'_, Topics> {
@@ -221,21 +254,50 @@ impl EventHub {
         (subscription, history)
     }
 
-    /// Starts listening to every task's changes.
-    pub fn subscribe_all(&self) -> AllTasksSubscription {
-        AllTasksSubscription {
-            receiver: self.firehose.subscribe(),
+    /// Starts listening to the changes of every task `scope` sees.
+    pub fn subscribe_all(&self, scope: &Scope) -> AllTasksSubscription {
+        let Some(namespace) = scope.only() else {
+            return AllTasksSubscription {
+                receiver: self.firehose.subscribe(),
+            };
+        };
+        if let Some(sender) = self.read_namespace_firehoses().get(namespace) {
+            return AllTasksSubscription {
+                receiver: sender.subscribe(),
+            };
         }
+        let mut firehoses = self
+            .namespace_firehoses
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Channels nobody listens to any more go when a new one opens, so
+        // they number at most the namespaces listened to at once.
+        firehoses.retain(|_, sender| sender.receiver_count() > 0);
+        let receiver = firehoses
+            .entry(namespace.clone())
+            .or_insert_with(|| broadcast::channel(FIREHOSE_CAPACITY).0)
+            .subscribe();
+        AllTasksSubscription { receiver }
     }
 
-    /// Counts a waiter (Await, Run, AwaitMany) until the guard drops.
-    pub fn waiter_guard(self: &Arc<Self>) -> GaugeGuard {
-        GaugeGuard::new(self.clone(), Gauge::Waiters)
+    fn read_namespace_firehoses(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, broadcast::Sender<FirehoseEvent>>> {
+        self.namespace_firehoses
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts a watcher (Watch stream) until the guard drops.
-    pub fn watcher_guard(self: &Arc<Self>) -> GaugeGuard {
-        GaugeGuard::new(self.clone(), Gauge::Watchers)
+    /// Counts a waiter (Await, Run, AwaitMany) of `namespace` until the
+    /// guard drops; refused past the process's or the namespace's limit.
+    pub fn waiter_guard(self: &Arc<Self>, namespace: &str) -> Result<GaugeGuard, EngineError> {
+        GaugeGuard::new(self.clone(), Gauge::Waiters, namespace)
+    }
+
+    /// Counts a watcher (Watch stream) of `namespace` until the guard
+    /// drops; refused past the process's or the namespace's limit.
+    pub fn watcher_guard(self: &Arc<Self>, namespace: &str) -> Result<GaugeGuard, EngineError> {
+        GaugeGuard::new(self.clone(), Gauge::Watchers, namespace)
     }
 
     /// Waiters alive now.
@@ -256,6 +318,14 @@ impl EventHub {
     /// Topics open now (tasks with listeners, or unfinished with history).
     pub fn open_topics(&self) -> usize {
         self.topics().live.len()
+    }
+
+    /// Tells every all-task listener, of any namespace.
+    fn broadcast(&self, event: FirehoseEvent) {
+        for sender in self.read_namespace_firehoses().values() {
+            let _ = sender.send(event.clone());
+        }
+        let _ = self.firehose.send(event);
     }
 
     fn gauge(&self, gauge: Gauge) -> &AtomicUsize {
@@ -301,6 +371,11 @@ impl ChangeFeed for EventHub {
         if self.firehose.receiver_count() > 0 {
             let _ = self.firehose.send(FirehoseEvent::Changed(task.clone()));
         }
+        if let Some(sender) = self.read_namespace_firehoses().get(&task.namespace)
+            && sender.receiver_count() > 0
+        {
+            let _ = sender.send(FirehoseEvent::Changed(task.clone()));
+        }
     }
 
     fn deleted(&self, id: TaskId) {
@@ -323,7 +398,7 @@ impl ChangeFeed for EventHub {
             }
             topics.count_topics();
         }
-        let _ = self.firehose.send(FirehoseEvent::Resync(Some(ids.into())));
+        self.broadcast(FirehoseEvent::Resync(Some(ids.into())));
     }
 
     fn resync_all(&self) {
@@ -333,7 +408,7 @@ impl ChangeFeed for EventHub {
             topics.retired = RetiredHistories::default();
             topics.count_topics();
         }
-        let _ = self.firehose.send(FirehoseEvent::Resync(None));
+        self.broadcast(FirehoseEvent::Resync(None));
     }
 }
 
@@ -373,6 +448,7 @@ enum Gauge {
 pub struct GaugeGuard {
     hub: Arc<EventHub>,
     gauge: Gauge,
+    namespace: Arc<str>,
 }
 
 impl Gauge {
@@ -382,19 +458,100 @@ impl Gauge {
             Gauge::Watchers => "vow_live_watchers",
         }
     }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Gauge::Waiters => "waits (Await, AwaitMany, Run)",
+            Gauge::Watchers => "Watch streams",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Gauge::Waiters => 0,
+            Gauge::Watchers => 1,
+        }
+    }
+
+    fn process_limit(self, limits: &ListenerLimits) -> usize {
+        match self {
+            Gauge::Waiters => limits.max_waiters,
+            Gauge::Watchers => limits.max_watchers,
+        }
+    }
+
+    fn namespace_limit(self, quotas: &Quotas, namespace: &str) -> Option<usize> {
+        let quota = quotas.of(namespace);
+        match self {
+            Gauge::Waiters => quota.max_waiters,
+            Gauge::Watchers => quota.max_watchers,
+        }
+    }
 }
 
 impl GaugeGuard {
-    fn new(hub: Arc<EventHub>, gauge: Gauge) -> Self {
-        hub.gauge(gauge).fetch_add(1, Ordering::Relaxed);
+    fn new(hub: Arc<EventHub>, gauge: Gauge, namespace: &str) -> Result<Self, EngineError> {
+        let limit = gauge.process_limit(&hub.limits);
+        if hub.gauge(gauge).fetch_add(1, Ordering::Relaxed) >= limit {
+            hub.gauge(gauge).fetch_sub(1, Ordering::Relaxed);
+            return Err(quota::listeners_exhausted(
+                gauge.plural(),
+                "vowd".into(),
+                limit,
+            ));
+        }
+        let namespace_limit = gauge.namespace_limit(&hub.quotas.load(), namespace);
+        let namespace = {
+            let mut open = hub
+                .namespace_listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let entry = match open.get_key_value(namespace) {
+                Some((key, _)) => key.clone(),
+                None => {
+                    let key: Arc<str> = namespace.into();
+                    open.insert(key.clone(), [0; 2]);
+                    key
+                }
+            };
+            let count = &mut open.get_mut(&entry).expect("just found")[gauge.index()];
+            if namespace_limit.is_some_and(|limit| *count >= limit) {
+                drop(open);
+                hub.gauge(gauge).fetch_sub(1, Ordering::Relaxed);
+                return Err(quota::listeners_exhausted(
+                    gauge.plural(),
+                    format!("namespace:{namespace}"),
+                    namespace_limit.unwrap_or_default(),
+                ));
+            }
+            *count += 1;
+            entry
+        };
         metrics::gauge!(gauge.metric_name()).increment(1.0);
-        Self { hub, gauge }
+        Ok(Self {
+            hub,
+            gauge,
+            namespace,
+        })
     }
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.hub.gauge(self.gauge).fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut open = self
+                .hub
+                .namespace_listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(counts) = open.get_mut(&self.namespace) {
+                counts[self.gauge.index()] -= 1;
+                if *counts == [0, 0] {
+                    open.remove(&self.namespace);
+                }
+            }
+        }
         metrics::gauge!(self.gauge.metric_name()).decrement(1.0);
     }
 }
@@ -469,7 +626,7 @@ mod tests {
         let hub = Arc::new(EventHub::new(16));
         let watched = task(2, false);
         let mut subscription = hub.subscribe(watched.id);
-        let mut all = hub.subscribe_all();
+        let mut all = hub.subscribe_all(&Scope::All);
         hub.resync(&[watched.id]);
         assert!(matches!(
             subscription.recv().await,

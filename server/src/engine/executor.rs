@@ -119,7 +119,7 @@ pub(super) async fn dispatch_loop(engine: Engine) {
 /// became claimable wakes the dispatcher; a cancel asked of another replica
 /// stops the attempt running here. Own changes pass through harmlessly.
 pub(super) async fn follow_other_writers(engine: Engine) {
-    let mut changes = engine.inner.hub.subscribe_all();
+    let mut changes = engine.inner.hub.subscribe_all(&super::Scope::All);
     loop {
         let change = tokio::select! {
             change = changes.recv() => change,
@@ -146,7 +146,7 @@ pub(super) async fn follow_other_writers(engine: Engine) {
                     .filter(|id| ids.as_ref().is_none_or(|ids| ids.contains(id)))
                     .collect();
                 for id in running {
-                    if let Ok(task) = engine.get(id).await
+                    if let Ok(task) = engine.read(id).await
                         && task.cancel_requested
                     {
                         engine
@@ -170,7 +170,9 @@ async fn claim(
     limit: usize,
 ) -> Result<Vec<(TaskEvent, Arc<RunningAttempt>)>, StoreError> {
     let inner = &engine.inner;
-    let claimed = inner.store.claim_due(&engine.claim_request(limit)).await?;
+    let mut request = engine.claim_request(limit);
+    request.excluded_namespaces = engine.namespaces_at_running_quota().await?;
+    let claimed = inner.store.claim_due(&request).await?;
     let mut running = engine.lock_running();
     Ok(claimed
         .into_iter()
@@ -622,6 +624,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::engine::Scope;
     use crate::{
         engine::{
             EngineConfig, EventHub, Handler, HandlerContext, HandlerRegistry,
@@ -754,6 +757,9 @@ mod tests {
         async fn kind_counts(&self) -> Result<BTreeMap<String, KindCounts>, StoreError> {
             self.0.kind_counts().await
         }
+        async fn namespace_counts(&self, namespace: &str) -> Result<KindCounts, StoreError> {
+            self.0.namespace_counts(namespace).await
+        }
         async fn record_poll(&self, kinds: &[String], at: SystemTime) -> Result<(), StoreError> {
             self.0.record_poll(kinds, at).await
         }
@@ -781,7 +787,12 @@ mod tests {
             kind: "quits".into(),
             ..SubmitSpec::default()
         };
-        assert!(engine.submit(spec, TraceContext::default()).await.is_err());
+        assert!(
+            engine
+                .submit(&Scope::default(), spec, TraceContext::default())
+                .await
+                .is_err()
+        );
         tokio::time::timeout(Duration::from_secs(10), async {
             while engine.running_count() > 0 || engine.inner.slots.available_permits() < slots {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -808,7 +819,7 @@ mod tests {
                 ..SubmitSpec::default()
             };
             let id = engine
-                .submit(spec, TraceContext::default())
+                .submit(&Scope::default(), spec, TraceContext::default())
                 .await
                 .expect("submit")
                 .task
@@ -817,7 +828,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             engine.shutdown(Duration::ZERO).await;
-            let task = engine.get(id).await.expect("get");
+            let task = engine.read(id).await.expect("get");
             assert_eq!(task.state, TaskState::Queued, "handed back, not failed");
             assert_eq!(task.attempt, 1);
         }
@@ -860,7 +871,7 @@ mod tests {
             ..SubmitSpec::default()
         };
         engine
-            .submit(spec, TraceContext::default())
+            .submit(&Scope::default(), spec, TraceContext::default())
             .await
             .expect("submit")
             .task
@@ -878,7 +889,7 @@ mod tests {
         let (engine, runs) = engine_on(faults, EngineConfig::default()).await;
         let id = submit_once(&engine).await;
         let awaited = engine
-            .await_task(id, Duration::from_secs(10))
+            .await_task(&Scope::default(), id, Duration::from_secs(10))
             .await
             .expect("await");
         assert!(awaited.done);
@@ -906,7 +917,7 @@ mod tests {
         let id = submit_once(&engine).await;
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                let task = engine.get(id).await.expect("get");
+                let task = engine.read(id).await.expect("get");
                 let idle = engine.inner.slots.available_permits() == slots;
                 if task.state == TaskState::Failed && idle {
                     let error = task.error.as_ref().expect("an error");

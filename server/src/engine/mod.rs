@@ -8,6 +8,8 @@
 pub mod error;
 pub mod events;
 pub mod kinds;
+pub mod namespace;
+pub mod quota;
 pub mod retry;
 pub mod task;
 pub mod transitions;
@@ -43,6 +45,7 @@ pub mod handler {
     pub use vow_handler::*;
 }
 pub use kinds::{KindSettings, Kinds, KindsError};
+pub use namespace::Scope;
 use retry::RetryPolicy;
 use task::{SubmitSpec, TaskDeadline, TaskId, TaskRecord, TaskState, TraceContext};
 
@@ -316,10 +319,11 @@ impl Engine {
     /// Accepts a task. It is stored before this returns.
     pub async fn submit(
         &self,
+        scope: &Scope,
         spec: SubmitSpec,
         trace: TraceContext,
     ) -> Result<Submitted, EngineError> {
-        let record = self.new_submission(spec, trace, None)?;
+        let record = self.new_submission(scope, spec, trace, None)?;
         self.store_submission(record).await
     }
 
@@ -327,6 +331,7 @@ impl Engine {
     /// is also bounded by `deadline_bound`.
     fn new_submission(
         &self,
+        scope: &Scope,
         spec: SubmitSpec,
         trace: TraceContext,
         deadline_bound: Option<SystemTime>,
@@ -342,7 +347,7 @@ impl Engine {
             &self.inner.handlers,
             now,
         )?;
-        Ok(self.new_record(spec, trace, deadline_bound, now))
+        Ok(self.new_record(scope.home(), spec, trace, deadline_bound, now))
     }
 
     /// Stores a new task (or finds the one its idempotency key names).
@@ -350,6 +355,45 @@ impl Engine {
         let now = SystemTime::now();
         let idempotency_key = record.idempotency_key.clone();
         let max_queued = Some(self.inner.config.max_queued_tasks);
+        let quota = self.inner.hub.quotas().load().of(&record.namespace);
+        if let Some(limit) = quota.max_queued
+            && self
+                .inner
+                .store
+                .namespace_counts(&record.namespace)
+                .await?
+                .queued
+                >= limit
+        {
+            if idempotency_key.is_none() {
+                return Err(quota::queue_quota_exceeded(&record.namespace, limit));
+            }
+            // The store still answers a retry of a request it already holds;
+            // anything new is refused as over the quota.
+            return match self.inner.store.create(record.clone(), Some(0)).await {
+                Ok(CreateOutcome::Existing(task)) => Ok(Submitted {
+                    task,
+                    deduplicated: true,
+                }),
+                Err(StoreError::IdempotencyMismatch { existing }) => {
+                    Err(EngineError::IdempotencyConflict {
+                        key: idempotency_key.unwrap_or_default(),
+                        existing,
+                    })
+                }
+                Err(StoreError::QueueFull { .. }) | Ok(CreateOutcome::Created(_)) => {
+                    Err(quota::queue_quota_exceeded(&record.namespace, limit))
+                }
+                Err(other) => Err(other.into()),
+            };
+        }
+        if quota.max_running.is_some() {
+            // Started only by a claim, which counts the namespace's attempts.
+            return self.finish_submission(
+                self.inner.store.create(record, max_queued).await,
+                idempotency_key,
+            );
+        }
         let created = match self.reserve_attempt(&record, now) {
             Some(reserved) => {
                 let (task_id, attempt) = (reserved.task_id, reserved.attempt.clone());
@@ -369,6 +413,15 @@ impl Engine {
             }
             None => self.inner.store.create(record, max_queued).await,
         };
+        self.finish_submission(created, idempotency_key)
+    }
+
+    /// What a Submit answers once the store has spoken.
+    fn finish_submission(
+        &self,
+        created: Result<CreateOutcome, StoreError>,
+        idempotency_key: Option<String>,
+    ) -> Result<Submitted, EngineError> {
         let outcome = created.map_err(|error| match error {
             StoreError::IdempotencyMismatch { existing } => EngineError::IdempotencyConflict {
                 key: idempotency_key.unwrap_or_default(),
@@ -444,8 +497,30 @@ impl Engine {
             owner: self.inner.config.node_id.clone(),
             lease_duration: self.inner.config.lease_duration,
             kinds: self.inner.kinds.local().clone(),
+            namespace: None,
+            excluded_namespaces: Arc::from([]),
             remote: None,
         }
+    }
+
+    /// The namespaces whose running attempts reached their quota now, so
+    /// claims pass over their tasks. Counted per claim, and only for
+    /// namespaces that have such a quota; a claim of several tasks may go
+    /// past a quota by the rest of its batch.
+    async fn namespaces_at_running_quota(&self) -> Result<Arc<[Arc<str>]>, StoreError> {
+        let quotas = self.inner.hub.quotas().load_full();
+        if !quotas.caps_running() {
+            return Ok(Arc::from([]));
+        }
+        let mut full = Vec::new();
+        for (namespace, quota) in &quotas.namespaces {
+            if let Some(limit) = quota.max_running
+                && self.inner.store.namespace_counts(namespace).await?.running >= limit
+            {
+                full.push(Arc::from(namespace.as_str()));
+            }
+        }
+        Ok(full.into())
     }
 
     /// Tells whoever runs a task that became claimable: the dispatcher, or
@@ -460,6 +535,7 @@ impl Engine {
 
     fn new_record(
         &self,
+        namespace: &str,
         spec: SubmitSpec,
         trace: TraceContext,
         deadline_bound: Option<SystemTime>,
@@ -522,6 +598,7 @@ impl Engine {
             lease: None,
             worker_id: String::new(),
             completed_by: None,
+            namespace: namespace.into(),
         }
     }
 
@@ -531,8 +608,19 @@ impl Engine {
         Duration::from_secs(1)
     }
 
-    /// The current snapshot of a task.
-    pub async fn get(&self, id: TaskId) -> Result<TaskEvent, EngineError> {
+    /// The current snapshot of a task the caller may see; another
+    /// namespace's task is not found, as if it did not exist.
+    pub async fn get(&self, scope: &Scope, id: TaskId) -> Result<TaskEvent, EngineError> {
+        let task = self.read(id).await?;
+        if scope.sees(&task.namespace) {
+            Ok(task)
+        } else {
+            Err(EngineError::NotFound(id))
+        }
+    }
+
+    /// The current snapshot of a task, whatever its namespace.
+    pub(crate) async fn read(&self, id: TaskId) -> Result<TaskEvent, EngineError> {
         self.inner
             .store
             .get(id)
@@ -543,21 +631,27 @@ impl Engine {
     /// Waits up to `wait` (capped by the server's max wait) for a task to be
     /// terminal. Never reports an unfinished task as failed: at the bound it
     /// returns `done = false` with the latest snapshot.
-    pub async fn await_task(&self, id: TaskId, wait: Duration) -> Result<Awaited, EngineError> {
-        self.wait_terminal(id, Some(wait.min(self.inner.config.max_await)))
+    pub async fn await_task(
+        &self,
+        scope: &Scope,
+        id: TaskId,
+        wait: Duration,
+    ) -> Result<Awaited, EngineError> {
+        self.wait_terminal(scope, id, Some(wait.min(self.inner.config.max_await)))
             .await
     }
 
-    /// Waits for a task to be terminal, for at most `wait` if given.
+    /// Waits for a task of `scope` to be terminal, for at most `wait` if given.
     async fn wait_terminal(
         &self,
+        scope: &Scope,
         id: TaskId,
         wait: Option<Duration>,
     ) -> Result<Awaited, EngineError> {
-        let _waiter = self.inner.hub.waiter_guard();
         let wait_until = wait.map(|wait| tokio::time::Instant::now() + wait);
         // A task already finished needs no subscription.
-        let finished = self.get(id).await?;
+        let finished = self.get(scope, id).await?;
+        let _waiter = self.inner.hub.waiter_guard(&finished.namespace)?;
         if finished.is_terminal() {
             return Ok(Awaited {
                 task: finished,
@@ -566,7 +660,7 @@ impl Engine {
         }
         let mut subscription = self.inner.hub.subscribe(id);
         // Read again now that changes are followed: none can fall in between.
-        let mut latest = self.get(id).await?;
+        let mut latest = self.read(id).await?;
         loop {
             if latest.is_terminal() {
                 return Ok(Awaited {
@@ -616,11 +710,11 @@ impl Engine {
         let mut backoff = REREAD_FIRST_BACKOFF;
         loop {
             let read = match until {
-                Some(until) => match tokio::time::timeout_at(until, self.get(id)).await {
+                Some(until) => match tokio::time::timeout_at(until, self.read(id)).await {
                     Ok(read) => read,
                     Err(_) => return Ok(None),
                 },
-                None => self.get(id).await,
+                None => self.read(id).await,
             };
             match read {
                 Ok(task) => return Ok(Some(task)),
@@ -645,12 +739,13 @@ impl Engine {
     /// task is being stored.
     pub async fn run(
         &self,
+        scope: &Scope,
         spec: SubmitSpec,
         trace: TraceContext,
         call_deadline: Option<SystemTime>,
         wait: Option<Duration>,
     ) -> Result<Awaited, EngineError> {
-        let record = self.new_submission(spec, trace, call_deadline)?;
+        let record = self.new_submission(scope, spec, trace, call_deadline)?;
         let record_id = record.id;
         // The write runs on its own, so that a caller going away meanwhile
         // leaves the guard a settled outcome to act on.
@@ -695,7 +790,7 @@ impl Engine {
         cancel_on_drop.task = RunTask::Stored(id);
         // A deduplicated run belongs to the caller that created it.
         cancel_on_drop.armed = !submitted.deduplicated;
-        let awaited = self.wait_terminal(id, wait).await?;
+        let awaited = self.wait_terminal(scope, id, wait).await?;
         // A task that outlives its call is cancelled as the guard drops.
         cancel_on_drop.armed &= !awaited.done;
         Ok(awaited)
@@ -706,7 +801,14 @@ impl Engine {
     /// heartbeat), and the task ends CANCELLED whatever the attempt returns.
     /// A running task whose lease has lapsed (its executor is gone) ends at
     /// once. Finished tasks are returned unchanged.
-    pub async fn cancel(&self, id: TaskId, reason: &str) -> Result<TaskEvent, EngineError> {
+    pub async fn cancel(
+        &self,
+        scope: &Scope,
+        id: TaskId,
+        reason: &str,
+    ) -> Result<TaskEvent, EngineError> {
+        // The namespace never changes, so one look before the write is enough.
+        self.get(scope, id).await?;
         let now = SystemTime::now();
         let task = self
             .update_task(id, |task| {
@@ -736,11 +838,12 @@ impl Engine {
     /// up to `wait` for that (the attempt's own stop, or its lease lapsing).
     pub async fn delete(
         &self,
+        scope: &Scope,
         id: TaskId,
         cancel_if_running: bool,
         wait: Duration,
     ) -> Result<(), EngineError> {
-        let task = self.get(id).await?;
+        let task = self.get(scope, id).await?;
         if !task.is_terminal() {
             if !cancel_if_running {
                 return Err(EngineError::FailedPrecondition {
@@ -751,8 +854,8 @@ impl Engine {
                     ),
                 });
             }
-            self.cancel(id, "deleted").await?;
-            let stopped = self.wait_terminal(id, Some(wait)).await?;
+            self.cancel(scope, id, "deleted").await?;
+            let stopped = self.wait_terminal(scope, id, Some(wait)).await?;
             if !stopped.done {
                 return Err(EngineError::FailedPrecondition {
                     reason: "TASK_STILL_STOPPING",
@@ -768,9 +871,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Lists tasks newest first.
-    pub async fn list(&self, query: &ListQuery) -> Result<ListPage, EngineError> {
-        Ok(self.inner.store.list(query).await?)
+    /// Lists the tasks of `scope` newest first.
+    pub async fn list(&self, scope: &Scope, query: &ListQuery) -> Result<ListPage, EngineError> {
+        let query = ListQuery {
+            namespace: scope.only().cloned(),
+            ..query.clone()
+        };
+        Ok(self.inner.store.list(&query).await?)
     }
 
     /// Drains and stops: refuses new tasks, stops claiming, lets running
@@ -956,7 +1063,10 @@ impl Drop for CancelOnDrop {
             let mut backoff = REREAD_FIRST_BACKOFF;
             let give_up_at = tokio::time::Instant::now() + ABANDONED_RUN_CANCEL_BOUND;
             loop {
-                match engine.cancel(id, "the Run caller went away").await {
+                match engine
+                    .cancel(&Scope::All, id, "the Run caller went away")
+                    .await
+                {
                     Ok(_) | Err(EngineError::NotFound(_)) => return,
                     Err(EngineError::StorageUnavailable(_))
                         if tokio::time::Instant::now() + backoff < give_up_at =>

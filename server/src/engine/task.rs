@@ -185,6 +185,13 @@ pub struct TaskRecord {
     /// worker repeating its Complete gets the same answer.
     #[serde(default)]
     pub completed_by: Option<Completion>,
+    /// Records written before namespaces existed read as the default one.
+    #[serde(default = "default_namespace")]
+    pub namespace: Arc<str>,
+}
+
+fn default_namespace() -> Arc<str> {
+    super::namespace::DEFAULT_NAMESPACE.into()
 }
 
 /// A remote Complete that was applied: its fencing token and a digest of
@@ -211,6 +218,13 @@ impl TaskRecord {
     /// The trace id of the submitter's context, if any.
     pub fn trace_id(&self) -> Option<&str> {
         self.trace.trace_id()
+    }
+
+    /// What the stores keep unique: the idempotency key in its namespace.
+    pub fn idempotency_index_key(&self) -> Option<(Arc<str>, String)> {
+        self.idempotency_key
+            .clone()
+            .map(|key| (self.namespace.clone(), key))
     }
 }
 

@@ -316,6 +316,7 @@ pub(crate) mod tests {
             lease: None,
             worker_id: String::new(),
             completed_by: None,
+            namespace: "default".into(),
         }
     }
 

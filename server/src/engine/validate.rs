@@ -170,12 +170,13 @@ pub fn validate(
         }
         _ => {}
     }
+    // PostgreSQL's text cannot hold a NUL.
     if let Some(key) = &spec.idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || key.contains('\0'))
     {
         violation(
             "idempotency_key",
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, without NUL"),
         );
     }
 

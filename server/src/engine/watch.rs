@@ -11,7 +11,7 @@ use futures::Stream;
 use tokio::time::Instant;
 
 use super::{
-    Engine, EngineError, TaskEvent,
+    Engine, EngineError, Scope, TaskEvent,
     events::AllTasksEvent,
     sleep_until_opt,
     task::{TaskId, TaskState},
@@ -102,6 +102,7 @@ impl Engine {
     /// Also returns the task as read when the watch started.
     pub async fn watch_task(
         &self,
+        scope: &Scope,
         id: TaskId,
         after_revision: u64,
         limits: WatchLimits,
@@ -113,9 +114,12 @@ impl Engine {
         EngineError,
     > {
         let engine = self.clone();
-        let watcher = self.inner.hub.watcher_guard();
+        // Looked at before subscribing, so an id of another namespace
+        // leaves no topic behind; the snapshot is read after.
+        let seen = self.get(scope, id).await?;
+        let watcher = self.inner.hub.watcher_guard(&seen.namespace)?;
         let (mut subscription, history) = self.inner.hub.subscribe_with_history(id);
-        let current = self.get(id).await?;
+        let current = self.read(id).await?;
         let started = current.clone();
         let events = async_stream::try_stream! {
             let _watcher = watcher;
@@ -182,15 +186,17 @@ impl Engine {
     /// snapshot of the matching unfinished tasks. Ends at `limits.until`.
     pub async fn watch_filtered(
         &self,
+        scope: &Scope,
         filter: WatchFilter,
         limits: WatchLimits,
     ) -> Result<impl Stream<Item = Result<WatchEvent, EngineError>> + Send + 'static, EngineError>
     {
         let engine = self.clone();
-        let watcher = self.inner.hub.watcher_guard();
-        let mut changes = self.inner.hub.subscribe_all();
+        let watcher = self.inner.hub.watcher_guard(scope.home())?;
+        let mut changes = self.inner.hub.subscribe_all(scope);
         let unfinished = [TaskState::Queued, TaskState::Running, TaskState::RetryWait];
         let query = ListQuery {
+            namespace: None,
             states: if filter.states.is_empty() {
                 unfinished.to_vec()
             } else {
@@ -209,7 +215,7 @@ impl Engine {
         let opening = if query.states.is_empty() {
             Vec::new()
         } else {
-            self.list(&query).await?.tasks
+            self.list(scope, &query).await?.tasks
         };
         Ok(async_stream::try_stream! {
             let _watcher = watcher;
@@ -256,23 +262,25 @@ impl Engine {
     /// (capped by the server's max wait).
     pub async fn await_many(
         &self,
+        scope: &Scope,
         ids: &[TaskId],
         mode: AwaitMode,
         wait: Duration,
     ) -> Result<AwaitedMany, EngineError> {
-        let _waiter = self.inner.hub.waiter_guard();
+        let _waiter = self.inner.hub.waiter_guard(scope.home())?;
         let wait_until = Instant::now() + wait.min(self.inner.config.max_await);
-        let mut changes = self.inner.hub.subscribe_all();
+        let mut changes = self.inner.hub.subscribe_all(scope);
         let mut latest: HashMap<TaskId, TaskEvent> = HashMap::with_capacity(ids.len());
         let mut not_found = Vec::new();
         let mut seen = HashSet::with_capacity(ids.len());
         let requested: Vec<TaskId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
         for &id in &requested {
             match self.inner.store.get(id).await? {
-                Some(task) => {
+                // Another namespace's task is reported as unknown.
+                Some(task) if scope.sees(&task.namespace) => {
                     latest.insert(id, task);
                 }
-                None => not_found.push(id),
+                _ => not_found.push(id),
             }
         }
         let is_done = |latest: &HashMap<TaskId, TaskEvent>| {

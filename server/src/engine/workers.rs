@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::{
-    Engine, EngineError, Mutation, TaskEvent,
+    Engine, EngineError, Mutation, Scope, TaskEvent,
     task::{
         Completion, Payload, Progress, RemoteAttempt, TaskError, TaskId, TaskRecord, TaskState,
         TraceContext,
@@ -216,6 +216,8 @@ fn lease_lost(message: impl Into<String>) -> EngineError {
 /// What a worker asks of Poll.
 #[derive(Clone, Debug)]
 pub struct PollSpec {
+    /// Whose tasks the worker may lease.
+    pub scope: Scope,
     pub kinds: Vec<String>,
     pub worker_id: String,
     pub max_tasks: usize,
@@ -328,11 +330,19 @@ impl Engine {
             if self.inner.stop_dispatch.is_cancelled() {
                 return Ok(Vec::new());
             }
-            let claimed = self
-                .inner
-                .store
-                .claim_due(&self.remote_claim(&spec, &kinds))
-                .await?;
+            let mut claim = self.remote_claim(&spec, &kinds);
+            claim.excluded_namespaces = self.namespaces_at_running_quota().await?;
+            if let Some(namespace) = &claim.namespace
+                && let Some(limit) = self.inner.hub.quotas().load().of(namespace).max_running
+            {
+                let running = self.inner.store.namespace_counts(namespace).await?.running;
+                claim.limit = claim.limit.min(limit.saturating_sub(running));
+            }
+            let claimed = if claim.limit == 0 {
+                Vec::new()
+            } else {
+                self.inner.store.claim_due(&claim).await?
+            };
             if !claimed.is_empty() {
                 record::poll_ended(true, started.elapsed());
                 return Ok(claimed
@@ -425,6 +435,8 @@ impl Engine {
                 .lease_duration
                 .unwrap_or(self.inner.config.lease_duration),
             kinds: kinds.clone(),
+            namespace: spec.scope.only().cloned(),
+            excluded_namespaces: Arc::from([]),
             remote: Some(RemoteClaim {
                 deadline_grace: self.inner.config.cancel_grace,
             }),
@@ -453,22 +465,24 @@ impl Engine {
     /// than the progress interval, and tells whether a cancel was asked.
     pub async fn heartbeat(
         &self,
+        scope: &Scope,
         token: &str,
         progress: Option<(f32, String)>,
     ) -> Result<Renewal, EngineError> {
-        let result = self.renew(token, progress).await;
+        let result = self.renew(scope, token, progress).await;
         record::worker_call("Heartbeat", call_result(&result));
         result
     }
 
     async fn renew(
         &self,
+        scope: &Scope,
         token: &str,
         progress: Option<(f32, String)>,
     ) -> Result<Renewal, EngineError> {
         let token: LeaseToken = token.parse()?;
         let now = SystemTime::now();
-        let task = match self.get(token.task_id).await {
+        let task = match self.get(scope, token.task_id).await {
             Ok(task) => task,
             Err(EngineError::NotFound(_)) => return Err(lease_lost("the task was deleted")),
             Err(error) => return Err(error),
@@ -556,10 +570,11 @@ impl Engine {
     /// Complete repeated (same token, same outcome) answers as the first.
     pub async fn complete(
         &self,
+        scope: &Scope,
         token: &str,
         outcome: RemoteOutcome,
     ) -> Result<TaskEvent, EngineError> {
-        let result = self.apply_completion(token, outcome).await;
+        let result = self.apply_completion(scope, token, outcome).await;
         let label = match &result {
             Ok((_, false)) => "repeated",
             Ok((_, true)) => "ok",
@@ -572,10 +587,16 @@ impl Engine {
     /// The task after the Complete, and whether this call applied it.
     async fn apply_completion(
         &self,
+        scope: &Scope,
         token: &str,
         outcome: RemoteOutcome,
     ) -> Result<(TaskEvent, bool), EngineError> {
         let token: LeaseToken = token.parse()?;
+        // Another namespace's lease is as good as lost; the namespace never
+        // changes, so one look before the write is enough.
+        if let Err(EngineError::NotFound(_)) = self.get(scope, token.task_id).await {
+            return Err(lease_lost("the task was deleted"));
+        }
         if let RemoteOutcome::Output(output) = &outcome {
             let size = output.encoded_len();
             let limit = self.inner.config.max_input_bytes;
@@ -654,7 +675,12 @@ impl Engine {
     /// Hands leases back unfinished: each task is due again at once, its
     /// attempt not counted. Tokens whose lease is lost are skipped; returns
     /// how many were released.
-    pub async fn release(&self, tokens: &[String], reason: &str) -> Result<usize, EngineError> {
+    pub async fn release(
+        &self,
+        scope: &Scope,
+        tokens: &[String],
+        reason: &str,
+    ) -> Result<usize, EngineError> {
         let tokens: Vec<LeaseToken> = tokens
             .iter()
             .map(|token| token.parse())
@@ -664,7 +690,7 @@ impl Engine {
             let mut applied = false;
             let task = match self
                 .update_task(token.task_id, |task| {
-                    applied = token.holds(task, SystemTime::now());
+                    applied = scope.sees(&task.namespace) && token.holds(task, SystemTime::now());
                     if !applied {
                         return Mutation::Keep;
                     }

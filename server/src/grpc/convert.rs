@@ -239,6 +239,7 @@ pub fn task_to_proto(task: &TaskRecord) -> pb::Task {
         cancel_requested: task.cancel_requested,
         update_time: Some(to_timestamp(task.updated_at)),
         worker_id: task.worker_id.clone(),
+        namespace: task.namespace.to_string(),
     }
 }
 
@@ -351,6 +352,7 @@ pub fn list_query(request: pb::ListRequest) -> Result<ListQuery, EngineError> {
         }
     }
     let query = ListQuery {
+        namespace: None,
         states,
         kinds: request.kinds,
         labels: request.labels.into_iter().collect::<BTreeMap<_, _>>(),

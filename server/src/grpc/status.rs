@@ -27,7 +27,9 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
             metadata.insert("task_id".into(), existing.to_string());
             Code::AlreadyExists
         }
-        EngineError::QueueFull { .. } => Code::ResourceExhausted,
+        EngineError::QueueFull { .. } | EngineError::QuotaExceeded { .. } => {
+            Code::ResourceExhausted
+        }
         EngineError::FailedPrecondition { .. } => Code::FailedPrecondition,
         EngineError::ShuttingDown | EngineError::StorageUnavailable(_) => Code::Unavailable,
         EngineError::StorageFailed(_) => Code::Internal,
@@ -51,6 +53,15 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
         }
         EngineError::QueueFull { retry_after, .. } => {
             details.set_retry_info(Some(*retry_after));
+        }
+        EngineError::QuotaExceeded {
+            subject,
+            description,
+            retry_after,
+            ..
+        } => {
+            details.set_retry_info(Some(*retry_after));
+            details.add_quota_failure_violation(subject.clone(), description.clone());
         }
         _ => {}
     }

@@ -14,7 +14,7 @@ use vow_proto::v1::{self as pb, task_service_server::TaskService};
 use super::{
     convert, deadline, rpc_trace, shared_encoding::SharedTaskEncodings, status::engine_error_status,
 };
-use crate::engine::{Engine, EngineError, task::TraceContext, watch::WatchLimits};
+use crate::engine::{Engine, EngineError, Scope, task::TraceContext, watch::WatchLimits};
 use crate::telemetry;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
@@ -35,6 +35,12 @@ impl TaskServiceImpl {
             watch_encodings: Arc::default(),
         }
     }
+}
+
+/// The namespaces a call may see: what the access layer decided, or the
+/// default namespace when access control is off.
+pub(super) fn scope_of(extensions: &tonic::Extensions) -> Scope {
+    extensions.get::<Scope>().cloned().unwrap_or_default()
 }
 
 /// The trace context to store on a task submitted by this call: the RPC
@@ -112,10 +118,14 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("Submit", &metadata, async {
             let spec = convert::submit_spec(request)?;
-            let submitted = self.engine.submit(spec, trace_context(&metadata)).await?;
+            let submitted = self
+                .engine
+                .submit(&scope, spec, trace_context(&metadata))
+                .await?;
             Ok(pb::SubmitResponse {
                 task: Some(convert::task_to_proto(&submitted.task)),
                 deduplicated: submitted.deduplicated,
@@ -128,10 +138,11 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("Get", &metadata, async {
             let id = convert::task_id("id", &request.id)?;
-            let task = self.engine.get(id).await?;
+            let task = self.engine.get(&scope, id).await?;
             Ok(pb::GetResponse {
                 task: Some(convert::task_to_proto(&task)),
             })
@@ -143,14 +154,15 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::AwaitRequest>,
     ) -> Result<Response<pb::AwaitResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("Await", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let id = convert::task_id("id", &request.id)?;
             let requested = convert::await_timeout(request.timeout)?;
             let wait =
                 deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
-            let awaited = self.engine.await_task(id, wait).await?;
+            let awaited = self.engine.await_task(&scope, id, wait).await?;
             rpc_trace::link_to_task(&awaited.task.trace);
             Ok(pb::AwaitResponse {
                 task: Some(convert::task_to_proto(&awaited.task)),
@@ -164,14 +176,15 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::AwaitManyRequest>,
     ) -> Result<Response<pb::AwaitManyResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("AwaitMany", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let (ids, mode) = convert::await_many(&request, self.engine.config().await_many_limit)?;
             let requested = convert::await_timeout(request.timeout)?;
             let wait =
                 deadline::await_bound(requested, call_timeout, self.engine.config().max_await);
-            let awaited = self.engine.await_many(&ids, mode, wait).await?;
+            let awaited = self.engine.await_many(&scope, &ids, mode, wait).await?;
             for task in awaited.finished.iter().chain(&awaited.unfinished) {
                 rpc_trace::link_to_task(&task.trace);
             }
@@ -186,7 +199,8 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         let trace_id = call_trace_id(&metadata);
         handle("Watch", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
@@ -198,12 +212,12 @@ impl TaskService for TaskServiceImpl {
             let encodings = Arc::clone(&self.watch_encodings);
             let events = if request.id.is_empty() {
                 let filter = convert::watch_filter(&request)?;
-                Either::Left(self.engine.watch_filtered(filter, limits).await?)
+                Either::Left(self.engine.watch_filtered(&scope, filter, limits).await?)
             } else {
                 let id = convert::task_id("id", &request.id)?;
                 let (task, events) = self
                     .engine
-                    .watch_task(id, request.after_revision, limits)
+                    .watch_task(&scope, id, request.after_revision, limits)
                     .await?;
                 rpc_trace::link_to_task(&task.trace);
                 Either::Right(events)
@@ -220,7 +234,8 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<pb::RunResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("Run", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let spec = convert::submit_spec(convert::run_as_submit(request))?;
@@ -230,7 +245,13 @@ impl TaskService for TaskServiceImpl {
                 usable.map(|usable| SystemTime::now() + usable.saturating_sub(usable / 10));
             let awaited = self
                 .engine
-                .run(spec, trace_context(&metadata), task_deadline, usable)
+                .run(
+                    &scope,
+                    spec,
+                    trace_context(&metadata),
+                    task_deadline,
+                    usable,
+                )
                 .await?;
             Ok(pb::RunResponse {
                 task: Some(convert::task_to_proto(&awaited.task)),
@@ -243,11 +264,12 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("Cancel", &metadata, async {
             let id = convert::task_id("id", &request.id)?;
             let reason = convert::cancel_reason(request.reason)?;
-            let task = self.engine.cancel(id, &reason).await?;
+            let task = self.engine.cancel(&scope, id, &reason).await?;
             Ok(pb::CancelResponse {
                 task: Some(convert::task_to_proto(&task)),
             })
@@ -259,10 +281,11 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("List", &metadata, async {
             let query = convert::list_query(request)?;
-            let page = self.engine.list(&query).await?;
+            let page = self.engine.list(&scope, &query).await?;
             Ok(pb::ListResponse {
                 tasks: page
                     .tasks
@@ -282,7 +305,8 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let scope = scope_of(&extensions);
         handle("Delete", &metadata, async {
             let call_timeout = deadline::call_timeout(&metadata)?;
             let id = convert::task_id("id", &request.id)?;
@@ -290,7 +314,7 @@ impl TaskService for TaskServiceImpl {
             let wait = deadline::await_bound(None, call_timeout, self.engine.config().max_await)
                 .min(DELETE_STOP_WAIT);
             self.engine
-                .delete(id, request.cancel_if_running, wait)
+                .delete(&scope, id, request.cancel_if_running, wait)
                 .await?;
             Ok(pb::DeleteResponse {})
         })

@@ -24,11 +24,16 @@ const MAX_REASON_LEN: usize = 1024;
 const MAX_RELEASE_TOKENS: usize = 1024;
 
 /// The engine's view of a Poll; `wait` is the bound the call allows.
-pub fn poll_spec(request: pb::PollRequest, wait: Duration) -> Result<PollSpec, EngineError> {
+pub fn poll_spec(
+    request: pb::PollRequest,
+    wait: Duration,
+    scope: crate::engine::Scope,
+) -> Result<PollSpec, EngineError> {
     let mut violations = Violations::default();
     let lease_duration =
         convert::duration("lease_duration", request.lease_duration, &mut violations);
     violations.finish(PollSpec {
+        scope,
         kinds: request.kinds,
         worker_id: request.worker_id,
         max_tasks: request.max_tasks as usize,

@@ -46,8 +46,8 @@ impl MemoryStore {
         task: TaskRecord,
         max_queued: Option<usize>,
     ) -> StoreResult<CreateOutcome> {
-        if let Some(key) = &task.idempotency_key
-            && let Some(existing_id) = indexed.idempotency_keys.get(key)
+        if let Some(key) = task.idempotency_index_key()
+            && let Some(existing_id) = indexed.idempotency_keys.get(&key)
         {
             let existing = &indexed.tasks[existing_id];
             if existing.request_fingerprint != task.request_fingerprint {
@@ -72,20 +72,56 @@ impl MemoryStore {
 /// Claimable tasks due now, in claim order.
 type ReadyKey = (Reverse<i32>, SystemTime, TaskId);
 
-/// The claimable and running tasks of one kind.
+/// The claimable tasks of one kind in one namespace.
 #[derive(Default)]
-struct KindQueue {
+struct NamespaceQueue {
     /// Claimable tasks found due by a claim, in claim order.
     ready: BTreeSet<ReadyKey>,
     /// Claimable tasks not yet promoted to `ready`, by due time.
     waiting: BTreeSet<(SystemTime, TaskId)>,
+}
+
+/// The claimable and running tasks of one kind. Queued tasks are kept per
+/// namespace, so a worker of one namespace finds its next task without
+/// passing over another namespace's.
+#[derive(Default)]
+struct KindQueue {
+    namespaces: HashMap<Arc<str>, NamespaceQueue>,
     running: usize,
+}
+
+impl KindQueue {
+    fn namespace(&mut self, namespace: &Arc<str>) -> &mut NamespaceQueue {
+        if !self.namespaces.contains_key(namespace) {
+            self.namespaces
+                .insert(namespace.clone(), NamespaceQueue::default());
+        }
+        self.namespaces.get_mut(namespace).expect("just inserted")
+    }
+
+    /// The namespace queues a claim looks at (all without one).
+    fn visible<'a>(
+        &'a self,
+        claim: Option<&'a ClaimRequest>,
+    ) -> impl Iterator<Item = &'a NamespaceQueue> + 'a {
+        self.namespaces
+            .iter()
+            .filter(move |(own, _)| claim.is_none_or(|claim| claim.takes_namespace(own)))
+            .map(|(_, queue)| queue)
+    }
+
+    fn queued(&self) -> usize {
+        self.namespaces
+            .values()
+            .map(|queue| queue.ready.len() + queue.waiting.len())
+            .sum()
+    }
 }
 
 #[derive(Default)]
 struct Indexed {
     tasks: HashMap<TaskId, SharedTask>,
-    idempotency_keys: HashMap<String, TaskId>,
+    idempotency_keys: HashMap<(Arc<str>, String), TaskId>,
     queues: HashMap<String, KindQueue>,
     /// Claimable tasks with a deadline.
     deadlines: BTreeSet<(SystemTime, TaskId)>,
@@ -102,8 +138,8 @@ struct Indexed {
 impl Indexed {
     fn insert(&mut self, task: SharedTask) {
         self.index(&task);
-        if let Some(key) = &task.idempotency_key {
-            self.idempotency_keys.insert(key.clone(), task.id);
+        if let Some(key) = task.idempotency_index_key() {
+            self.idempotency_keys.insert(key, task.id);
         }
         self.tasks.insert(task.id, task);
     }
@@ -111,10 +147,10 @@ impl Indexed {
     fn remove(&mut self, id: TaskId) -> Option<SharedTask> {
         let task = self.tasks.remove(&id)?;
         self.unindex(&task);
-        if let Some(key) = &task.idempotency_key
-            && self.idempotency_keys.get(key) == Some(&id)
+        if let Some(key) = task.idempotency_index_key()
+            && self.idempotency_keys.get(&key) == Some(&id)
         {
-            self.idempotency_keys.remove(key);
+            self.idempotency_keys.remove(&key);
         }
         Some(task)
     }
@@ -131,7 +167,10 @@ impl Indexed {
         self.by_creation.insert((task.created_at, task.id));
         if let Some(due) = task.due_at() {
             // Claims promote what is due by their own clock.
-            self.queue(&task.kind).waiting.insert((due, task.id));
+            self.queue(&task.kind)
+                .namespace(&task.namespace)
+                .waiting
+                .insert((due, task.id));
             self.queued += 1;
             if let Some(deadline) = task.deadline {
                 self.deadlines.insert((deadline, task.id));
@@ -149,7 +188,11 @@ impl Indexed {
     fn unindex(&mut self, task: &TaskRecord) {
         self.by_creation.remove(&(task.created_at, task.id));
         if let Some(due) = task.due_at() {
-            if let Some(queue) = self.queues.get_mut(&task.kind) {
+            if let Some(queue) = self
+                .queues
+                .get_mut(&task.kind)
+                .and_then(|queue| queue.namespaces.get_mut(&task.namespace))
+            {
                 queue.ready.remove(&ready_key(task));
                 queue.waiting.remove(&(due, task.id));
             }
@@ -185,9 +228,8 @@ impl Indexed {
     }
 
     fn idempotency_key_is_free(&self, task: &TaskRecord) -> bool {
-        task.idempotency_key
-            .as_ref()
-            .is_none_or(|key| !self.idempotency_keys.contains_key(key))
+        task.idempotency_index_key()
+            .is_none_or(|key| !self.idempotency_keys.contains_key(&key))
     }
 
     /// Moves waiting tasks of `kinds` that became due into their ready sets.
@@ -196,23 +238,28 @@ impl Indexed {
             let Some(queue) = self.queues.get_mut(kind) else {
                 continue;
             };
-            while let Some(&(due, id)) = queue.waiting.first() {
-                if due > now {
-                    break;
-                }
-                queue.waiting.pop_first();
-                if let Some(task) = self.tasks.get(&id) {
-                    queue.ready.insert(ready_key(task));
+            for queue in queue.namespaces.values_mut() {
+                while let Some(&(due, id)) = queue.waiting.first() {
+                    if due > now {
+                        break;
+                    }
+                    queue.waiting.pop_first();
+                    if let Some(task) = self.tasks.get(&id) {
+                        queue.ready.insert(ready_key(task));
+                    }
                 }
             }
         }
     }
 
-    /// The next task to claim among `kinds` (promoted first), in claim order.
-    fn first_ready(&self, kinds: &[String]) -> Option<TaskId> {
-        kinds
+    /// The next task the claim takes (promoted first), in claim order.
+    fn first_ready(&self, claim: &ClaimRequest) -> Option<TaskId> {
+        claim
+            .kinds
             .iter()
-            .filter_map(|kind| self.queues.get(kind)?.ready.first())
+            .filter_map(|kind| self.queues.get(kind))
+            .flat_map(|queue| queue.visible(Some(claim)))
+            .filter_map(|queue| queue.ready.first())
             .min()
             .map(|&(_, _, id)| id)
     }
@@ -243,8 +290,8 @@ impl Store for MemoryStore {
         indexed.promote_due(&claim.kinds, claim.now);
         // Admission comes first, as in `create`: a full queue refuses even
         // a task that could start at once.
-        let claimable = claim.takes(&task.kind)
-            && indexed.first_ready(&claim.kinds).is_none()
+        let claimable = claim.takes(&task)
+            && indexed.first_ready(claim).is_none()
             && max_queued.is_none_or(|limit| indexed.queued < limit)
             && indexed.idempotency_key_is_free(&task)
             && task.due_at().is_some_and(|due| due <= claim.now);
@@ -320,7 +367,7 @@ impl Store for MemoryStore {
         indexed.promote_due(&request.kinds, request.now);
         let mut claimed = Vec::new();
         while claimed.len() < request.limit {
-            let Some(id) = indexed.first_ready(&request.kinds) else {
+            let Some(id) = indexed.first_ready(request) else {
                 break;
             };
             let Some(stored) = indexed.tasks.get(&id) else {
@@ -342,12 +389,17 @@ impl Store for MemoryStore {
             .iter()
             .filter_map(|kind| {
                 let queue = indexed.queues.get(kind)?;
-                let ready = queue
-                    .ready
-                    .first()
-                    .and_then(|(_, _, id)| indexed.tasks.get(id)?.due_at());
-                let waiting = queue.waiting.first().map(|&(due, _)| due);
-                ready.into_iter().chain(waiting).min()
+                queue
+                    .visible(None)
+                    .flat_map(|queue| {
+                        let ready = queue
+                            .ready
+                            .first()
+                            .and_then(|(_, _, id)| indexed.tasks.get(id)?.due_at());
+                        let waiting = queue.waiting.first().map(|&(due, _)| due);
+                        ready.into_iter().chain(waiting)
+                    })
+                    .min()
             })
             .min())
     }
@@ -428,12 +480,28 @@ impl Store for MemoryStore {
             .iter()
             .map(|(kind, queue)| {
                 let counts = KindCounts {
-                    queued: queue.ready.len() + queue.waiting.len(),
+                    queued: queue.queued(),
                     running: queue.running,
                 };
                 (kind.clone(), counts)
             })
             .collect())
+    }
+
+    async fn namespace_counts(&self, namespace: &str) -> StoreResult<KindCounts> {
+        let indexed = self.lock();
+        let mut counts = KindCounts::default();
+        for queue in indexed.queues.values() {
+            if let Some(queue) = queue.namespaces.get(namespace) {
+                counts.queued += queue.ready.len() + queue.waiting.len();
+            }
+        }
+        counts.running = indexed
+            .leases
+            .iter()
+            .filter(|(_, id)| *indexed.tasks[id].namespace == *namespace)
+            .count();
+        Ok(counts)
     }
 
     async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {

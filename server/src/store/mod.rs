@@ -82,6 +82,8 @@ pub struct ListCursor {
 /// Filters and page bounds of a listing. Empty filters match everything.
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
+    /// Only tasks of this namespace; `None`: of every namespace.
+    pub namespace: Option<Arc<str>>,
     pub states: Vec<TaskState>,
     pub kinds: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -92,7 +94,10 @@ pub struct ListQuery {
 impl ListQuery {
     /// Whether a record passes the filters (not the cursor).
     pub fn matches(&self, task: &TaskRecord) -> bool {
-        (self.states.is_empty() || self.states.contains(&task.state))
+        self.namespace
+            .as_ref()
+            .is_none_or(|namespace| *namespace == task.namespace)
+            && (self.states.is_empty() || self.states.contains(&task.state))
             && (self.kinds.is_empty() || self.kinds.contains(&task.kind))
             && self
                 .labels
@@ -119,6 +124,10 @@ pub struct ClaimRequest {
     pub lease_duration: Duration,
     /// Only tasks of these kinds are claimed.
     pub kinds: Arc<[String]>,
+    /// Only tasks of this namespace (a remote worker's); `None`: of any.
+    pub namespace: Option<Arc<str>>,
+    /// No tasks of these namespaces (at their quota of running attempts).
+    pub excluded_namespaces: Arc<[Arc<str>]>,
     /// Set when a remote worker claims.
     pub remote: Option<RemoteClaim>,
 }
@@ -169,9 +178,20 @@ impl ClaimRequest {
         });
     }
 
-    /// Whether the request takes tasks of `kind`.
-    pub fn takes(&self, kind: &str) -> bool {
-        self.kinds.iter().any(|taken| taken == kind)
+    /// Whether the request takes `task` (when it is due).
+    pub fn takes(&self, task: &TaskRecord) -> bool {
+        self.kinds.contains(&task.kind) && self.takes_namespace(&task.namespace)
+    }
+
+    /// Whether the request takes tasks of `namespace`.
+    pub fn takes_namespace(&self, namespace: &str) -> bool {
+        self.namespace
+            .as_ref()
+            .is_none_or(|wanted| **wanted == *namespace)
+            && !self
+                .excluded_namespaces
+                .iter()
+                .any(|excluded| **excluded == *namespace)
     }
 }
 
@@ -273,6 +293,9 @@ pub trait Store: Send + Sync + 'static {
     /// Tasks waiting and running per kind (the queue depth, and the
     /// attempts in flight on every executor).
     async fn kind_counts(&self) -> StoreResult<BTreeMap<String, KindCounts>>;
+
+    /// Tasks of one namespace waiting and running (for its quotas).
+    async fn namespace_counts(&self, namespace: &str) -> StoreResult<KindCounts>;
 
     /// Records that a worker polled for `kinds` at `at`. Stores may keep
     /// only the latest time per kind, and write it at most every few seconds.

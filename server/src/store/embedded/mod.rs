@@ -438,6 +438,10 @@ impl Store for EmbeddedStore {
         self.read(move |connection| {
             let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1");
             let mut values: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(namespace) = &query.namespace {
+                sql.push_str(" AND namespace = ?");
+                values.push(namespace.to_string().into());
+            }
             if let Some(cursor) = query.after {
                 sql.push_str(" AND (created_at, id) < (?, ?)");
                 values.push(micros(cursor.created_at).into());
@@ -564,6 +568,27 @@ impl Store for EmbeddedStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone())
+    }
+
+    async fn namespace_counts(&self, namespace: &str) -> StoreResult<KindCounts> {
+        let namespace = namespace.to_owned();
+        self.read(move |connection| {
+            let count = |sql: &str| -> rusqlite::Result<usize> {
+                let count: i64 = connection
+                    .prepare_cached(sql)?
+                    .query_row([&namespace], |row| row.get(0))?;
+                Ok(count as usize)
+            };
+            Ok(KindCounts {
+                queued: count(
+                    "SELECT count(*) FROM tasks WHERE namespace = ?1 AND due_at IS NOT NULL",
+                )?,
+                running: count(
+                    "SELECT count(*) FROM tasks WHERE namespace = ?1 AND lease_token IS NOT NULL",
+                )?,
+            })
+        })
+        .await
     }
 
     async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {

@@ -59,6 +59,45 @@ const MIGRATION_STEPS: &[M<'static>] = &[
     CREATE INDEX tasks_due_by_kind ON tasks (kind, due_at) WHERE due_at IS NOT NULL;
     CREATE TABLE kinds (name TEXT PRIMARY KEY, last_poll_at INTEGER) WITHOUT ROWID;",
     ),
+    // Version 4: every task lives in a namespace (those written before are
+    // in `default`) and an idempotency key is unique within its namespace.
+    // SQLite cannot drop a column's UNIQUE, so the table is rebuilt. A
+    // worker's claims and a namespace's listings read their own part of an
+    // index; quotas count a namespace's running attempts.
+    M::up(
+        "CREATE TABLE tasks_v4 (
+        id BLOB PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        due_at INTEGER,
+        deadline INTEGER,
+        lease_expires_at INTEGER,
+        lease_token INTEGER,
+        expires_at INTEGER,
+        revision INTEGER NOT NULL,
+        idempotency_key TEXT,
+        record BLOB NOT NULL,
+        namespace TEXT NOT NULL DEFAULT 'default',
+        UNIQUE (namespace, idempotency_key)
+    ) WITHOUT ROWID;
+    INSERT INTO tasks_v4 (id, kind, state, priority, created_at, due_at, deadline,
+        lease_expires_at, lease_token, expires_at, revision, idempotency_key, record)
+    SELECT id, kind, state, priority, created_at, due_at, deadline,
+        lease_expires_at, lease_token, expires_at, revision, idempotency_key, record FROM tasks;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_v4 RENAME TO tasks;
+    CREATE INDEX tasks_claim_by_kind ON tasks (kind, priority DESC, created_at, id) WHERE due_at IS NOT NULL;
+    CREATE INDEX tasks_due_by_kind ON tasks (kind, due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX tasks_deadline ON tasks (deadline) WHERE deadline IS NOT NULL;
+    CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX tasks_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX tasks_newest ON tasks (created_at DESC, id DESC);
+    CREATE INDEX tasks_claim_by_namespace ON tasks (namespace, kind, priority DESC, created_at, id) WHERE due_at IS NOT NULL;
+    CREATE INDEX tasks_newest_by_namespace ON tasks (namespace, created_at DESC, id DESC);
+    CREATE INDEX tasks_running_by_namespace ON tasks (namespace) WHERE lease_token IS NOT NULL;",
+    ),
 ];
 
 pub const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_STEPS);
@@ -104,6 +143,7 @@ pub struct Columns {
     pub expires_at: Option<i64>,
     pub revision: i64,
     pub idempotency_key: Option<String>,
+    pub namespace: String,
     pub record: Vec<u8>,
 }
 
@@ -129,6 +169,7 @@ impl Columns {
             expires_at: task.expires_at.filter(|_| task.is_terminal()).map(micros),
             revision: task.revision as i64,
             idempotency_key: task.idempotency_key.clone(),
+            namespace: task.namespace.to_string(),
             record: encode_record(task)?,
         })
     }
@@ -138,8 +179,9 @@ impl Columns {
         connection
             .prepare_cached(
                 "INSERT INTO tasks (id, kind, state, priority, created_at, due_at, deadline,
-                    lease_expires_at, lease_token, expires_at, revision, idempotency_key, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    lease_expires_at, lease_token, expires_at, revision, idempotency_key, record,
+                    namespace)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 self.id,
@@ -155,6 +197,7 @@ impl Columns {
                 self.revision,
                 self.idempotency_key,
                 self.record,
+                self.namespace,
             ])
             .map(drop)
     }
@@ -325,6 +368,14 @@ mod tests {
         task
     }
 
+    /// `full_record()` as of version 4, in a namespace of its own.
+    fn namespaced_record() -> TaskRecord {
+        TaskRecord {
+            namespace: "team-a".into(),
+            ..full_record()
+        }
+    }
+
     #[test]
     fn records_round_trip_as_message_pack() {
         let task = full_record();
@@ -346,8 +397,7 @@ mod tests {
         "a0c2a093a46e6f64650792cd040600",
     );
 
-    /// `full_record()` as version 3 writes it. The layout is positional, so
-    /// this pins it: reordering or retyping fields breaks this test.
+    /// `full_record()` as version 3 wrote it, before namespaces.
     const VERSION_3_RECORD: &str = concat!(
         "dc001dc41030313233343536373839616263646566a46661696ca752756e6e696e679281a44a736f",
         "6e83a46c6973749301fea178a16ecb3ff8000000000000a46e6f6e65c0a09281a642696e617279a8",
@@ -367,12 +417,35 @@ mod tests {
         assert_eq!(decode_record(&stored).unwrap(), version_2_record());
     }
 
+    /// `namespaced_record()` as version 4 writes it. The layout is
+    /// positional, so this pins it: reordering or retyping fields breaks it.
+    const VERSION_4_RECORD: &str = concat!(
+        "dc001ec41030313233343536373839616263646566a46661696ca752756e6e696e679281a44a736f",
+        "6e83a46c6973749301fea178a16ecb3ff8000000000000a46e6f6e65c0a09281a642696e617279a8",
+        "3030303130326666b86170706c69636174696f6e2f6f637465742d73747265616d95ab556e617661",
+        "696c61626c65a56c61746572ab554e415641494c41424c4581a16ba176920300029605920100920a",
+        "00cb4000000000000000cb00000000000000009093ca422a0000a468616c6692cd03e80081a47465",
+        "616da1610093a0a0a00392cd03e80092cd03e80092cd03e800c0c0c0c09200ce1dcd6500923c00a3",
+        "6b6579a0c2a094a46e6f64650792cd04060094d92030313233343536373839616263646566303132",
+        "3334353637383961626364656692140092cd04240093d93730302d34626639326633353737623334",
+        "646136613363653932396430653065343733362d303066303637616130626139303262372d3031a3",
+        "613d62a0a8776f726b65722d319206a6646967657374a67465616d2d61",
+    );
+
     #[test]
-    fn the_version_3_layout_is_stable() {
-        let encoded = hex::encode(encode_record(&full_record()).unwrap());
-        assert_eq!(encoded, VERSION_3_RECORD);
+    fn records_of_version_3_decode_into_the_default_namespace() {
         let stored = hex::decode(VERSION_3_RECORD).unwrap();
-        assert_eq!(decode_record(&stored).unwrap(), full_record());
+        let decoded = decode_record(&stored).unwrap();
+        assert_eq!(&*decoded.namespace, "default");
+        assert_eq!(decoded, full_record());
+    }
+
+    #[test]
+    fn the_version_4_layout_is_stable() {
+        let encoded = hex::encode(encode_record(&namespaced_record()).unwrap());
+        assert_eq!(encoded, VERSION_4_RECORD);
+        let stored = hex::decode(VERSION_4_RECORD).unwrap();
+        assert_eq!(decode_record(&stored).unwrap(), namespaced_record());
     }
 
     #[test]

@@ -387,7 +387,7 @@ impl Writer {
                 reply,
             } => {
                 if let Some(key) = &task.idempotency_key {
-                    let existing = sql!(reply, self.by_idempotency_key(key));
+                    let existing = sql!(reply, self.by_idempotency_key(&task.namespace, key));
                     if let Some(existing) = existing {
                         let result = if existing.request_fingerprint == task.request_fingerprint {
                             Ok(CreateOutcome::Existing(Arc::new(existing)))
@@ -411,7 +411,7 @@ impl Writer {
                 }
                 let claim = match claim {
                     Some((request, on_claimed)) => {
-                        let due_now = request.takes(&task.kind)
+                        let due_now = request.takes(&task)
                             && task.due_at().is_some_and(|due| due <= request.now);
                         let claimable = due_now && sql!(reply, self.nothing_due(&request, batch));
                         claimable.then_some((request, on_claimed))
@@ -594,21 +594,27 @@ impl Writer {
             return Ok(true);
         }
         let mut statement = self.connection.prepare_cached(
-            "SELECT 1 FROM tasks WHERE kind = ?1 AND due_at IS NOT NULL AND due_at <= ?2 LIMIT 1",
+            "SELECT 1 FROM tasks WHERE kind = ?1 AND due_at IS NOT NULL AND due_at <= ?2
+             AND (?3 IS NULL OR namespace = ?3) LIMIT 1",
         )?;
+        let namespace = request.namespace.as_deref();
         for kind in request.kinds.iter() {
-            if statement.exists(params![kind, micros(request.now)])? {
+            if statement.exists(params![kind, micros(request.now), namespace])? {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 
-    fn by_idempotency_key(&self, key: &str) -> rusqlite::Result<Option<TaskRecord>> {
+    fn by_idempotency_key(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> rusqlite::Result<Option<TaskRecord>> {
         let mut statement = self.connection.prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE namespace = ?1 AND idempotency_key = ?2"
         ))?;
-        let mut rows = statement.query([key])?;
+        let mut rows = statement.query([namespace, key])?;
         match rows.next()? {
             Some(row) => schema::task_of(row).map(Some),
             None => Ok(None),
@@ -622,10 +628,21 @@ impl Writer {
         request: &ClaimRequest,
         batch: &Batch,
     ) -> rusqlite::Result<Vec<TaskRecord>> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT id FROM tasks WHERE kind = ?1 AND due_at IS NOT NULL AND due_at <= ?2
-             ORDER BY priority DESC, created_at, id LIMIT ?3",
-        )?;
+        // A worker's claim stays in its namespace's part of the index.
+        let mut statement = match &request.namespace {
+            None => self.connection.prepare_cached(
+                "SELECT id FROM tasks WHERE kind = ?1 AND due_at IS NOT NULL AND due_at <= ?2
+                 AND namespace NOT IN (SELECT value FROM json_each(?4))
+                 ORDER BY priority DESC, created_at, id LIMIT ?3",
+            )?,
+            Some(_) => self.connection.prepare_cached(
+                "SELECT id FROM tasks WHERE namespace = ?5 AND kind = ?1 AND due_at IS NOT NULL
+                 AND due_at <= ?2 AND namespace NOT IN (SELECT value FROM json_each(?4))
+                 ORDER BY priority DESC, created_at, id LIMIT ?3",
+            )?,
+        };
+        let excluded =
+            serde_json::to_string(&request.excluded_namespaces).expect("names always serialize");
         let mut due = Vec::new();
         for kind in request.kinds.iter() {
             if batch
@@ -635,12 +652,16 @@ impl Writer {
             {
                 continue;
             }
-            let ids: Vec<TaskId> = statement
-                .query_map(
-                    params![kind, micros(request.now), request.limit as i64],
-                    |row| row.get::<_, [u8; 16]>(0).map(TaskId::from_bytes),
-                )?
-                .collect::<rusqlite::Result<_>>()?;
+            let id_of = |row: &rusqlite::Row<'_>| row.get::<_, [u8; 16]>(0).map(TaskId::from_bytes);
+            let (now, limit) = (micros(request.now), request.limit as i64);
+            let ids: Vec<TaskId> = match &request.namespace {
+                None => statement.query_map(params![kind, now, limit, excluded], id_of)?,
+                Some(namespace) => statement.query_map(
+                    params![kind, now, limit, excluded, namespace.as_ref()],
+                    id_of,
+                )?,
+            }
+            .collect::<rusqlite::Result<_>>()?;
             for id in ids {
                 if let Some(task) = self.lookup(id, batch)? {
                     due.push(task);

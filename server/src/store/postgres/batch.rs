@@ -52,21 +52,21 @@ static INSERT_ROWS: LazyLock<String> = LazyLock::new(|| {
             INSERT INTO tasks ({COLUMNS})
             SELECT * FROM unnest($2::BYTEA[], $3::TEXT[], $4::SMALLINT[], $5::INTEGER[], $6::BIGINT[],
                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
-                $13::TEXT[], $14::BYTEA[])
+                $13::TEXT[], $14::BYTEA[], $15::TEXT[])
             ON CONFLICT DO NOTHING
             RETURNING id, revision, record
         ), {LOG_CHANGES}"
     )
 });
 
-/// Replaces each row at its expected revision (`$15`), unless the stored
+/// Replaces each row at its expected revision (`$16`), unless the stored
 /// lease has the same token and another expiry; returns the ids replaced.
 static UPDATE_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH input AS (
             SELECT * FROM unnest($2::BYTEA[], $3::TEXT[], $4::SMALLINT[], $5::INTEGER[], $6::BIGINT[],
                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
-                $13::TEXT[], $14::BYTEA[], $15::BIGINT[]) AS i({COLUMNS}, expected_revision)
+                $13::TEXT[], $14::BYTEA[], $15::TEXT[], $16::BIGINT[]) AS i({COLUMNS}, expected_revision)
         ), changed AS (
             UPDATE tasks t SET {SET_FROM_INPUT}
             FROM input i

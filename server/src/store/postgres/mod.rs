@@ -317,6 +317,10 @@ impl Store for PostgresStore {
         bounded(reads::kind_counts(&self.shared)).await
     }
 
+    async fn namespace_counts(&self, namespace: &str) -> StoreResult<KindCounts> {
+        bounded(reads::namespace_counts(&self.shared, namespace)).await
+    }
+
     async fn record_poll(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
         self.detached(writes::record_poll(self.shared.clone(), kinds.to_vec(), at))
             .await

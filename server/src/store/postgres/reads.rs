@@ -54,6 +54,9 @@ pub async fn list(pool: &PgPool, query: &ListQuery) -> StoreResult<ListPage> {
     if !query.kinds.is_empty() {
         sql.push_str(&format!(" AND kind = ANY({})", parameter()));
     }
+    if query.namespace.is_some() {
+        sql.push_str(&format!(" AND namespace = {}", parameter()));
+    }
     let chunk = LIST_CHUNK.max(query.page_size.saturating_add(1));
     sql.push_str(&format!(
         " ORDER BY created_at DESC, id DESC LIMIT {}",
@@ -78,6 +81,9 @@ pub async fn list(pool: &PgPool, query: &ListQuery) -> StoreResult<ListPage> {
         }
         if !query.kinds.is_empty() {
             statement = statement.bind(query.kinds.clone());
+        }
+        if let Some(namespace) = &query.namespace {
+            statement = statement.bind(namespace.to_string());
         }
         let rows = statement
             .bind(chunk as i64)
@@ -217,4 +223,24 @@ pub async fn last_polls(pool: &PgPool) -> StoreResult<BTreeMap<String, SystemTim
             Ok((name, from_micros(at)))
         })
         .collect()
+}
+
+/// One namespace's waiting and running tasks, for its quotas: each count
+/// reads that namespace's part of a partial index.
+pub async fn namespace_counts(shared: &Arc<Shared>, namespace: &str) -> StoreResult<KindCounts> {
+    let row = sqlx::query(
+        "SELECT
+            (SELECT count(*) FROM tasks WHERE namespace = $1 AND due_at IS NOT NULL) AS queued,
+            (SELECT count(*) FROM tasks WHERE namespace = $1 AND lease_token IS NOT NULL) AS running",
+    )
+    .bind(namespace)
+    .fetch_one(&shared.pool)
+    .await
+    .map_err(classify)?;
+    let queued: i64 = row.try_get("queued").map_err(classify)?;
+    let running: i64 = row.try_get("running").map_err(classify)?;
+    Ok(KindCounts {
+        queued: queued as usize,
+        running: running as usize,
+    })
 }

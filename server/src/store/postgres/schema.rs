@@ -25,6 +25,11 @@ use crate::{
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tasks", include_str!("migrations/0001_tasks.sql")),
     (2, "kinds", include_str!("migrations/0002_kinds.sql")),
+    (
+        3,
+        "namespaces",
+        include_str!("migrations/0003_namespaces.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build (what `sqlx::migrate!` would
@@ -97,6 +102,7 @@ pub struct Columns {
     pub revision: i64,
     pub idempotency_key: Option<String>,
     pub record: Vec<u8>,
+    pub namespace: String,
 }
 
 impl Columns {
@@ -122,6 +128,7 @@ impl Columns {
             revision: task.revision as i64,
             idempotency_key: task.idempotency_key.clone(),
             record: encode(task)?,
+            namespace: task.namespace.to_string(),
         })
     }
 }
@@ -142,6 +149,7 @@ pub struct ColumnArrays {
     pub revision: Vec<i64>,
     pub idempotency_key: Vec<Option<String>>,
     pub record: Vec<Vec<u8>>,
+    pub namespace: Vec<String>,
 }
 
 impl ColumnArrays {
@@ -159,6 +167,7 @@ impl ColumnArrays {
         self.revision.push(columns.revision);
         self.idempotency_key.push(columns.idempotency_key);
         self.record.push(columns.record);
+        self.namespace.push(columns.namespace);
     }
 }
 

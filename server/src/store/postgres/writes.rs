@@ -52,7 +52,7 @@ pub const LOG_CHANGES: &str = "logged AS (
         ) AS notified";
 
 pub const COLUMNS: &str = "id, kind, state, priority, created_at, due_at, deadline, \
-    lease_expires_at, lease_token, expires_at, revision, idempotency_key, record";
+    lease_expires_at, lease_token, expires_at, revision, idempotency_key, record, namespace";
 
 /// Every column but the id, from the input row `i` of a batched update.
 pub const SET_FROM_INPUT: &str = "kind = i.kind, state = i.state, priority = i.priority, \
@@ -67,7 +67,7 @@ static REPLACE_ROWS: LazyLock<String> = LazyLock::new(|| {
         "WITH input AS (
             SELECT * FROM unnest($2::BYTEA[], $3::TEXT[], $4::SMALLINT[], $5::INTEGER[], $6::BIGINT[],
                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
-                $13::TEXT[], $14::BYTEA[]) AS i({COLUMNS})
+                $13::TEXT[], $14::BYTEA[], $15::TEXT[]) AS i({COLUMNS})
         ), changed AS (
             UPDATE tasks t SET {SET_FROM_INPUT}
             FROM input i WHERE t.id = i.id
@@ -102,7 +102,8 @@ const DELETE_EXPIRED: &str = "WITH doomed AS (
     FROM deleted JOIN logged ON logged.task_id = deleted.id,
         pg_notify('vow_changes', $1 || ':' || encode(deleted.id, 'hex') || ':deleted') AS notified";
 
-/// Claims up to `$2` tasks due by `$1` of the kinds `$3`: each kind read in
+/// Claims up to `$2` tasks due by `$1` of the kinds `$3`, of no namespace
+/// of `$4` (those at their running quota): each kind read in
 /// its claim index's order (so a long queue of one kind is never sorted),
 /// then merged. Rows locked but not taken are released at commit.
 const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token FROM (
@@ -110,7 +111,24 @@ const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token 
         FROM unnest($3::TEXT[]) AS k(kind)
         CROSS JOIN LATERAL (
             SELECT record, priority, created_at, id FROM tasks
-            WHERE kind = k.kind AND due_at <= $1
+            WHERE kind = k.kind AND due_at <= $1 AND NOT (namespace = ANY($4::TEXT[]))
+            ORDER BY priority DESC, created_at, id
+            LIMIT $2 FOR UPDATE SKIP LOCKED
+        ) AS t
+        ORDER BY t.priority DESC, t.created_at, t.id
+        LIMIT $2
+    ) AS due
+    ORDER BY due.priority DESC, due.created_at, due.id";
+
+/// [`CLAIM`] of a worker, within its namespace `$5` (read in that
+/// namespace's part of the claim index).
+const CLAIM_IN_NAMESPACE: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token FROM (
+        SELECT t.record, t.priority, t.created_at, t.id
+        FROM unnest($3::TEXT[]) AS k(kind)
+        CROSS JOIN LATERAL (
+            SELECT record, priority, created_at, id FROM tasks
+            WHERE namespace = $5 AND kind = k.kind AND due_at <= $1
+                AND NOT (namespace = ANY($4::TEXT[]))
             ORDER BY priority DESC, created_at, id
             LIMIT $2 FOR UPDATE SKIP LOCKED
         ) AS t
@@ -121,7 +139,7 @@ const CLAIM: &str = "SELECT due.record, nextval('task_fencing_tokens') AS token 
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
-/// Binds `$2..$14` to column arrays.
+/// Binds `$2..$15` to column arrays.
 pub fn bind_rows(query: PgQuery<'_>, rows: ColumnArrays) -> PgQuery<'_> {
     query
         .bind(rows.id)
@@ -137,6 +155,7 @@ pub fn bind_rows(query: PgQuery<'_>, rows: ColumnArrays) -> PgQuery<'_> {
         .bind(rows.revision)
         .bind(rows.idempotency_key)
         .bind(rows.record)
+        .bind(rows.namespace)
 }
 
 /// Replaces rows the transaction holds locked, logging and announcing them.
@@ -265,12 +284,14 @@ async fn existing_for_key(
     let Some(key) = &task.idempotency_key else {
         return Ok(None);
     };
-    let existing =
-        sqlx::query("SELECT record, lease_expires_at FROM tasks WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&shared.pool)
-            .await
-            .map_err(classify)?;
+    let existing = sqlx::query(
+        "SELECT record, lease_expires_at FROM tasks WHERE namespace = $1 AND idempotency_key = $2",
+    )
+    .bind(task.namespace.to_string())
+    .bind(key)
+    .fetch_optional(&shared.pool)
+    .await
+    .map_err(classify)?;
     let Some(existing) = existing else {
         return Ok(None);
     };
@@ -390,13 +411,25 @@ pub async fn claim_due(shared: Arc<Shared>, request: ClaimRequest) -> StoreResul
         return Ok(Vec::new());
     }
     let mut transaction = shared.pool.begin().await.map_err(classify)?;
-    let due: Vec<PgRow> = sqlx::query(CLAIM)
-        .bind(micros(request.now))
-        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
-        .bind(request.kinds.to_vec())
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(classify)?;
+    let claim = match &request.namespace {
+        None => sqlx::query(CLAIM),
+        Some(_) => sqlx::query(CLAIM_IN_NAMESPACE),
+    }
+    .bind(micros(request.now))
+    .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+    .bind(request.kinds.to_vec())
+    .bind(
+        request
+            .excluded_namespaces
+            .iter()
+            .map(|namespace| namespace.to_string())
+            .collect::<Vec<_>>(),
+    );
+    let claim = match &request.namespace {
+        None => claim,
+        Some(namespace) => claim.bind(namespace.to_string()),
+    };
+    let due: Vec<PgRow> = claim.fetch_all(&mut *transaction).await.map_err(classify)?;
     if due.is_empty() {
         transaction.rollback().await.map_err(classify)?;
         return Ok(Vec::new());
