@@ -83,6 +83,8 @@ pub struct Client {
     tasks: Tasks,
     /// The bare channel, to rebuild `tasks` with another interceptor.
     channel: Channel,
+    /// What every call is given: trace context, credentials.
+    injector: TraceInjector,
     retry: RetryConfig,
     call_timeout: Option<Duration>,
 }
@@ -180,6 +182,7 @@ impl Client {
         Self {
             tasks: TaskServiceClient::with_interceptor(channel.clone(), TraceInjector::default()),
             channel,
+            injector: TraceInjector::default(),
             retry: RetryConfig::default(),
             call_timeout: Some(Duration::from_secs(30)),
         }
@@ -212,10 +215,42 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn with_trace_propagation(mut self, enabled: bool) -> Self {
-        // A fresh stub over the same channel: clones share the connection.
-        self.tasks =
-            TaskServiceClient::with_interceptor(self.channel.clone(), TraceInjector::new(enabled));
+        let injector = self.injector.clone().with_trace(enabled);
+        self.set_injector(injector);
         self
+    }
+
+    /// Sends `authorization: Bearer <token>` (an API key or a JWT) with
+    /// every call, streams included. Fails with [`Error::InvalidEndpoint`]
+    /// for a token that cannot be a header value.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: vow_client::Client) -> Result<(), vow_client::Error> {
+    /// let client = client.with_token(&std::env::var("VOW_TOKEN").unwrap_or_default())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        let injector = self
+            .injector
+            .clone()
+            .with_bearer_token(token)
+            .ok_or_else(|| Error::InvalidEndpoint {
+                endpoint: "token".into(),
+                reason: "a token must be visible ASCII without spaces".into(),
+            })?;
+        self.set_injector(injector);
+        Ok(self)
+    }
+
+    fn set_injector(&mut self, injector: TraceInjector) {
+        // A fresh stub over the same channel: clones share the connection.
+        self.tasks = TaskServiceClient::with_interceptor(self.channel.clone(), injector.clone());
+        self.injector = injector;
+    }
+
+    /// What every call of this client is given, for other stubs over its channel.
+    pub(crate) fn injector(&self) -> &TraceInjector {
+        &self.injector
     }
 
     /// Sets the deadline of calls that do not wait for a task (default 30 s).

@@ -10,7 +10,7 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use tonic::{
     Request, Status,
-    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue},
     service::Interceptor,
 };
 
@@ -24,15 +24,43 @@ use tonic::{
 /// (`opentelemetry::global::set_text_map_propagator`); while none is set, the
 /// W3C trace-context and baggage propagators are used, so an application
 /// that only installs a tracer still propagates.
-#[derive(Clone, Copy, Debug)]
+///
+/// It also sends the caller's credentials, `authorization: Bearer …`, on
+/// every call when given a token (see [`crate::Client::with_token`]).
+#[derive(Clone, Debug)]
 pub struct TraceInjector {
     enabled: bool,
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl TraceInjector {
     /// Injects when `enabled`; otherwise passes requests through untouched.
     pub fn new(enabled: bool) -> Self {
-        Self { enabled }
+        Self {
+            enabled,
+            authorization: None,
+        }
+    }
+
+    /// The same, injecting trace context when `enabled`.
+    pub fn with_trace(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// The same credentials, without trace context (a worker's calls
+    /// belong to no caller's trace).
+    pub fn without_trace(&self) -> Self {
+        self.clone().with_trace(false)
+    }
+
+    /// Also sends `authorization: Bearer <token>` (an API key or a JWT);
+    /// `None` when the token cannot be a header value.
+    pub fn with_bearer_token(mut self, token: &str) -> Option<Self> {
+        let mut value: MetadataValue<Ascii> = format!("Bearer {token}").parse().ok()?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Some(self)
     }
 
     /// Whether requests get trace context.
@@ -51,6 +79,11 @@ impl Interceptor for TraceInjector {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if self.enabled {
             inject(&Context::current(), request.metadata_mut());
+        }
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
         }
         Ok(request)
     }

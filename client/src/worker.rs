@@ -84,7 +84,7 @@ impl Worker {
         Self {
             workers: WorkerServiceClient::with_interceptor(
                 client.channel.clone(),
-                TraceInjector::new(false),
+                client.injector().without_trace(),
             ),
             handlers: Arc::new(handlers),
             worker_id: format!("{host}-{}", std::process::id()),

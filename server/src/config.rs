@@ -133,6 +133,48 @@ pub struct Config {
     /// TOML file of per-kind settings: `[kinds.NAME]` with `remote`, `attempt_timeout` and `retry`.
     #[arg(long, env = "VOW_KINDS_FILE")]
     pub kinds_file: Option<PathBuf>,
+
+    /// TOML file of who may call (API keys, JWTs, client certificates), in which namespace, and
+    /// each namespace's quotas; access control is off without it. Reloaded when it changes.
+    #[arg(long, env = "VOW_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Open Awaits, AwaitManys and Runs on this replica at most; beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VOW_MAX_WAITERS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_waiters: u64,
+
+    /// Open Watch streams on this replica at most; beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VOW_MAX_WATCHERS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watchers: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools beside serving.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// API keys of the auth file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `vowd keys …`
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Prints a new API key once, and the `[[api_keys]]` entry to add to the auth file (which holds
+    /// only the key's SHA-256).
+    New {
+        /// The namespace the key acts in, or `*` for an administrator of every namespace.
+        #[arg(long)]
+        namespace: String,
+        /// What the key may do.
+        #[arg(long, value_delimiter = ',', required = true)]
+        permissions: Vec<crate::auth::Permission>,
+        /// Names the key in logs.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Storage backends.

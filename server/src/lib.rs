@@ -5,6 +5,7 @@
 //! [`serve`]; tests and embedders call it with their own listener, handlers
 //! and shutdown future.
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod grpc;
@@ -49,7 +50,11 @@ pub struct Storage {
 impl Storage {
     /// Opens the configured store (recovering what a previous process left).
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let hub = Arc::new(EventHub::new(config.event_history as usize));
+        let limits = engine::quota::ListenerLimits {
+            max_waiters: usize::try_from(config.max_waiters).unwrap_or(usize::MAX),
+            max_watchers: usize::try_from(config.max_watchers).unwrap_or(usize::MAX),
+        };
+        let hub = Arc::new(EventHub::with_limits(config.event_history as usize, limits));
         let store = open_store(config, hub.clone()).await?;
         Ok(Self { hub, store })
     }
@@ -140,6 +145,15 @@ pub async fn serve(
         });
     }
     let listener = listeners.grpc;
+    let access = match &config.auth_file {
+        Some(path) => {
+            let control = auth::AccessControl::load(path, storage.hub.clone())
+                .map_err(|error| anyhow::anyhow!("--auth-file: {error}"))?;
+            tokio::spawn(control.clone().watch(stop_metrics.clone()));
+            Some(control)
+        }
+        None => None,
+    };
     let mut engine_config = config.engine_config();
     engine_config.kinds = config.kinds().map_err(anyhow::Error::msg)?;
     let engine = Engine::start(engine_config, storage.store, storage.hub, handlers)?;
@@ -161,6 +175,7 @@ pub async fn serve(
     let stop_serving = CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .layer(grpc::RpcSpanLayer)
+        .layer(auth::AccessLayer::new(access))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

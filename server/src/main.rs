@@ -46,6 +46,9 @@ fn main() -> ExitCode {
 
 async fn serve() -> ExitCode {
     let config = Config::parse();
+    if let Some(command) = &config.command {
+        return run_command(command);
+    }
     let telemetry =
         match vow_server::telemetry::init(config.log_format == vow_server::config::LogFormat::Json)
         {
@@ -115,4 +118,27 @@ async fn serve() -> ExitCode {
         };
     telemetry.shutdown();
     exit
+}
+
+/// `vowd keys new`: prints the key once, then the entry that grants it.
+fn run_command(command: &vow_server::config::Command) -> ExitCode {
+    use vow_server::config::{Command, KeysCommand};
+    let Command::Keys(KeysCommand::New {
+        namespace,
+        permissions,
+        name,
+    }) = command;
+    match vow_server::auth::keys::new_key(name, namespace, permissions) {
+        Ok((key, entry)) => {
+            println!("{key}");
+            eprintln!("# Add to the auth file (the key above is shown only now):");
+            println!();
+            print!("{entry}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("vowd: {error}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -93,6 +93,7 @@ impl ThreadsCpu {
 /// the server's.
 pub async fn drive(
     channels: &[Channel],
+    injector: &vow_client::TraceInjector,
     watchers: usize,
     warmup: Duration,
     duration: Duration,
@@ -101,7 +102,7 @@ pub async fn drive(
 ) -> LoadReport {
     let clients: Vec<_> = channels
         .iter()
-        .map(|channel| TaskServiceClient::new(channel.clone()))
+        .map(|channel| TaskServiceClient::with_interceptor(channel.clone(), injector.clone()))
         .collect();
     let started = Instant::now();
     let warmup_end = started + warmup;
@@ -175,7 +176,7 @@ struct RoundOutcome {
 /// One round: submit, attach every watcher, cancel, collect the deliveries,
 /// read `end_time`. Never fails as a whole: what went wrong is in the errors.
 async fn run_round(
-    clients: &[TaskServiceClient<Channel>],
+    clients: &[super::Stub],
     watchers: usize,
     server: Option<ProcessCpu>,
     bench: Option<ProcessCpu>,
@@ -321,7 +322,7 @@ async fn collect(
 /// (the snapshot), and returns when the terminal change arrived (a task with
 /// `end_time` set).
 async fn watch_until_end(
-    mut client: TaskServiceClient<Channel>,
+    mut client: super::Stub,
     id: String,
     attached: oneshot::Sender<()>,
 ) -> Result<SystemTime, IterationError> {

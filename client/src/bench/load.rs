@@ -51,6 +51,8 @@ pub struct LoadPlan {
     pub request: proto::SubmitRequest,
     /// Told of every acknowledged Submit (remote mode: dispatch latency).
     pub dispatch: Option<Arc<DispatchClock>>,
+    /// Credentials every call carries (no trace context: the load is not traced).
+    pub injector: vow_client::TraceInjector,
 }
 
 /// What one load run measured, over the window after the warmup.
@@ -203,7 +205,10 @@ pub async fn drive(
     let mut callers = JoinSet::new();
     for index in 0..plan.concurrency {
         let caller = Caller {
-            client: TaskServiceClient::new(channels[index % channels.len()].clone()),
+            client: TaskServiceClient::with_interceptor(
+                channels[index % channels.len()].clone(),
+                plan.injector.clone(),
+            ),
             mode: plan.mode,
             submit: plan.request.clone(),
             run: run_request(&plan.request),
@@ -289,7 +294,7 @@ pub(super) fn new_histogram() -> Histogram<u64> {
 
 /// One simulated caller.
 struct Caller {
-    client: TaskServiceClient<Channel>,
+    client: super::Stub,
     mode: Mode,
     submit: proto::SubmitRequest,
     run: proto::RunRequest,

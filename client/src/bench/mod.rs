@@ -12,6 +12,14 @@ mod report;
 
 use std::{io::IsTerminal, process::Stdio, time::Duration};
 
+/// The raw stub every load caller drives: credentials, no trace context.
+pub(crate) type Stub = vow_client::proto::task_service_client::TaskServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        vow_client::TraceInjector,
+    >,
+>;
+
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncBufReadExt;
@@ -171,6 +179,7 @@ pub async fn run(
     let dispatch =
         (args.mode == Mode::Remote).then(|| std::sync::Arc::new(remote::DispatchClock::default()));
     let plan = LoadPlan {
+        injector: connection.injector()?,
         mode: args.mode,
         concurrency: args.concurrency,
         connections: args.connections,
@@ -214,7 +223,9 @@ pub async fn run(
     let workers = match &dispatch {
         Some(clock) => {
             let worker_server = args.worker_server.as_deref().unwrap_or(server);
-            let client = vow_client::Client::connect_with(worker_server, &options).await?;
+            let client = connection.with_credentials(
+                vow_client::Client::connect_with(worker_server, &options).await?,
+            )?;
             let concurrency = args.worker_concurrency.unwrap_or(args.concurrency);
             Some(remote::Workers::start(
                 &client,
@@ -297,6 +308,7 @@ async fn run_watch_fanout(
     let progress = progress_bar(show_progress, "server");
     let report = fanout::drive(
         &channels,
+        &connection.injector()?,
         args.concurrency,
         args.warmup,
         args.duration,

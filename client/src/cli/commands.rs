@@ -52,9 +52,30 @@ pub struct Connection {
     pub server: String,
     pub connect_timeout: Duration,
     pub tls: TlsArgs,
+    /// Sent as `authorization: Bearer …` with every call.
+    pub token: Option<String>,
 }
 
 impl Connection {
+    pub fn with_credentials(&self, client: Client) -> Result<Client, Failure> {
+        match &self.token {
+            Some(token) => client.with_token(token).map_err(Failure::from),
+            None => Ok(client),
+        }
+    }
+
+    /// What raw stubs over this connection's channels send with every
+    /// call: the token, and no trace context.
+    pub fn injector(&self) -> Result<vow_client::TraceInjector, Failure> {
+        let injector = vow_client::TraceInjector::new(false);
+        match &self.token {
+            Some(token) => injector.with_bearer_token(token).ok_or_else(|| {
+                Failure::Usage("--token must be visible ASCII without spaces".into())
+            }),
+            None => Ok(injector),
+        }
+    }
+
     /// Connects, retrying refused connections with backoff until the connect
     /// timeout, so a server that is still starting is waited for. A refused
     /// TLS handshake is not retried: only other settings can change it.
@@ -66,7 +87,7 @@ impl Connection {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let connect = Client::connect_with(&self.server, &options);
             let error = match tokio::time::timeout(remaining, connect).await {
-                Ok(Ok(client)) => return Ok(client),
+                Ok(Ok(client)) => return self.with_credentials(client),
                 Ok(Err(error @ Error::Unreachable { .. })) => error,
                 Ok(Err(other)) => return Err(other.into()),
                 Err(_elapsed) => Error::Unreachable {

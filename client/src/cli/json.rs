@@ -30,6 +30,8 @@ pub fn task(task: &Task) -> Value {
         "trace_id": task.trace_id,
         "revision": task.revision,
         "idempotency_key": task.idempotency_key,
+        "namespace": task.namespace,
+        "worker_id": task.worker_id,
         "create_time": timestamp(task.create_time.as_ref()),
         "start_time": timestamp(task.start_time.as_ref()),
         "end_time": timestamp(task.end_time.as_ref()),

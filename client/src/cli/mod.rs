@@ -60,6 +60,11 @@ pub struct Cli {
     #[command(flatten)]
     pub tls: tls::TlsArgs,
 
+    /// Credentials of a server with access control: an API key or a JWT, sent as
+    /// `authorization: Bearer …` with every call.
+    #[arg(long, env = "VOW_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -342,6 +347,7 @@ async fn run_command(cli: Cli) -> ExitStatus {
         server: cli.server,
         connect_timeout: cli.connect_timeout,
         tls: cli.tls,
+        token: cli.token,
     };
     let result = match cli.command {
         Command::Submit(args) => commands::submit(&connection, &output, args).await,

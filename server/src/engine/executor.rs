@@ -103,10 +103,15 @@ pub(super) async fn dispatch_loop(engine: Engine) {
             .await
             .ok()
             .flatten();
-        let sleep_for = next_due
+        let mut sleep_for = next_due
             .map(|due| due.duration_since(SystemTime::now()).unwrap_or_default())
             .unwrap_or(IDLE_POLL)
             .min(IDLE_POLL);
+        // What is due may belong to namespaces at their running quota: look
+        // again when an attempt ends (it wakes this loop), or a while later.
+        if inner.hub.quotas().load().caps_running() {
+            sleep_for = IDLE_POLL;
+        }
         tokio::select! {
             () = inner.dispatch_wakeup.notified() => {}
             () = tokio::time::sleep(sleep_for) => {}
@@ -170,7 +175,10 @@ async fn claim(
     limit: usize,
 ) -> Result<Vec<(TaskEvent, Arc<RunningAttempt>)>, StoreError> {
     let inner = &engine.inner;
-    let mut request = engine.claim_request(limit);
+    // Under running quotas each claim takes one task, so that the count
+    // the exclusion rests on is never more than one attempt behind.
+    let capped = inner.hub.quotas().load().caps_running();
+    let mut request = engine.claim_request(if capped { 1 } else { limit });
     request.excluded_namespaces = engine.namespaces_at_running_quota().await?;
     let claimed = inner.store.claim_due(&request).await?;
     let mut running = engine.lock_running();

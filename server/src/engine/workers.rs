@@ -338,6 +338,7 @@ impl Engine {
                 let running = self.inner.store.namespace_counts(namespace).await?.running;
                 claim.limit = claim.limit.min(limit.saturating_sub(running));
             }
+            let held_back = claim.limit == 0 || !claim.excluded_namespaces.is_empty();
             let claimed = if claim.limit == 0 {
                 Vec::new()
             } else {
@@ -351,10 +352,14 @@ impl Engine {
                     .collect());
             }
             let next_due = self.inner.store.next_due_at(&kinds).await.ok().flatten();
-            let sleep_for = next_due
+            let mut sleep_for = next_due
                 .map(|due| due.duration_since(SystemTime::now()).unwrap_or_default())
                 .unwrap_or(IDLE_POLL)
                 .min(IDLE_POLL);
+            // Due tasks held back by a running quota are no reason to spin.
+            if held_back {
+                sleep_for = IDLE_POLL;
+            }
             let wake_at = (tokio::time::Instant::now() + sleep_for).min(wait_until);
             tokio::select! {
                 _ = futures::future::select_all(woken) => {}

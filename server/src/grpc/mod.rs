@@ -11,6 +11,7 @@ mod task_service;
 mod worker_convert;
 mod worker_service;
 
+pub use convert::ERROR_DOMAIN;
 pub use deadline::parse_grpc_timeout;
 pub use rpc_trace::RpcSpanLayer;
 pub use task_service::TaskServiceImpl;
