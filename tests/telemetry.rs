@@ -496,16 +496,32 @@ async fn metrics_count_a_known_workload() {
     }
 
     let expected: &[Expected] = &[
-        ("vow_tasks_submitted_total", &[("kind", "echo")], 8.0),
-        ("vow_tasks_submitted_total", &[("kind", "fail")], 2.0),
+        (
+            "vow_tasks_submitted_total",
+            &[("kind", "echo"), ("namespace", "default")],
+            8.0,
+        ),
+        (
+            "vow_tasks_submitted_total",
+            &[("kind", "fail"), ("namespace", "default")],
+            2.0,
+        ),
         (
             "vow_tasks_finished_total",
-            &[("kind", "echo"), ("state", "succeeded")],
+            &[
+                ("kind", "echo"),
+                ("namespace", "default"),
+                ("state", "succeeded"),
+            ],
             5.0,
         ),
         (
             "vow_tasks_finished_total",
-            &[("kind", "fail"), ("state", "failed")],
+            &[
+                ("kind", "fail"),
+                ("namespace", "default"),
+                ("state", "failed"),
+            ],
             2.0,
         ),
         ("vow_attempts_total", &[("kind", "echo")], 5.0),

@@ -147,6 +147,11 @@ pub struct Config {
     #[arg(long, env = "VOW_MAX_WATCHERS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_watchers: u64,
 
+    /// Drop the `namespace` label of the task counters (one series per namespace and kind is
+    /// too many with thousands of namespaces); they then say `namespace="all"`.
+    #[arg(long, env = "VOW_METRICS_WITHOUT_NAMESPACE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics_without_namespace: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -135,6 +135,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let stop_metrics = CancellationToken::new();
+    if config.metrics_without_namespace {
+        telemetry::metrics::record::without_namespace_label();
+    }
     if let Some(listener) = listeners.metrics {
         telemetry::metrics_handle();
         let stop = stop_metrics.clone().cancelled_owned();

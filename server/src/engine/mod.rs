@@ -436,7 +436,7 @@ impl Engine {
         match outcome {
             CreateOutcome::Created(task) => {
                 tracing::debug!(task.id = %task.id, task.kind = %task.kind, "task submitted");
-                record::submitted(&task.kind);
+                record::submitted(&task.kind, &task.namespace);
                 self.wake_executors(&task);
                 Ok(Submitted {
                     task,
@@ -992,7 +992,12 @@ fn record_transition(before: &TaskRecord, after: &TaskRecord) {
             .updated_at
             .duration_since(after.created_at)
             .unwrap_or_default();
-        record::finished(&after.kind, after.state.as_str(), submit_to_finish);
+        record::finished(
+            &after.kind,
+            &after.namespace,
+            after.state.as_str(),
+            submit_to_finish,
+        );
     } else if after.state == TaskState::RetryWait {
         record::retry_scheduled(&after.kind);
     }

@@ -61,17 +61,49 @@ pub async fn serve_metrics(
 /// Names and labels of every metric, in one place. The `metrics` macros
 /// record nothing (and cost next to nothing) until a recorder is installed.
 pub mod record {
-    use std::{collections::BTreeMap, time::Duration};
+    use std::{
+        collections::BTreeMap,
+        sync::atomic::{AtomicBool, Ordering},
+        time::Duration,
+    };
+
+    /// Whether task counters carry a `namespace` label (on by default).
+    static NAMESPACE_LABEL: AtomicBool = AtomicBool::new(true);
+
+    /// Drops the `namespace` label, for a vowd with too many namespaces
+    /// for a series each.
+    pub fn without_namespace_label() {
+        NAMESPACE_LABEL.store(false, Ordering::Relaxed);
+    }
+
+    /// A namespace as a label value; one value for all when the label is off.
+    fn namespace_label(namespace: &str) -> String {
+        if NAMESPACE_LABEL.load(Ordering::Relaxed) {
+            namespace.to_owned()
+        } else {
+            "all".to_owned()
+        }
+    }
 
     /// A task was accepted.
-    pub fn submitted(kind: &str) {
-        metrics::counter!("vow_tasks_submitted_total", "kind" => kind.to_owned()).increment(1);
+    pub fn submitted(kind: &str, namespace: &str) {
+        metrics::counter!(
+            "vow_tasks_submitted_total",
+            "kind" => kind.to_owned(),
+            "namespace" => namespace_label(namespace)
+        )
+        .increment(1);
     }
 
     /// A task reached a terminal state, `submit_to_finish` after it was accepted.
-    pub fn finished(kind: &str, state: &'static str, submit_to_finish: Duration) {
-        metrics::counter!("vow_tasks_finished_total", "kind" => kind.to_owned(), "state" => state)
-            .increment(1);
+    pub fn finished(kind: &str, namespace: &str, state: &'static str, submit_to_finish: Duration) {
+        metrics::counter!(
+            "vow_tasks_finished_total",
+            "kind" => kind.to_owned(),
+            "namespace" => namespace_label(namespace),
+            "state" => state
+        )
+        .increment(1);
         metrics::histogram!("vow_task_submit_to_finish_seconds", "kind" => kind.to_owned())
             .record(submit_to_finish.as_secs_f64());
     }
