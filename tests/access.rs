@@ -51,6 +51,7 @@ fn identities() -> Identities {
         ("reader-a", "team-a", &[Permission::Read][..]),
         ("admin", "*", &ALL[..]),
         ("capped", "capped", &ALL[..]),
+        ("slow", "slow", &ALL[..]),
     ] {
         let (key, entry) = new_key(role, namespace, permissions).expect("a key");
         keys.insert(role, key);
@@ -116,7 +117,7 @@ fn write_auth_file(dir: &Path, identities: &Identities, signer: &Signer) -> Path
     let path = dir.join("auth.toml");
     let text = format!(
         "{}\n[jwt]\njwks_file = \"jwks.json\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\n\
-         [namespaces.capped]\nmax_queued = 2\nmax_waiters = 1\n",
+         [namespaces.capped]\nmax_queued = 2\nmax_waiters = 1\n\n[namespaces.slow]\nmax_running = 1\n",
         identities.entries
     );
     std::fs::write(&path, text).expect("write the auth file");
@@ -743,5 +744,84 @@ async fn a_key_from_vowd_keys_new_works_with_vow_token() {
             || String::from_utf8_lossy(&refused.stderr).contains("nauthenticated"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+fn sleep_for(ms: u64) -> proto::SubmitRequest {
+    proto::SubmitRequest {
+        input: Some(proto::Payload {
+            data: Some(proto::payload::Data::Json(prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                    fields: [(
+                        "ms".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(ms as f64)),
+                        },
+                    )]
+                    .into(),
+                })),
+            })),
+            ..proto::Payload::default()
+        }),
+        ..submit("sleep")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_runs_at_most_its_quota_of_attempts_and_holds_no_one_else_back() {
+    let setup = start();
+    let mut slow = setup.tasks_of("slow").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submitted(&mut slow, sleep_for(300)).await.id);
+    }
+    // Another namespace's task starts while the slow ones wait their turn.
+    let mut a = setup.tasks_of("team-a").await;
+    let other = submitted(&mut a, sleep_for(10)).await;
+    let finished = a
+        .r#await(proto::AwaitRequest {
+            id: other.id,
+            timeout: Some(Duration::from_secs(10).try_into().expect("a duration")),
+        })
+        .await
+        .expect("await")
+        .into_inner();
+    assert!(
+        finished.done,
+        "team-a's task ran past the slow namespace's queue"
+    );
+    let most_running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    poll_until(Duration::from_secs(20), "every slow task finished", || {
+        let mut slow = slow.clone();
+        let ids = ids.clone();
+        let most = most_running.clone();
+        async move {
+            let mut states = Vec::new();
+            for id in ids {
+                let task = slow
+                    .get(proto::GetRequest { id })
+                    .await
+                    .expect("get")
+                    .into_inner()
+                    .task
+                    .expect("a task");
+                states.push(task.state());
+            }
+            let running = states
+                .iter()
+                .filter(|state| **state == proto::TaskState::Running)
+                .count();
+            most.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
+            states
+                .iter()
+                .all(|state| *state == proto::TaskState::Succeeded)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        most_running.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "at most one attempt of the namespace ran at once"
     );
 }
