@@ -43,10 +43,10 @@ const TERMINAL_STATES = new Set(['TASK_STATE_SUCCEEDED', 'TASK_STATE_FAILED', 'T
 
 /**
  * Loads vow.v1 from `protoRoot` and returns the package object
- * (`.TaskService` is the client constructor).
+ * (`.TaskService` and `.WorkerService` are the client constructors).
  */
 function loadVow(protoRoot = PROTO_ROOT) {
-  const files = ['vow/v1/task.proto', 'vow/v1/task_service.proto'];
+  const files = ['vow/v1/task.proto', 'vow/v1/task_service.proto', 'vow/v1/worker_service.proto'];
   // google/rpc/*.proto resolve in protoRoot. google/protobuf/*.proto are not
   // files there: protobufjs bundles those well-known types, and proto-loader
   // warns that it did not find them on disk before falling back to the bundled
