@@ -658,4 +658,29 @@ mod tests {
         );
         assert_eq!(retired.events, 3 * (RETIRED_EVENTS / 4));
     }
+
+    #[tokio::test]
+    async fn a_busy_namespace_never_makes_another_namespaces_listener_lag() {
+        let hub = Arc::new(EventHub::new(16));
+        let mut quiet = hub.subscribe_all(&Scope::one("quiet"));
+        let mut everything = hub.subscribe_all(&Scope::All);
+        let in_namespace = |namespace: &str, revision| {
+            let mut record = TaskRecord::clone(&task(revision, false));
+            record.namespace = namespace.into();
+            Arc::new(record)
+        };
+        for revision in 0..(FIREHOSE_CAPACITY as u64 * 2) {
+            hub.changed(&in_namespace("busy", revision));
+        }
+        hub.changed(&in_namespace("quiet", 1));
+        match quiet.recv().await {
+            AllTasksEvent::Changed(task) => assert_eq!(&*task.namespace, "quiet"),
+            other => panic!("the quiet namespace's listener got {other:?}"),
+        }
+        // A listener of every namespace does fall behind the busy one.
+        assert!(matches!(
+            everything.recv().await,
+            AllTasksEvent::Missed(None)
+        ));
+    }
 }
