@@ -214,17 +214,39 @@ class Watch {
 }
 
 /**
+ * A client interceptor that sends `authorization: Bearer <token>` (a vowd API
+ * key or JWT) with every call, streams included. An interceptor rather than
+ * call credentials: grpc-js composes those with TLS channels only, and a
+ * local vowd (or one behind a mesh sidecar) is reached in plaintext.
+ */
+function bearerInterceptor(token) {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
+}
+
+/** Client options of a stub: the token's interceptor, if a token is given. */
+function stubOptions(token) {
+  return token ? { interceptors: [bearerInterceptor(token)] } : {};
+}
+
+/**
  * Typed calls over one channel. `timeoutMs` options are gRPC deadlines in
  * milliseconds from now.
  */
 class VowClient {
   /**
    * Opens a plaintext channel (unless `credentials` are given) to `address`
-   * (host:port) and waits until it is ready.
+   * (host:port) and waits until it is ready. `token` (an API key or JWT of
+   * a vowd with `--auth-file`) goes with every call.
    */
-  static async connect(address, { readyTimeoutMs = 10_000, credentials = grpc.credentials.createInsecure(), protoRoot } = {}) {
+  static async connect(address, { readyTimeoutMs = 10_000, credentials = grpc.credentials.createInsecure(), protoRoot, token } = {}) {
     const vow = loadVow(protoRoot);
-    const stub = new vow.TaskService(address, credentials);
+    const stub = new vow.TaskService(address, credentials, stubOptions(token));
     await new Promise((resolve, reject) =>
       stub.waitForReady(deadlineIn(readyTimeoutMs), (error) => (error ? reject(error) : resolve())),
     );
@@ -283,6 +305,8 @@ class VowClient {
 
 module.exports = {
   PROTO_ROOT,
+  bearerInterceptor,
+  stubOptions,
   TERMINAL_STATES,
   VowClient,
   Watch,

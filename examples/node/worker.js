@@ -42,7 +42,7 @@ const { EventEmitter } = require('node:events');
 const os = require('node:os');
 const path = require('node:path');
 
-const { fromPayload, grpc, loadVow, toPayload } = require('./client');
+const { fromPayload, grpc, loadVow, stubOptions, toPayload } = require('./client');
 const { errorInfoAny, reasonOf, retryInfoAny } = require('./error_details');
 
 /** How long one Poll waits for work on the server before asking again. */
@@ -158,6 +158,7 @@ class Worker extends EventEmitter {
     workerId = `${os.hostname()}-${process.pid}`,
     credentials = grpc.credentials.createInsecure(),
     protoRoot,
+    token,
   }) {
     super();
     if (!target) throw new TypeError('createWorker needs a target (host:port)');
@@ -169,7 +170,7 @@ class Worker extends EventEmitter {
     this.drainTimeoutMs = drainTimeoutMs;
     this.workerId = workerId;
     const vow = loadVow(protoRoot);
-    this.stub = new vow.WorkerService(target, credentials);
+    this.stub = new vow.WorkerService(target, credentials, stubOptions(token));
     /** Running attempts by token. */
     this.attempts = new Map();
     this.stopping = false;
