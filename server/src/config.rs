@@ -193,8 +193,8 @@ pub struct Config {
     #[arg(long, env = "VOW_MAX_CONNECTION_AGE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_connection_age_grace: Duration,
 
-    /// Streams a client may open and reset before vowd reads them, per connection, before the
-    /// connection is closed (GOAWAY): the HTTP/2 rapid-reset defence (CVE-2023-44487).
+    /// Streams a client opened and reset that may wait at once, per connection, for vowd to read
+    /// them; past it the connection is closed (GOAWAY): the HTTP/2 rapid-reset defence (CVE-2023-44487).
     #[arg(long, env = "VOW_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub http2_max_pending_accept_reset_streams: u64,
 
