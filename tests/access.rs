@@ -825,3 +825,57 @@ async fn a_namespace_runs_at_most_its_quota_of_attempts_and_holds_no_one_else_ba
         "at most one attempt of the namespace ran at once"
     );
 }
+
+/// A client certificate's SPIFFE id names an identity of the auth file:
+/// its calls need no token and land in that identity's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_an_identity_of_the_auth_file() {
+    let pki = common::pki::TestPki::new();
+    let dir = TempDir::new("access-mtls");
+    pki.write_to(dir.path());
+    let path = dir.path().join("auth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[mtls]]\nname = \"spiffe-worker\"\nsan = \"{}\"\nnamespace = \"team-a\"\npermissions = [\"submit\", \"read\"]\n",
+            common::pki::CLIENT_SPIFFE_ID
+        ),
+    )
+    .expect("write the auth file");
+    let file = |name: &str| dir.path().join(name).to_str().expect("UTF-8").to_owned();
+    let vowd = Vowd::start(&[
+        "--tls-cert",
+        &file("server.pem"),
+        "--tls-key",
+        &file("server.key"),
+        "--tls-client-ca",
+        &file("ca.pem"),
+        "--auth-file",
+        path.to_str().expect("UTF-8"),
+    ]);
+    let options = vow_client::ConnectOptions::new()
+        .ca_certificate_pem(pki.ca_pem.as_bytes())
+        .domain_name("localhost")
+        .identity_pem(
+            pki.client.certificate_pem.as_bytes(),
+            pki.client.key_pem.as_bytes(),
+        );
+    let client = vow_client::Client::connect_with(&vowd.address, &options)
+        .await
+        .expect("connect with the client certificate");
+    let submitted = client
+        .submit("echo")
+        .input_json(serde_json::json!({"by": "certificate"}))
+        .send()
+        .await
+        .expect("a call by the certificate's identity");
+    assert_eq!(submitted.task.namespace, "team-a");
+    let refused = client
+        .delete(&submitted.task.id, true)
+        .await
+        .expect_err("the identity may not delete");
+    assert_eq!(
+        refused.rpc().map(|rpc| rpc.code),
+        Some(Code::PermissionDenied)
+    );
+}

@@ -501,14 +501,23 @@ async fn bad_submits_are_refused_with_field_violations() {
         violations[0].1.contains("echo") && violations[0].1.contains("sleep"),
         "{violations:?}"
     );
-    expect_violation(
-        client
-            .submit("echo")
-            .input_json(json!("x".repeat(2_000)))
-            .send()
-            .await,
-        "input",
+    // Over the input limit: RESOURCE_EXHAUSTED (gRPC's code for too large a
+    // message), with the field, the size and the limit.
+    let too_large = client
+        .submit("echo")
+        .input_json(json!("x".repeat(2_000)))
+        .send()
+        .await
+        .expect_err("an input over the limit");
+    let rpc = too_large.rpc().expect("an RPC error");
+    assert_eq!(rpc.code, Code::ResourceExhausted, "{too_large:?}");
+    assert_eq!(rpc.reason.as_deref(), Some("PAYLOAD_TOO_LARGE"));
+    assert_eq!(rpc.metadata.get("field").map(String::as_str), Some("input"));
+    assert_eq!(
+        rpc.metadata.get("limit_bytes").map(String::as_str),
+        Some("1024")
     );
+    assert!(rpc.violations.iter().any(|(field, _)| field == "input"));
     expect_violation(
         client
             .submit("sleep")

@@ -427,7 +427,15 @@ async fn bad_requests(store: StoreKind) {
     .await
     .map(|task| task.state())
     .expect_err("an output over the limit is refused");
-    assert_invalid(&too_large, "output");
+    assert_eq!(too_large.code(), Code::ResourceExhausted, "{too_large:?}");
+    let too_large = vow_client::Error::from(too_large);
+    assert_eq!(too_large.reason(), Some("PAYLOAD_TOO_LARGE"));
+    assert!(
+        too_large
+            .violations()
+            .iter()
+            .any(|(field, _)| field == "output")
+    );
     // Nothing changed: the lease still holds, and the worker can report an error.
     let still = client.get(&submitted.id).await.expect("get");
     assert_eq!(still.state(), TaskState::Running);

@@ -152,6 +152,75 @@ pub struct Config {
     #[arg(long, env = "VOW_METRICS_WITHOUT_NAMESPACE", value_parser = clap::builder::BoolishValueParser::new())]
     pub metrics_without_namespace: bool,
 
+    /// Serve TLS with this certificate chain (PEM, the server's certificate first); needs --tls-key.
+    /// Reloaded when it changes: new connections get the new certificate, open ones keep theirs.
+    #[arg(long, env = "VOW_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert; reloaded with it.
+    #[arg(long, env = "VOW_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: admit only clients presenting a certificate signed by this CA (PEM); reloaded
+    /// when it changes. Needs --tls-cert.
+    #[arg(
+        long,
+        env = "VOW_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Longest a client may take to finish its TLS handshake before its connection is closed.
+    #[arg(long, env = "VOW_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Largest request message accepted, in bytes (default: --max-input-bytes plus 1 MiB); a larger
+    /// one is answered RESOURCE_EXHAUSTED before it is read.
+    #[arg(long, env = "VOW_MAX_REQUEST_BYTES", value_parser = clap::value_parser!(u64).range(1024..=(128 * 1024 * 1024)))]
+    pub max_request_bytes: Option<u64>,
+
+    /// Most concurrent calls (HTTP/2 streams) on one connection; a client queues the others.
+    #[arg(long, env = "VOW_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Largest header block of one call (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE), in bytes.
+    #[arg(long, env = "VOW_HTTP2_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub http2_max_header_list_size: u32,
+
+    /// How often vowd pings a connection (HTTP/2 PING) to find dead peers; 0s turns pings off.
+    #[arg(long, env = "VOW_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, env = "VOW_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Idle time before the kernel probes a connection (TCP keepalive); 0s turns probes off.
+    #[arg(long, env = "VOW_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive: Duration,
+
+    /// Age after which a connection is asked to close (HTTP/2 GOAWAY; the client reconnects, which
+    /// also rebalances replicas behind a load balancer). Closes idle and silent connections too. Off
+    /// when unset.
+    #[arg(long, env = "VOW_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// After --max-connection-age, how long calls in flight may still run before the connection
+    /// is closed.
+    #[arg(long, env = "VOW_MAX_CONNECTION_AGE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// Streams a client opened and reset that may wait at once, per connection, for vowd to read
+    /// them; past it the connection is closed (GOAWAY): the HTTP/2 rapid-reset defence (CVE-2023-44487).
+    #[arg(long, env = "VOW_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub http2_max_pending_accept_reset_streams: u64,
+
+    /// Streams vowd may reset because of a client's protocol errors, per connection, before the
+    /// connection is closed (GOAWAY): the defence against "MadeYouReset" (CVE-2025-8671).
+    #[arg(long, env = "VOW_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub http2_max_local_error_reset_streams: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -244,6 +313,14 @@ impl Config {
                 "--database-min-connections must not exceed --database-max-connections".into(),
             );
         }
+        if let Some(max_request_bytes) = self.max_request_bytes
+            && max_request_bytes <= self.max_input_bytes
+        {
+            return Err("--max-request-bytes must exceed --max-input-bytes (a request holds an input and more)".into());
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            return Err("--tls-handshake-timeout must be positive".into());
+        }
         if self.max_lease_duration < Duration::from_secs(1) {
             return Err("--max-lease-duration must be at least 1s".into());
         }
@@ -268,6 +345,23 @@ impl Config {
             }
         }
         Ok(kinds)
+    }
+
+    /// The TLS files, when vowd serves TLS.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            certificate: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// Largest request message, in bytes: `--max-request-bytes`, or the
+    /// input limit with room for the rest of a request.
+    pub fn max_request_bytes(&self) -> usize {
+        const REQUEST_OVERHEAD_BYTES: u64 = 1024 * 1024;
+        self.max_request_bytes
+            .unwrap_or(self.max_input_bytes + REQUEST_OVERHEAD_BYTES) as usize
     }
 
     /// The engine's share of the configuration.

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod kinds_file;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -38,8 +39,6 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 /// How long a PostgreSQL query waits for a connection (and opening waits
 /// for the database) before failing as unavailable.
 const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Headroom over the input limit for the rest of a request.
-const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
 
 /// The opened store and the event hub it reports its changes to.
 pub struct Storage {
@@ -134,6 +133,16 @@ pub async fn serve(
     handlers: HandlerRegistry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Loaded before anything serves: a bad file stops vowd at start.
+    let tls = tls_configs(&config, listeners.metrics.is_some())?;
+    let stop_tls_watchers = CancellationToken::new();
+    let _stop_tls_watchers = stop_tls_watchers.clone().drop_guard();
+    if let Some((grpc_tls, metrics_tls)) = &tls {
+        grpc_tls.spawn_watcher(stop_tls_watchers.clone());
+        if let Some(metrics_tls) = metrics_tls {
+            metrics_tls.spawn_watcher(stop_tls_watchers.clone());
+        }
+    }
     let stop_metrics = CancellationToken::new();
     if config.metrics_without_namespace {
         telemetry::metrics::record::without_namespace_label();
@@ -141,8 +150,20 @@ pub async fn serve(
     if let Some(listener) = listeners.metrics {
         telemetry::metrics_handle();
         let stop = stop_metrics.clone().cancelled_owned();
+        let served = match &tls {
+            Some((_, Some(metrics_tls))) => {
+                let incoming = TcpIncoming::from(listener);
+                let listener = tls::TlsIncoming::new(
+                    incoming,
+                    metrics_tls.clone(),
+                    config.tls_handshake_timeout,
+                );
+                tokio::spawn(telemetry::serve_metrics(listener, stop))
+            }
+            _ => tokio::spawn(telemetry::serve_metrics(listener, stop)),
+        };
         tokio::spawn(async move {
-            if let Err(error) = telemetry::serve_metrics(listener, stop).await {
+            if let Ok(Err(error)) = served.await {
                 tracing::error!(%error, "the metrics endpoint failed");
             }
         });
@@ -167,7 +188,7 @@ pub async fn serve(
         .await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let max_message = config.max_input_bytes as usize + REQUEST_OVERHEAD_BYTES;
+    let max_message = config.max_request_bytes();
     let task_service = TaskServiceServer::new(TaskServiceImpl::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(2 * max_message);
@@ -176,20 +197,29 @@ pub async fn serve(
         .max_encoding_message_size(2 * max_message);
 
     let stop_serving = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let router = connection_limits(tonic::transport::Server::builder(), &config)
         .layer(grpc::RpcSpanLayer)
         .layer(auth::AccessLayer::new(access))
+        .layer(grpc::RequestSizeLayer {
+            limit_bytes: max_message,
+        })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service)
-        .add_service(worker_service)
-        .serve_with_incoming_shutdown(
-            // Small request/response frames must not wait for Nagle's algorithm.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let mut server = tokio::spawn(server);
+        .add_service(worker_service);
+    // Small request/response frames must not wait for Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(nonzero(config.tcp_keepalive));
+    let stopped = stop_serving.clone().cancelled_owned();
+    let mut server = match tls {
+        Some((grpc_tls, _)) => {
+            let incoming = tls::TlsIncoming::new(incoming, grpc_tls, config.tls_handshake_timeout);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+    };
 
     tokio::select! {
         () = shutdown => {}
@@ -218,4 +248,53 @@ pub async fn serve(
     stop_metrics.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The reloading TLS configurations of the gRPC listener and (when there is
+/// one) of the metrics endpoint, their files watched until vowd stops.
+type TlsConfigs = (
+    Arc<tls::ReloadingServerConfig>,
+    Option<Arc<tls::ReloadingServerConfig>>,
+);
+
+fn tls_configs(config: &Config, metrics: bool) -> anyhow::Result<Option<TlsConfigs>> {
+    let Some(files) = config.tls_files() else {
+        return Ok(None);
+    };
+    let grpc = tls::ReloadingServerConfig::load(files.clone(), tls::ALPN_GRPC)?;
+    let metrics = match metrics {
+        true => Some(tls::ReloadingServerConfig::load(files, tls::ALPN_METRICS)?),
+        false => None,
+    };
+    Ok(Some((grpc, metrics)))
+}
+
+/// HTTP/2 limits of every connection, against broken and hostile clients.
+fn connection_limits(
+    server: tonic::transport::Server,
+    config: &Config,
+) -> tonic::transport::Server {
+    let server = server
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        .http2_max_header_list_size(config.http2_max_header_list_size)
+        .http2_keepalive_interval(nonzero(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .http2_max_pending_accept_reset_streams(Some(
+            config.http2_max_pending_accept_reset_streams as usize,
+        ))
+        // Left unset, tonic turns hyper's default limit (1024) off.
+        .http2_max_local_error_reset_streams(Some(
+            config.http2_max_local_error_reset_streams as usize,
+        ));
+    match config.max_connection_age {
+        Some(age) => server
+            .max_connection_age(age)
+            .max_connection_age_grace(config.max_connection_age_grace),
+        None => server,
+    }
+}
+
+/// `None` for a zero duration: the flags' way to say "off".
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }

@@ -67,6 +67,14 @@ async fn serve() -> ExitCode {
         eprintln!("vowd: invalid configuration: {problem}");
         return ExitCode::from(2);
     }
+    // A bad certificate or key stops vowd here, naming its flag, before the
+    // store is opened; serving loads (and then follows) the files again.
+    if let Some(files) = config.tls_files()
+        && let Err(error) = files.server_config(vow_server::tls::ALPN_GRPC)
+    {
+        eprintln!("vowd: invalid TLS configuration: {error}");
+        return ExitCode::from(2);
+    }
     let listeners = match Listeners::bind(&config).await {
         Ok(listeners) => listeners,
         Err(error) => {
@@ -106,7 +114,7 @@ async fn serve() -> ExitCode {
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |address| address.to_string());
     println!("vowd listening on {address}");
-    tracing::info!(listen = %address, store = ?config.store, traces.exported = telemetry.exporting(), "vowd started");
+    tracing::info!(listen = %address, store = ?config.store, tls = config.tls_cert.is_some(), traces.exported = telemetry.exporting(), "vowd started");
     let exit =
         match vow_server::serve(config, listeners, storage, builtin_registry(), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -20,8 +20,13 @@ pub struct KeyedCertificate {
 pub struct TestPki {
     pub ca_pem: String,
     pub server: KeyedCertificate,
+    /// Names `vow-test-client` (DNS) and [`CLIENT_SPIFFE_ID`] (URI).
     pub client: KeyedCertificate,
+    issuer: Issuer<'static, KeyPair>,
 }
+
+/// The URI name of [`TestPki::client`], as a SPIFFE workload would carry.
+pub const CLIENT_SPIFFE_ID: &str = "spiffe://vow.test/ns/team-a/sa/worker";
 
 impl TestPki {
     pub fn new() -> Self {
@@ -32,9 +37,10 @@ impl TestPki {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "vow test CA");
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("vow test CA {}", ca_serial()),
+        );
         let ca_key = KeyPair::generate().expect("a CA key");
         let ca_pem = ca_params.self_signed(&ca_key).expect("a CA").pem();
         let issuer = Issuer::new(ca_params, ca_key);
@@ -46,6 +52,33 @@ impl TestPki {
                 "vow-test-client",
                 ExtendedKeyUsagePurpose::ClientAuth,
             ),
+            issuer,
+        }
+    }
+
+    /// Another server certificate for `localhost` from the same CA (a new
+    /// serial and key): what a renewal brings.
+    pub fn renewed_server(&self) -> KeyedCertificate {
+        leaf(
+            &self.issuer,
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// Writes the CA, the server's certificate and key, and the client's
+    /// certificate and key into `directory` as `ca.pem`, `server.pem`,
+    /// `server.key`, `client.pem` and `client.key`.
+    pub fn write_to(&self, directory: &std::path::Path) {
+        let files = [
+            ("ca.pem", &self.ca_pem),
+            ("server.pem", &self.server.certificate_pem),
+            ("server.key", &self.server.key_pem),
+            ("client.pem", &self.client.certificate_pem),
+            ("client.key", &self.client.key_pem),
+        ];
+        for (name, contents) in files {
+            std::fs::write(directory.join(name), contents).expect("write a PEM file");
         }
     }
 
@@ -63,12 +96,29 @@ impl TestPki {
     }
 }
 
+/// A number of each CA of this process, so that two CAs never share a name
+/// (a verifier then tells "unknown issuer" from "bad signature").
+fn ca_serial() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn leaf(
     issuer: &Issuer<'static, KeyPair>,
     name: &str,
     purpose: ExtendedKeyUsagePurpose,
 ) -> KeyedCertificate {
     let mut params = CertificateParams::new(vec![name.to_owned()]).expect("a valid name");
+    if purpose == ExtendedKeyUsagePurpose::ClientAuth {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            CLIENT_SPIFFE_ID.try_into().expect("a valid URI"),
+        ));
+    }
     params.extended_key_usages = vec![purpose];
     params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate().expect("a leaf key");

@@ -50,6 +50,15 @@ impl ExitStatus {
             Error::Rpc(rpc) => match rpc.code {
                 Code::Unavailable => Self::Unreachable,
                 Code::InvalidArgument | Code::OutOfRange => Self::Usage,
+                // Too large a request: fixing it is the user's job, like a bad argument.
+                Code::ResourceExhausted
+                    if matches!(
+                        rpc.reason.as_deref(),
+                        Some("PAYLOAD_TOO_LARGE" | "REQUEST_TOO_LARGE")
+                    ) =>
+                {
+                    Self::Usage
+                }
                 Code::DeadlineExceeded => Self::TimedOut,
                 _ => Self::Failed,
             },

@@ -1,37 +1,13 @@
 //! The client certificate of a call under mTLS, as names to map.
 
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 /// The DNS and URI SANs (a SPIFFE id, say) of the verified certificate
 /// the client presented, if it presented one.
 pub fn client_sans(extensions: &http::Extensions) -> Vec<String> {
-    let Some(certificates) = extensions
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(TlsConnectInfo::peer_certs)
-    else {
-        return Vec::new();
-    };
-    let Some(leaf) = certificates.first() else {
-        return Vec::new();
-    };
-    let Ok((_, certificate)) = x509_parser::certificate::X509Certificate::from_der(leaf.as_ref())
-    else {
-        return Vec::new();
-    };
-    let Ok(Some(names)) = certificate.subject_alternative_name() else {
-        return Vec::new();
-    };
-    names
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .collect()
+    crate::tls::client_certificate_names_in_http(extensions)
+        .map(|names| names.uris.into_iter().chain(names.dns_names).collect())
+        .unwrap_or_default()
 }
 
 /// The peer address of a call, for audit lines.

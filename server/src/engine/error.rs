@@ -31,6 +31,12 @@ pub enum EngineError {
     NotFound(TaskId),
     #[error("idempotency key {key:?} was already used for a different request (task {existing})")]
     IdempotencyConflict { key: String, existing: TaskId },
+    #[error("{field} is {size_bytes} bytes, over the limit of {limit_bytes} bytes")]
+    TooLarge {
+        field: &'static str,
+        size_bytes: usize,
+        limit_bytes: usize,
+    },
     #[error("the queue is full ({limit} tasks waiting); retry later")]
     QueueFull { limit: usize, retry_after: Duration },
     /// A quota or a listener limit was reached.
@@ -67,6 +73,7 @@ impl EngineError {
             Self::InvalidArgument(_) => "INVALID_REQUEST",
             Self::NotFound(_) => "TASK_NOT_FOUND",
             Self::IdempotencyConflict { .. } => "IDEMPOTENCY_KEY_REUSED",
+            Self::TooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::QueueFull { .. } => "QUEUE_FULL",
             Self::QuotaExceeded { reason, .. } => reason,
             Self::FailedPrecondition { reason, .. } => reason,

@@ -30,6 +30,15 @@ pub fn validate(
     handlers: &HandlerRegistry,
     now: SystemTime,
 ) -> Result<(), EngineError> {
+    // Size first: an input over the limit is refused as such, whatever else is wrong.
+    let input_len = spec.input.encoded_len();
+    if input_len > config.max_input_bytes {
+        return Err(EngineError::TooLarge {
+            field: "input",
+            size_bytes: input_len,
+            limit_bytes: config.max_input_bytes,
+        });
+    }
     let mut violations = Vec::new();
     let mut violation = |field: &str, description: String| {
         violations.push(FieldViolation::new(field, description));
@@ -53,16 +62,7 @@ pub fn validate(
             ),
         ),
         Some(_) => {
-            let input_len = spec.input.encoded_len();
-            if input_len > config.max_input_bytes {
-                violation(
-                    "input",
-                    format!(
-                        "is {input_len} bytes, over the limit of {} bytes",
-                        config.max_input_bytes
-                    ),
-                );
-            } else if let Some(handler) = handlers.get(&spec.kind)
+            if let Some(handler) = handlers.get(&spec.kind)
                 && let Err(problem) = handler.validate_input(&spec.input)
             {
                 violation("input", problem);

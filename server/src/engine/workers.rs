@@ -608,12 +608,11 @@ impl Engine {
             if size > limit {
                 // Refused before anything changes: the lease stays, and the
                 // worker may still complete with an error.
-                return Err(EngineError::invalid(
-                    "output",
-                    format!(
-                        "is {size} bytes, over the limit of {limit} bytes; the lease is still held"
-                    ),
-                ));
+                return Err(EngineError::TooLarge {
+                    field: "output",
+                    size_bytes: size,
+                    limit_bytes: limit,
+                });
             }
         }
         let digest = outcome.digest();
@@ -742,7 +741,7 @@ fn error_label(error: &EngineError) -> &'static str {
             reason: "LEASE_LOST",
             ..
         } => "lease_lost",
-        EngineError::InvalidArgument(_) => "invalid",
+        EngineError::InvalidArgument(_) | EngineError::TooLarge { .. } => "invalid",
         _ => "error",
     }
 }

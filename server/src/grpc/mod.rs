@@ -4,6 +4,7 @@
 
 mod convert;
 mod deadline;
+mod request_size;
 mod rpc_trace;
 mod shared_encoding;
 mod status;
@@ -13,6 +14,7 @@ mod worker_service;
 
 pub use convert::ERROR_DOMAIN;
 pub use deadline::parse_grpc_timeout;
+pub use request_size::{REQUEST_TOO_LARGE, RequestSizeLayer};
 pub use rpc_trace::RpcSpanLayer;
 pub use task_service::TaskServiceImpl;
 pub use worker_service::WorkerServiceImpl;

@@ -27,6 +27,17 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
             metadata.insert("task_id".into(), existing.to_string());
             Code::AlreadyExists
         }
+        EngineError::TooLarge {
+            field,
+            size_bytes,
+            limit_bytes,
+        } => {
+            metadata.insert("field".into(), (*field).to_owned());
+            metadata.insert("size_bytes".into(), size_bytes.to_string());
+            metadata.insert("limit_bytes".into(), limit_bytes.to_string());
+            // gRPC's code for a message over a size limit; the field says which part.
+            Code::ResourceExhausted
+        }
         EngineError::QueueFull { .. } | EngineError::QuotaExceeded { .. } => {
             Code::ResourceExhausted
         }
@@ -50,6 +61,9 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
                     violation.description.clone(),
                 );
             }
+        }
+        EngineError::TooLarge { field, .. } => {
+            details.add_bad_request_violation(*field, error.to_string());
         }
         EngineError::QueueFull { retry_after, .. } => {
             details.set_retry_info(Some(*retry_after));

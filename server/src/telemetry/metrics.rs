@@ -4,7 +4,6 @@
 use std::{future::Future, sync::OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 
 /// From half a millisecond (an echo round trip) to five minutes (a long attempt).
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -32,11 +31,16 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` in the Prometheus text format until `shutdown`.
-pub async fn serve_metrics(
-    listener: TcpListener,
+/// Serves `GET /metrics` in the Prometheus text format until `shutdown`, on
+/// a plain `TcpListener` or on TLS connections (`crate::tls::TlsListener`).
+pub async fn serve_metrics<L>(
+    listener: L,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let handle = metrics_handle();
     let router = axum::Router::new().route(
         "/metrics",
@@ -222,5 +226,11 @@ pub mod record {
             .increment(1);
         metrics::histogram!("vow_rpc_duration_seconds", "method" => method)
             .record(duration.as_secs_f64());
+    }
+
+    /// A change of the TLS files was loaded (`ok`) or refused as invalid.
+    pub fn tls_reload(ok: bool) {
+        let result = if ok { "ok" } else { "invalid" };
+        metrics::counter!("vow_tls_reloads_total", "result" => result).increment(1);
     }
 }
