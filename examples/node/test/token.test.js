@@ -5,18 +5,16 @@
  */
 
 const assert = require('node:assert/strict');
-const { execFileSync, spawn } = require('node:child_process');
+const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const readline = require('node:readline');
 const { test } = require('node:test');
 
 const { VowClient, grpc } = require('../client');
 const { createWorker } = require('../worker');
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-const VOWD = process.env.VOWD ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(REPO_ROOT, 'target'), 'debug', 'vowd');
+const { VOWD, startVowd: startTestVowd } = require('../support/vowd');
 const TIMEOUT_MS = 20_000;
 
 function newKey(namespace) {
@@ -29,23 +27,8 @@ function newKey(namespace) {
 }
 
 async function startVowd(args) {
-  const child = spawn(VOWD, ['--store', 'memory', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  const address = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`vowd did not start; stderr:\n${stderr}`)), TIMEOUT_MS);
-    child.once('exit', (code) => reject(new Error(`vowd exited (${code}); stderr:\n${stderr}`)));
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const match = /^vowd listening on (\S+)$/.exec(line.trim());
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-  });
-  return { child, address };
+  const vowd = startTestVowd(args);
+  return { child: vowd.child, address: await vowd.announced };
 }
 
 test('a key of the auth file lets the client and the worker in, into its namespace', { timeout: TIMEOUT_MS * 2 }, async () => {

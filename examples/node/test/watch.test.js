@@ -9,19 +9,16 @@
  */
 
 const assert = require('node:assert/strict');
-const { spawn, execFile } = require('node:child_process');
+const { execFile } = require('node:child_process');
 const path = require('node:path');
-const readline = require('node:readline');
 const { after, before, test } = require('node:test');
 const { promisify } = require('node:util');
 
 const { VowClient, TERMINAL_STATES } = require('../client');
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-const VOWD = process.env.VOWD ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(REPO_ROOT, 'target'), 'debug', 'vowd');
+const { startVowd: startTestVowd, stopProcess } = require('../support/vowd');
 const WATCH_SCRIPT = path.resolve(__dirname, '..', 'watch.js');
 // Generous bounds for a loaded 2-core CI machine; each only turns a hang into a failure.
-const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 45_000; // above vowd's default drain timeout (30 s)
 const TEST_TIMEOUT_MS = 30_000;
 const WATCH_TIMEOUT_MS = 20_000;
@@ -30,51 +27,14 @@ let vowd;
 let address;
 let vow;
 
-/** Starts vowd and resolves with the address it announces on stdout. */
+/** Starts vowd with fine-grained progress. */
 function startVowd() {
-  const child = spawn(VOWD, ['--store', 'memory', '--listen', '127.0.0.1:0', '--progress-interval', '10ms'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  const announced = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`vowd did not announce its address in ${START_TIMEOUT_MS} ms; stderr:\n${stderr}`)), START_TIMEOUT_MS);
-    child.once('error', (error) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot start ${VOWD} (run \`cargo build --workspace --bins\` first): ${error.message}`));
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`vowd exited early (${code ?? signal}); stderr:\n${stderr}`));
-    });
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const match = /^vowd listening on (\S+)$/.exec(line.trim());
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-  });
-  return { child, announced, stderr: () => stderr };
+  return startTestVowd(['--progress-interval', '10ms']);
 }
 
 /** SIGTERM, as an orchestrator would; a clean drain exits 0. */
 async function stopVowd({ child, stderr }) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
-  child.kill('SIGTERM');
-  let timer;
-  const code = await Promise.race([
-    exited,
-    new Promise((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (code === 'timeout') child.kill('SIGKILL');
+  const code = await stopProcess(child, 'SIGTERM', STOP_TIMEOUT_MS);
   assert.equal(code, 0, `vowd did not exit 0 after SIGTERM; stderr:\n${stderr()}`);
 }
 

@@ -36,12 +36,10 @@ const {
 } = require('../error_details');
 const { TaskError, createWorker, statusOf } = require('../worker');
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-const VOWD = process.env.VOWD ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(REPO_ROOT, 'target'), 'debug', 'vowd');
+const { startVowd: startTestVowd, stopProcess } = require('../support/vowd');
 const WORKER_SCRIPT = path.resolve(__dirname, '..', 'worker.js');
 const HANDLERS_MODULE = path.resolve(__dirname, '..', 'handlers.js');
 // Generous bounds for a loaded 2-core CI machine; each only turns a hang into a failure.
-const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 45_000; // above vowd's default drain timeout (30 s)
 const TEST_TIMEOUT_MS = 30_000;
 const WAIT_MS = 10_000;
@@ -67,53 +65,9 @@ let vowd;
 let address;
 let vow;
 
-/** Starts vowd and resolves with the address it announces on stdout. */
+/** Starts vowd with every remote kind of these tests. */
 function startVowd() {
-  const remoteKinds = REMOTE_KINDS.flatMap((kind) => ['--remote-kind', kind]);
-  const child = spawn(VOWD, ['--store', 'memory', '--listen', '127.0.0.1:0', '--progress-interval', '10ms', ...remoteKinds], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  const announced = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`vowd did not announce its address in ${START_TIMEOUT_MS} ms; stderr:\n${stderr}`)), START_TIMEOUT_MS);
-    child.once('error', (error) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot start ${VOWD} (run \`cargo build --workspace --bins\` first): ${error.message}`));
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`vowd exited early (${code ?? signal}); stderr:\n${stderr}`));
-    });
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const match = /^vowd listening on (\S+)$/.exec(line.trim());
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-  });
-  return { child, announced, stderr: () => stderr };
-}
-
-/** Sends `signal` and resolves with the exit code (or signal name), SIGKILL after `boundMs`. */
-async function stopProcess(child, signal, boundMs) {
-  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode ?? child.signalCode;
-  const exited = new Promise((resolve) => child.once('exit', (code, name) => resolve(code ?? name)));
-  child.kill(signal);
-  let timer;
-  const code = await Promise.race([
-    exited,
-    new Promise((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), boundMs);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (code === 'timeout') child.kill('SIGKILL');
-  return code;
+  return startTestVowd(['--progress-interval', '10ms', ...REMOTE_KINDS.flatMap((kind) => ['--remote-kind', kind])]);
 }
 
 before(async () => {
