@@ -1,0 +1,384 @@
+"""Validates what scripts/check-deploy renders from deploy/, and the gRPC service config.
+
+    python deploy/validate.py manifests RENDERED.yaml... [--service-config FILE] [--proto-dir proto] [--quiet]
+    python deploy/validate.py service-config FILE [--proto-dir proto] [--quiet]
+
+Kubernetes kinds are checked by kubernetes-validate with its strict schemas
+(unknown fields are errors) against every version in KUBERNETES_VERSIONS. That
+tool knows no custom resources: for a kind it has no schema for, it only
+warns and exits 0. Here such a kind is an error, unless it is one of the
+CUSTOM_KINDS below, whose specs get a shallow check (required fields, and no
+unknown field at the top of `spec`) plus the cross-checks of this file. Adding
+a kind to CUSTOM_KINDS is a deliberate edit, never a fallback.
+
+Exit status: 0 when everything passed, 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+# The oldest Kubernetes the manifests support (the native preStop sleep
+# action is on by default from 1.30) and the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+
+# Custom resources: (apiVersion, kind) -> (required spec fields, allowed spec fields).
+# From the CRDs of Istio 1.2x (networking.istio.io/v1), KEDA 2.x, and the
+# Gateway API v1 (standard channel) that Linkerd 2.16+ reads.
+CUSTOM_KINDS: dict[tuple[str, str], tuple[set[str], set[str]]] = {
+    ("networking.istio.io/v1", "DestinationRule"): (
+        {"host"},
+        {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"},
+    ),
+    ("networking.istio.io/v1", "VirtualService"): (
+        {"hosts"},
+        {"hosts", "gateways", "http", "tls", "tcp", "exportTo"},
+    ),
+    ("keda.sh/v1alpha1", "ScaledObject"): (
+        {"scaleTargetRef", "triggers"},
+        {
+            "scaleTargetRef", "triggers", "minReplicaCount", "maxReplicaCount",
+            "idleReplicaCount", "pollingInterval", "cooldownPeriod",
+            "initialCooldownPeriod", "fallback", "advanced",
+        },
+    ),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): (
+        set(),
+        {"parentRefs", "hostnames", "rules"},
+    ),
+}
+
+GRPC_CODES = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+}
+# Never retried by a static policy: a repeated Submit or Run creates a second
+# task unless the caller set an idempotency key, which a static config cannot
+# know; a repeated Poll strands the leases of the lost reply until they expire.
+NEVER_RETRIED = {
+    ("vow.v1.TaskService", "Submit"),
+    ("vow.v1.TaskService", "Run"),
+    ("vow.v1.WorkerService", "Poll"),
+}
+# Whatever else vowd adds to the drain after --drain-timeout: CONNECTION_GRACE
+# in server/src/lib.rs.
+CONNECTION_GRACE_SECONDS = 5
+
+
+class Report:
+    def __init__(self, quiet: bool = False) -> None:
+        self.failures: list[str] = []
+        self.passes = 0
+        self.quiet = quiet
+
+    def fail(self, where: str, message: str) -> None:
+        self.failures.append(f"{where}: {message}")
+        print(f"FAIL {where}: {message}")
+
+    def ok(self, where: str, message: str) -> None:
+        self.passes += 1
+        if not self.quiet:
+            print(f"ok   {where}: {message}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a humantime duration as vowd's flags take them ("5s", "1m 30s", "250ms")."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    total, rest = 0.0, text.replace(" ", "")
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", rest):
+        if unit not in units:
+            raise ValueError(f"unknown unit in duration {text!r}")
+        total += float(number) * units[unit]
+    if not re.fullmatch(r"(\d+(\.\d+)?[a-z]+)+", rest):
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+def proto_methods(proto_dir: Path) -> dict[str, set[str]]:
+    """Fully qualified service name -> its RPC names, read from proto/ (no protoc needed)."""
+    services: dict[str, set[str]] = {}
+    for path in sorted(proto_dir.rglob("*.proto")):
+        text = re.sub(r"//[^\n]*", "", path.read_text())
+        package = re.search(r"^\s*package\s+([\w.]+)\s*;", text, re.M)
+        prefix = f"{package.group(1)}." if package else ""
+        for match in re.finditer(r"\bservice\s+(\w+)\s*\{", text):
+            depth, end = 1, match.end()
+            while depth and end < len(text):
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                end += 1
+            body = text[match.end():end]
+            services[prefix + match.group(1)] = set(re.findall(r"\brpc\s+(\w+)\s*\(", body))
+    return services
+
+
+def retried_methods(config: dict) -> set[tuple[str, str]]:
+    return {
+        (name["service"], name.get("method", ""))
+        for entry in config.get("methodConfig", [])
+        if "retryPolicy" in entry
+        for name in entry.get("name", [])
+    }
+
+
+def check_service_config(path: Path, proto_dir: Path, report: Report) -> dict | None:
+    where = str(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        report.fail(where, f"not valid JSON: {error}")
+        return None
+    services = proto_methods(proto_dir)
+    if not services:
+        report.fail(where, f"no services found under {proto_dir}")
+        return None
+    failures = len(report.failures)
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(config.get("methodConfig", [])):
+        here = f"{where} methodConfig[{index}]"
+        unknown = set(entry) - {"name", "waitForReady", "timeout", "retryPolicy",
+                                "hedgingPolicy", "maxRequestMessageBytes",
+                                "maxResponseMessageBytes"}
+        if unknown:
+            report.fail(here, f"unknown fields {sorted(unknown)}")
+        if not entry.get("name"):
+            report.fail(here, "needs at least one name")
+        for name in entry.get("name", []):
+            service, method = name.get("service", ""), name.get("method", "")
+            if (service, method) in seen:
+                # gRPC rejects the whole service config on a duplicate name.
+                report.fail(here, f"{service}/{method} named twice")
+            seen.add((service, method))
+            if service not in services:
+                report.fail(here, f"no service {service!r} in {proto_dir} (has {sorted(services)})")
+            elif method and method not in services[service]:
+                report.fail(here, f"no method {method!r} in {service} (has {sorted(services[service])})")
+        if "waitForReady" in entry and not isinstance(entry["waitForReady"], bool):
+            report.fail(here, "waitForReady must be true or false")
+        policy = entry.get("retryPolicy")
+        if policy is None:
+            continue
+        for name in entry.get("name", []):
+            service, method = name.get("service", ""), name.get("method", "")
+            if not method and any(never[0] == service for never in NEVER_RETRIED):
+                report.fail(here, f"retries every method of {service}, Submit/Run/Poll among them")
+            if (service, method) in NEVER_RETRIED:
+                report.fail(here, f"retries {service}/{method}, which is not safe to repeat")
+        missing = {"maxAttempts", "initialBackoff", "maxBackoff", "backoffMultiplier",
+                   "retryableStatusCodes"} - set(policy)
+        if missing:
+            report.fail(here, f"retryPolicy lacks {sorted(missing)}")
+            continue
+        if not isinstance(policy["maxAttempts"], int) or not 2 <= policy["maxAttempts"] <= 5:
+            report.fail(here, "retryPolicy.maxAttempts must be an integer from 2 to 5 (gRPC caps it at 5)")
+        for field in ("initialBackoff", "maxBackoff"):
+            if not re.fullmatch(r"\d+(\.\d{1,9})?s", str(policy[field])):
+                report.fail(here, f"retryPolicy.{field} must be a proto3 JSON duration such as \"0.2s\"")
+        if not (isinstance(policy["backoffMultiplier"], (int, float)) and policy["backoffMultiplier"] > 0):
+            report.fail(here, "retryPolicy.backoffMultiplier must be a positive number")
+        codes = policy["retryableStatusCodes"]
+        if not codes or any(code not in GRPC_CODES for code in codes):
+            report.fail(here, f"retryPolicy.retryableStatusCodes must be gRPC code names, got {codes}")
+    throttling = config.get("retryThrottling")
+    if throttling is not None and not (
+        isinstance(throttling.get("maxTokens"), (int, float)) and 0 < throttling["maxTokens"] <= 1000
+        and isinstance(throttling.get("tokenRatio"), (int, float)) and throttling["tokenRatio"] > 0
+    ):
+        report.fail(where, "retryThrottling needs maxTokens in (0, 1000] and a positive tokenRatio")
+    if len(report.failures) == failures:
+        report.ok(where, f"{len(seen)} method names exist in proto/, {len(retried_methods(config))} retried, "
+                         "none of Submit/Run/Poll")
+    return config
+
+
+def load_resources(path: Path) -> list[dict]:
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def check_custom(resource: dict, where: str, report: Report) -> None:
+    required, allowed = CUSTOM_KINDS[(resource["apiVersion"], resource["kind"])]
+    spec = resource.get("spec")
+    if not isinstance(resource.get("metadata", {}).get("name"), str):
+        report.fail(where, "metadata.name missing")
+    elif not isinstance(spec, dict):
+        report.fail(where, "spec missing or not an object")
+    elif missing := required - set(spec):
+        report.fail(where, f"spec lacks {sorted(missing)}")
+    elif unknown := set(spec) - allowed:
+        report.fail(where, f"unknown spec fields {sorted(unknown)}")
+    else:
+        report.ok(where, "custom resource, shallow check (no schema; see CUSTOM_KINDS)")
+
+
+def check_schemas(resources: list[dict], source: str, report: Report) -> None:
+    for resource in resources:
+        kind, api_version = resource.get("kind"), resource.get("apiVersion")
+        where = f"{source} {kind}/{resource.get('metadata', {}).get('name')}"
+        if (api_version, kind) in CUSTOM_KINDS:
+            check_custom(resource, where, report)
+            continue
+        try:
+            for version in KUBERNETES_VERSIONS:
+                kubernetes_validate.validate(resource, version, strict=True)
+        except ValidationError as error:
+            path = ".".join(str(item) for item in error.path)
+            report.fail(where, f"Kubernetes {error.version}: {path}: {error.message}")
+        except SchemaNotFoundError:
+            report.fail(where, f"no schema for {api_version} {kind}: a typo, or a custom resource "
+                               "missing from CUSTOM_KINDS in deploy/validate.py")
+        else:
+            report.ok(where, f"strict schema, Kubernetes {' and '.join(KUBERNETES_VERSIONS)}")
+
+
+def by_kind(resources: list[dict], kind: str) -> list[dict]:
+    return [resource for resource in resources if resource.get("kind") == kind]
+
+
+def check_workloads(resources: list[dict], source: str, report: Report) -> None:
+    """References resolve, probes are gRPC, and the grace period covers the whole shutdown."""
+    config_maps = {r["metadata"]["name"]: r.get("data", {}) for r in by_kind(resources, "ConfigMap")}
+    secrets = {r["metadata"]["name"] for r in by_kind(resources, "Secret")}
+    workloads = by_kind(resources, "Deployment") + by_kind(resources, "StatefulSet")
+    for workload in workloads:
+        where = f"{source} {workload['kind']}/{workload['metadata']['name']}"
+        pod = workload["spec"]["template"]["spec"]
+        failures = len(report.failures)
+        containers = {container["name"]: container for container in pod.get("containers", [])}
+        vowd = containers.get("vowd")
+        if vowd is None:
+            report.fail(where, "no container named vowd")
+            continue
+        flags: dict[str, str] = {}
+        for source_ref in vowd.get("envFrom", []):
+            name = source_ref.get("configMapRef", {}).get("name")
+            if name is not None and name not in config_maps:
+                report.fail(where, f"envFrom names ConfigMap {name!r}, which is not rendered")
+            flags.update(config_maps.get(name, {}))
+        for variable in vowd.get("env", []):
+            ref = variable.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref["name"] not in secrets:
+                report.fail(where, f"{variable['name']} names Secret {ref['name']!r}, which is not rendered")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if "grpc" not in vowd.get(probe, {}):
+                report.fail(where, f"{probe} is not a native gRPC probe")
+        try:
+            delay = parse_duration(flags.get("VOW_SHUTDOWN_DELAY", "5s"))
+            drain = parse_duration(flags.get("VOW_DRAIN_TIMEOUT", "30s"))
+        except ValueError as error:
+            report.fail(where, str(error))
+            continue
+        pre_stop = vowd.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        needed = pre_stop + delay + drain + CONNECTION_GRACE_SECONDS
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if grace <= needed:
+            report.fail(where, f"terminationGracePeriodSeconds {grace} does not exceed preStop {pre_stop} "
+                               f"+ shutdown delay {delay:g} + drain {drain:g} + connection grace "
+                               f"{CONNECTION_GRACE_SECONDS} = {needed:g} s")
+        if len(report.failures) == failures:
+            report.ok(where, f"references resolve, gRPC probes, grace {grace} s > {needed:g} s of shutdown")
+
+
+def route_methods_istio(route: dict) -> set[tuple[str, str]]:
+    methods = set()
+    for match in route.get("match", []):
+        path = match.get("uri", {}).get("exact", "")
+        if path.count("/") == 2:
+            _, service, method = path.split("/")
+            methods.add((service, method))
+    return methods
+
+
+def check_mesh(resources: list[dict], source: str, config: dict | None, report: Report) -> None:
+    """Subsets exist, weights add up, and the mesh retries exactly what the service config does."""
+    retried = retried_methods(config) if config else None
+    rules = {r["metadata"]["name"]: r for r in by_kind(resources, "DestinationRule")}
+    for service in by_kind(resources, "VirtualService"):
+        where = f"{source} VirtualService/{service['metadata']['name']}"
+        failures = len(report.failures)
+        subsets = {
+            (rule["spec"]["host"], subset["name"])
+            for rule in rules.values() for subset in rule["spec"].get("subsets", [])
+        }
+        for route in service["spec"].get("http", []):
+            destinations = route.get("route", [])
+            if sum(d.get("weight", 100 if len(destinations) == 1 else 0) for d in destinations) != 100:
+                report.fail(where, f"route {route.get('name')}: weights do not add up to 100")
+            for destination in destinations:
+                target = destination["destination"]
+                if "subset" in target and (target["host"], target["subset"]) not in subsets:
+                    report.fail(where, f"route {route.get('name')}: no subset {target['subset']} "
+                                       f"of {target['host']} in any DestinationRule")
+            methods = route_methods_istio(route)
+            retry_on = route.get("retries", {}).get("retryOn", "")
+            if methods and retried is not None and methods != retried:
+                report.fail(where, f"route {route.get('name')} retries {sorted(methods ^ retried)} "
+                                   "differently from the service config")
+            if not methods and "unavailable" in retry_on.split(","):
+                report.fail(where, f"route {route.get('name')} retries every method on unavailable, "
+                                   "Submit and Run among them")
+        if len(report.failures) == failures:
+            report.ok(where, "subsets exist, weights add up to 100, retries match the service config")
+    for route in by_kind(resources, "GRPCRoute"):
+        where = f"{source} GRPCRoute/{route['metadata']['name']}"
+        retries = "retry.linkerd.io/grpc" in route["metadata"].get("annotations", {})
+        methods = {
+            (match["method"]["service"], match["method"]["method"])
+            for rule in route["spec"].get("rules", []) for match in rule.get("matches", [])
+            if "method" in match
+        }
+        if retries and not methods:
+            report.fail(where, "retries every method, Submit and Run among them")
+        elif retries and retried is not None and methods != retried:
+            report.fail(where, f"retries {sorted(methods ^ retried)} differently from the service config")
+        else:
+            report.ok(where, "retries match the service config" if retries else "no retries")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    manifests = commands.add_parser("manifests")
+    manifests.add_argument("files", nargs="+", type=Path)
+    manifests.add_argument("--service-config", type=Path)
+    service_config = commands.add_parser("service-config")
+    service_config.add_argument("file", type=Path)
+    for command in (manifests, service_config):
+        command.add_argument("--proto-dir", type=Path, default=Path("proto"))
+        command.add_argument("--quiet", action="store_true", help="print failures and the summary only")
+    arguments = parser.parse_args()
+
+    report = Report(quiet=arguments.quiet)
+    if arguments.command == "service-config":
+        check_service_config(arguments.file, arguments.proto_dir, report)
+    else:
+        config = None
+        if arguments.service_config:
+            config = check_service_config(arguments.service_config, arguments.proto_dir, report)
+        for path in arguments.files:
+            try:
+                resources = load_resources(path)
+            except (OSError, yaml.YAMLError) as error:
+                report.fail(str(path), f"cannot read: {error}")
+                continue
+            if not resources:
+                report.fail(str(path), "renders no resources")
+                continue
+            source = path.stem
+            check_schemas(resources, source, report)
+            check_workloads(resources, source, report)
+            check_mesh(resources, source, config, report)
+    print(f"validate: {report.passes} passed, {len(report.failures)} failed")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
