@@ -1,9 +1,9 @@
 """Calls Vow inside an OpenTelemetry span, so the server's spans join its trace.
 
-A gRPC client interceptor injects the current OpenTelemetry context
-(W3C `traceparent`, `tracestate`, `baggage`) into the metadata of every call,
-the way `opentelemetry-instrumentation-grpc` does; the server makes its RPC
-span a child of it, and every attempt of a submitted task a child of that.
+`vow.Client` injects the current OpenTelemetry context (W3C `traceparent`,
+`tracestate`, `baggage`) into the metadata of every call when opentelemetry
+is installed; the server makes its RPC span a child of it, and every attempt
+of a submitted task a child of that.
 
     python traced_submit.py 127.0.0.1:50051 submit echo '{"hello": "world"}'
     python traced_submit.py 127.0.0.1:50051 await TASK_ID --wait 10
@@ -12,59 +12,24 @@ span a child of it, and every attempt of a submitted task a child of that.
 so a test can look for them at its OTLP receiver. Prints one JSON object:
 the `traceparent` that was sent and the task as the server answered.
 
-Needs grpcio, opentelemetry-api and opentelemetry-sdk, and the stubs that
-generate.py writes.
+Needs the `vow` package (python/ in this repository), opentelemetry-api and
+opentelemetry-sdk.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import random
 import sys
 from typing import Any
 
-import grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
-from vow.v1 import task_pb2
-from vow_client import VowClient
-
-
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
-    ),
-    grpc.ClientCallDetails,
-):
-    """grpc.ClientCallDetails is abstract; interceptors pass on their own copy."""
-
-
-class TraceContextInjector(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds the current OpenTelemetry context to the metadata of each call."""
-
-    def _with_context(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)  # the global propagator: W3C trace context and baggage by default
-        metadata = list(details.metadata or []) + list(carrier.items())
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._with_context(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._with_context(details), request)
+import vow
 
 
 class FixedIds(IdGenerator):
@@ -85,19 +50,18 @@ class FixedIds(IdGenerator):
 def main(argv: list[str]) -> int:
     args = _parse(argv)
     tracer = TracerProvider(id_generator=FixedIds(args.trace_id, args.span_id)).get_tracer("traced_submit")
-    channel = grpc.intercept_channel(grpc.insecure_channel(args.target), TraceContextInjector())
-    grpc.channel_ready_future(channel).result(timeout=10)
-    with VowClient(channel) as vow, tracer.start_as_current_span(
+    with vow.Client(args.target) as client, tracer.start_as_current_span(
         f"traced_submit {args.command}", kind=trace.SpanKind.CLIENT
     ):
+        client.wait_ready(timeout=10)
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        propagate.inject(carrier)  # what the client adds to each call's metadata
         if args.command == "submit":
-            task = vow.submit(args.kind, json.loads(args.input), **_options(args))
+            task = client.submit(args.kind, json.loads(args.input), retry=_retry(args))
             answer: dict[str, Any] = {"task": _task_json(task)}
         else:
-            response = vow.await_(args.id, wait=args.wait, timeout=args.wait + 5)
-            answer = {"task": _task_json(response.task), "done": response.done}
+            task = client.await_(args.id, timeout=args.wait)
+            answer = {"task": _task_json(task), "done": task.done}
     answer["traceparent"] = carrier["traceparent"]
     print(json.dumps(answer))
     return 0
@@ -120,20 +84,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
+def _retry(args: argparse.Namespace) -> vow.Retry | None:
     if args.max_attempts is None and args.backoff_ms is None:
-        return {}
-    retry = task_pb2.RetryPolicy(max_attempts=args.max_attempts or 0)
-    if args.backoff_ms is not None:
-        backoff = duration_pb2.Duration()
-        backoff.FromMilliseconds(args.backoff_ms)
-        retry.initial_backoff.CopyFrom(backoff)
-        retry.max_backoff.CopyFrom(backoff)
-    return {"retry": retry}
+        return None
+    backoff = None if args.backoff_ms is None else args.backoff_ms / 1000
+    return vow.Retry(max_attempts=args.max_attempts, initial_backoff=backoff, max_backoff=backoff)
 
 
-def _task_json(task: task_pb2.Task) -> dict[str, Any]:
-    return json_format.MessageToDict(task, preserving_proto_field_name=True)
+def _task_json(task: vow.Task) -> dict[str, Any]:
+    return json_format.MessageToDict(task.proto, preserving_proto_field_name=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fixtures: a real vowd process on an ephemeral port, and a client of it."""
+"""Fixtures: a real vowd process on an ephemeral port, and a `vow.Client` of it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vow_client import VowClient
+import vow
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ANNOUNCEMENT = "vowd listening on "
@@ -36,7 +36,7 @@ def vowd_address():
         pytest.fail(f"{binary} is missing: run `cargo build --workspace --bins` (scripts/test does)")
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(
-            [str(binary), "--store", "memory", "--listen", "127.0.0.1:0"],
+            [str(binary), "--store", "memory", "--listen", "127.0.0.1:0", "--remote-kind", "resize"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -80,5 +80,6 @@ def _stop(process: subprocess.Popen, stderr) -> None:
 
 @pytest.fixture(scope="session")
 def client(vowd_address):
-    with VowClient.connect(vowd_address) as client:
+    with vow.Client(vowd_address) as client:
+        client.wait_ready(timeout=START_TIMEOUT_SECONDS)
         yield client
