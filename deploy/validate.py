@@ -2,14 +2,18 @@
 
     python deploy/validate.py manifests RENDERED.yaml... [--service-config FILE] [--proto-dir proto] [--quiet]
     python deploy/validate.py service-config FILE [--proto-dir proto] [--quiet]
+    python deploy/validate.py extract-crd CRD.yaml --source TEXT   # refreshes deploy/crd-schemas/
 
 Kubernetes kinds are checked by kubernetes-validate with its strict schemas
 (unknown fields are errors) against every version in KUBERNETES_VERSIONS. That
-tool knows no custom resources: for a kind it has no schema for, it only
-warns and exits 0. Here such a kind is an error, unless it is one of the
-CUSTOM_KINDS below, whose specs get a shallow check (required fields, and no
-unknown field at the top of `spec`) plus the cross-checks of this file. Adding
-a kind to CUSTOM_KINDS is a deliberate edit, never a fallback.
+tool knows no custom resources (for a kind it has no schema for, it only warns
+and exits 0), so custom resources are checked here against the OpenAPI schemas
+of their CRDs, vendored in deploy/crd-schemas/ and made strict the same way
+(an object that lists its properties admits no other, unless the CRD marks it
+x-kubernetes-preserve-unknown-fields); their metadata gets the strict
+ObjectMeta schema. A kind with neither schema is an error: adding a custom kind
+means vendoring its CRD's schema with extract-crd, never a fallback. CEL rules
+(x-kubernetes-validations) are not evaluated.
 
 Exit status: 0 when everything passed, 1 when anything failed.
 """
@@ -22,6 +26,7 @@ import re
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
@@ -30,31 +35,58 @@ from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 # action is on by default from 1.30) and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 
-# Custom resources: (apiVersion, kind) -> (required spec fields, allowed spec fields).
-# From the CRDs of Istio 1.2x (networking.istio.io/v1), KEDA 2.x, and the
-# Gateway API v1 (standard channel) that Linkerd 2.16+ reads.
-CUSTOM_KINDS: dict[tuple[str, str], tuple[set[str], set[str]]] = {
-    ("networking.istio.io/v1", "DestinationRule"): (
-        {"host"},
-        {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"},
-    ),
-    ("networking.istio.io/v1", "VirtualService"): (
-        {"hosts"},
-        {"hosts", "gateways", "http", "tls", "tcp", "exportTo"},
-    ),
-    ("keda.sh/v1alpha1", "ScaledObject"): (
-        {"scaleTargetRef", "triggers"},
-        {
-            "scaleTargetRef", "triggers", "minReplicaCount", "maxReplicaCount",
-            "idleReplicaCount", "pollingInterval", "cooldownPeriod",
-            "initialCooldownPeriod", "fallback", "advanced",
-        },
-    ),
-    ("gateway.networking.k8s.io/v1", "GRPCRoute"): (
-        set(),
-        {"parentRefs", "hostnames", "rules"},
-    ),
+# Vendored CRD schemas, one file per served version: {"source": ..., "schema": openAPIV3Schema}.
+CRD_SCHEMA_DIR = Path(__file__).parent / "crd-schemas"
+# The custom kinds the manifests use, and only those, are extracted from CRDs.
+CUSTOM_KINDS = {
+    ("networking.istio.io", "v1", "DestinationRule"),
+    ("networking.istio.io", "v1", "VirtualService"),
+    ("keda.sh", "v1alpha1", "ScaledObject"),
+    ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
 }
+
+
+def crd_schema_path(api_version: str, kind: str) -> Path:
+    group, _, version = api_version.rpartition("/")
+    return CRD_SCHEMA_DIR / f"{group}_{version}_{kind.lower()}.json"
+
+
+def strict_schema(schema: object) -> object:
+    """An OpenAPI v3 structural schema of a CRD as strict JSON Schema (draft 4, which shares its keywords)."""
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: strict_schema(value) for key, value in schema.items()
+              if key not in ("x-kubernetes-validations", "description")}
+    if result.pop("x-kubernetes-int-or-string", False):
+        result.pop("type", None)
+        result.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if result.pop("nullable", False) and "type" in result:
+        result["type"] = [result["type"], "null"]
+    preserve = result.pop("x-kubernetes-preserve-unknown-fields", False)
+    if "properties" in result and "additionalProperties" not in result and not preserve:
+        result["additionalProperties"] = False
+    return result
+
+
+def extract_crd(path: Path, source: str) -> int:
+    """Writes the schema of every served version of the CUSTOM_KINDS found in a CRD file."""
+    written = 0
+    for document in yaml.safe_load_all(path.read_text()):
+        if not document or document.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = document["spec"]["group"], document["spec"]["names"]["kind"]
+        for version in document["spec"]["versions"]:
+            if (group, version["name"], kind) not in CUSTOM_KINDS:
+                continue
+            target = crd_schema_path(f"{group}/{version['name']}", kind)
+            schema = version["schema"]["openAPIV3Schema"]
+            target.write_text(json.dumps({"source": source, "schema": schema}, separators=(",", ":")) + "\n")
+            print(f"wrote {target} from {source}")
+            written += 1
+    return 0 if written else 1
+
 
 GRPC_CODES = {
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -205,25 +237,34 @@ def load_resources(path: Path) -> list[dict]:
 
 
 def check_custom(resource: dict, where: str, report: Report) -> None:
-    required, allowed = CUSTOM_KINDS[(resource["apiVersion"], resource["kind"])]
-    spec = resource.get("spec")
-    if not isinstance(resource.get("metadata", {}).get("name"), str):
-        report.fail(where, "metadata.name missing")
-    elif not isinstance(spec, dict):
-        report.fail(where, "spec missing or not an object")
-    elif missing := required - set(spec):
-        report.fail(where, f"spec lacks {sorted(missing)}")
-    elif unknown := set(spec) - allowed:
-        report.fail(where, f"unknown spec fields {sorted(unknown)}")
+    path = crd_schema_path(resource["apiVersion"], resource["kind"])
+    vendored = json.loads(path.read_text())
+    schema = strict_schema(vendored["schema"])
+    # Every object has these, whether its CRD lists them or not (Istio's do not).
+    schema.setdefault("properties", {}).update(
+        apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"})
+    validator = jsonschema.Draft4Validator(schema)
+    errors = sorted(validator.iter_errors(resource), key=lambda error: list(error.absolute_path))
+    # The CRD says only `metadata: {type: object}`; the API server checks ObjectMeta itself.
+    metadata_probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": resource.get("metadata")}
+    try:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(metadata_probe, version, strict=True)
+    except ValidationError as error:
+        report.fail(where, f"metadata: {'.'.join(map(str, error.path))}: {error.message}")
+        return
+    if errors:
+        for error in errors[:5]:
+            report.fail(where, f"CRD schema: {'.'.join(map(str, error.absolute_path))}: {error.message}")
     else:
-        report.ok(where, "custom resource, shallow check (no schema; see CUSTOM_KINDS)")
+        report.ok(where, f"strict CRD schema ({vendored['source']})")
 
 
 def check_schemas(resources: list[dict], source: str, report: Report) -> None:
     for resource in resources:
         kind, api_version = resource.get("kind"), resource.get("apiVersion")
         where = f"{source} {kind}/{resource.get('metadata', {}).get('name')}"
-        if (api_version, kind) in CUSTOM_KINDS:
+        if crd_schema_path(str(api_version), str(kind)).is_file():
             check_custom(resource, where, report)
             continue
         try:
@@ -234,7 +275,7 @@ def check_schemas(resources: list[dict], source: str, report: Report) -> None:
             report.fail(where, f"Kubernetes {error.version}: {path}: {error.message}")
         except SchemaNotFoundError:
             report.fail(where, f"no schema for {api_version} {kind}: a typo, or a custom resource "
-                               "missing from CUSTOM_KINDS in deploy/validate.py")
+                               "whose CRD schema is not in deploy/crd-schemas/ (see extract-crd)")
         else:
             report.ok(where, f"strict schema, Kubernetes {' and '.join(KUBERNETES_VERSIONS)}")
 
@@ -351,10 +392,15 @@ def main() -> int:
     manifests.add_argument("--service-config", type=Path)
     service_config = commands.add_parser("service-config")
     service_config.add_argument("file", type=Path)
+    extract = commands.add_parser("extract-crd")
+    extract.add_argument("file", type=Path)
+    extract.add_argument("--source", required=True, help="where the CRD comes from: repository@tag:path")
     for command in (manifests, service_config):
         command.add_argument("--proto-dir", type=Path, default=Path("proto"))
         command.add_argument("--quiet", action="store_true", help="print failures and the summary only")
     arguments = parser.parse_args()
+    if arguments.command == "extract-crd":
+        return extract_crd(arguments.file, arguments.source)
 
     report = Report(quiet=arguments.quiet)
     if arguments.command == "service-config":
