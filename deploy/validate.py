@@ -53,12 +53,19 @@ def crd_schema_path(api_version: str, kind: str) -> Path:
 
 def strict_schema(schema: object) -> object:
     """An OpenAPI v3 structural schema of a CRD as strict JSON Schema (draft 4, which shares its keywords)."""
-    if isinstance(schema, list):
-        return [strict_schema(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    result = {key: strict_schema(value) for key, value in schema.items()
-              if key not in ("x-kubernetes-validations", "description")}
+    result: dict = {}
+    for key, value in schema.items():
+        if key in ("properties", "patternProperties"):
+            # Field names, not keywords: a field may well be called `description`.
+            result[key] = {name: strict_schema(field) for name, field in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            result[key] = strict_schema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            result[key] = [strict_schema(branch) for branch in value]
+        elif key not in ("description", "x-kubernetes-validations"):
+            result[key] = value  # enum, default, pattern, …: values, kept as they are
     if result.pop("x-kubernetes-int-or-string", False):
         result.pop("type", None)
         result.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
