@@ -318,9 +318,13 @@ def check_workloads(resources: list[dict], source: str, report: Report) -> None:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if "grpc" not in vowd.get(probe, {}):
                 report.fail(where, f"{probe} is not a native gRPC probe")
+        if missing := {"VOW_SHUTDOWN_DELAY", "VOW_DRAIN_TIMEOUT"} - set(flags):
+            # Explicit, so the grace period is checked against what vowd will use.
+            report.fail(where, f"the flags ConfigMap must set {sorted(missing)}")
+            continue
         try:
-            delay = parse_duration(flags.get("VOW_SHUTDOWN_DELAY", "5s"))
-            drain = parse_duration(flags.get("VOW_DRAIN_TIMEOUT", "30s"))
+            delay = parse_duration(flags["VOW_SHUTDOWN_DELAY"])
+            drain = parse_duration(flags["VOW_DRAIN_TIMEOUT"])
         except ValueError as error:
             report.fail(where, str(error))
             continue
