@@ -721,8 +721,10 @@ async fn list_filters_and_pages_newest_first_and_delete_forgets() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_running_attempts_then_exits_zero() {
-    let mut vowd = Vowd::start(&["--drain-timeout", "20s"]);
+async fn sigterm_ends_open_awaits_unavailable_and_still_finishes_running_attempts() {
+    let data = common::TempDir::new("drain");
+    let metrics = ["--metrics-listen", "127.0.0.1:0", "--drain-timeout", "20s"];
+    let mut vowd = Vowd::start_embedded(data.path(), &metrics);
     let client = client(&vowd).await;
     let submitted = client
         .submit("sleep")
@@ -737,37 +739,71 @@ async fn sigterm_drains_running_attempts_then_exits_zero() {
         async move { client.get(&id).await.expect("get").state() == TaskState::Running }
     })
     .await;
-
-    vowd.signal(nix::sys::signal::Signal::SIGTERM);
-    eventually(BOUND, "health to turn NOT_SERVING", || async {
-        health_status(&vowd).await == ServingStatus::NotServing
+    let waiting = tokio::spawn({
+        let client = common::client_without_retries(&vowd).await;
+        let id = id.clone();
+        async move { client.await_task(&id, Duration::from_secs(60)).await }
+    });
+    let metrics_address = vowd.metrics_address.clone().expect("metrics address");
+    eventually(BOUND, "the Await to be waiting", || {
+        let metrics_address = metrics_address.clone();
+        async move {
+            let body =
+                tokio::task::spawn_blocking(move || common::scrape_metrics(&metrics_address))
+                    .await
+                    .expect("scrape");
+            common::metric_value(&body, "vow_live_waiters") == Some(1.0)
+        }
     })
     .await;
-    let refused = client
-        .clone()
-        .with_retry(vow_client::RetryConfig {
-            max_attempts: 1,
-            ..Default::default()
-        })
-        .submit("echo")
-        .send()
-        .await
-        .expect_err("no new tasks while draining");
-    assert_eq!(refused.code(), Some(Code::Unavailable));
 
-    let awaited = client
-        .await_task(&id, BOUND)
+    vowd.signal(nix::sys::signal::Signal::SIGTERM);
+    // Not `done = false` 58 s before its deadline: UNAVAILABLE, to wait again elsewhere.
+    let ended = waiting
         .await
-        .expect("await during the drain");
-    assert_eq!(
-        awaited.task.state(),
-        TaskState::Succeeded,
-        "the running attempt finished"
-    );
+        .expect("join")
+        .expect_err("the drain ends the Await");
+    assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
+    assert_eq!(ended.reason(), Some("SHUTTING_DOWN"));
     let status = vowd.wait_exit(BOUND);
     assert!(
         status.success(),
         "vowd exited with {status:?}; logs:\n{}",
         vowd.logs()
     );
+
+    let vowd = Vowd::start_embedded(data.path(), &[]);
+    let task = Client::connect(&vowd.address)
+        .await
+        .expect("connect")
+        .get(&id)
+        .await
+        .expect("get after restart");
+    assert_eq!(
+        task.state(),
+        TaskState::Succeeded,
+        "the running attempt finished in the drain"
+    );
+    assert_eq!(task.attempt, 1, "and was not handed back");
+}
+
+#[tokio::test]
+async fn sigterm_turns_health_not_serving_and_keeps_serving_for_the_shutdown_delay() {
+    let vowd = Vowd::start(&["--shutdown-delay", "1h"]);
+    let client = client(&vowd).await;
+    vowd.signal(nix::sys::signal::Signal::SIGTERM);
+    eventually(BOUND, "health to turn NOT_SERVING", || async {
+        health_status(&vowd).await == ServingStatus::NotServing
+    })
+    .await;
+    // Load balancers still send calls until they see it: they must all work.
+    let task = client
+        .submit("echo")
+        .input_json(json!({"during": "the delay"}))
+        .run(BOUND)
+        .await
+        .expect("a Run while NOT_SERVING");
+    assert_eq!(task.state(), TaskState::Succeeded);
+    let awaited = client.await_task(&task.id, BOUND).await.expect("await");
+    assert!(awaited.done);
 }

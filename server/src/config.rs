@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "VOW_MAX_AWAIT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_await: Duration,
 
+    /// On SIGTERM/SIGINT, how long vowd keeps serving with health NOT_SERVING before it drains, so
+    /// that load balancers stop sending it calls first (their health-check interval, e.g. 5s).
+    #[arg(long, env = "VOW_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// On SIGTERM/SIGINT, how long running attempts may take to finish before they are handed back.
     #[arg(long, env = "VOW_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -36,6 +36,10 @@ use crate::{
 /// How long open connections (health watches, idle clients) may delay the
 /// exit once the engine has drained.
 const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// How long calls are still served normally after the GOAWAY: the time a
+/// proxy on the same network takes to read it and answer its ping.
+const GOAWAY_GRACE: Duration = Duration::from_millis(500);
 /// How long a PostgreSQL query waits for a connection (and opening waits
 /// for the database) before failing as unavailable.
 const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,9 +127,12 @@ impl Listeners {
     }
 }
 
-/// Serves the task service until `shutdown` completes, then drains: health
-/// turns NOT_SERVING, new tasks are refused, running attempts get
-/// `--drain-timeout` to finish, the rest are handed back.
+/// Serves the task service until `shutdown` completes, then: health turns
+/// NOT_SERVING for `--shutdown-delay` while serving goes on; then new tasks
+/// are refused with UNAVAILABLE, Awaits, Watches and Polls end UNAVAILABLE
+/// (callers resume at another replica), every connection gets GOAWAY and its
+/// unary calls finish, running attempts get `--drain-timeout` to finish, and
+/// the rest are handed back.
 pub async fn serve(
     config: Config,
     listeners: Listeners,
@@ -229,15 +236,26 @@ pub async fn serve(
         }
     }
 
-    tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: no new tasks; draining");
     health_reporter
         .set_not_serving::<TaskServiceServer<TaskServiceImpl>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    engine.shutdown(config.drain_timeout).await;
+    if !config.shutdown_delay.is_zero() {
+        tracing::info!(shutdown_delay = ?config.shutdown_delay, "shutting down: NOT_SERVING, still serving until load balancers notice");
+        tokio::time::sleep(config.shutdown_delay).await;
+    }
+    tracing::info!(drain_timeout = ?config.drain_timeout, "draining: GOAWAY on every connection, then no new tasks, and waits end UNAVAILABLE");
+    // GOAWAY first, and calls still go on for a moment: a proxy's streams
+    // sent before it read the GOAWAY (until HTTP/2's second GOAWAY names the
+    // last stream, one ping later) are served, not refused. Then the waits
+    // end, so the graceful close has only short unary calls (and Runs,
+    // bound to their attempts) left to finish.
     stop_serving.cancel();
+    tokio::time::sleep(GOAWAY_GRACE).await;
+    engine.begin_drain();
+    engine.shutdown(config.drain_timeout).await;
     match tokio::time::timeout(CONNECTION_GRACE, &mut server).await {
         Ok(result) => result??,
         Err(_) => {

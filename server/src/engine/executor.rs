@@ -68,6 +68,14 @@ pub(super) async fn dispatch_loop(engine: Engine) {
                 Err(_) => break,
             }
         }
+        // Held from before the drain check until the claimed attempts are
+        // spawned: a drain starting meanwhile waits for them, and does not
+        // close the store under a claim whose tasks would then sit RUNNING
+        // until their leases expire.
+        let in_flight = inner.attempts.token();
+        if inner.stop_dispatch.is_cancelled() {
+            return;
+        }
         let claimed = {
             let _gate = inner.claim_gate.lock().await;
             match claim(&engine, slots.num_permits()).await {
@@ -92,6 +100,7 @@ pub(super) async fn dispatch_loop(engine: Engine) {
                 .attempts
                 .spawn(run_attempt(engine.clone(), task, attempt, slot));
         }
+        drop(in_flight);
         drop(slots);
         if claimed_any {
             continue;

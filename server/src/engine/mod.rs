@@ -141,6 +141,15 @@ pub struct Submitted {
     pub deduplicated: bool,
 }
 
+/// What a wait does when the server starts draining.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AtDrain {
+    /// End with `ShuttingDown`: the caller can wait again at another replica.
+    Fail,
+    /// Keep waiting: the caller's own call is bound to the task (Run, Delete).
+    Wait,
+}
+
 /// Result of a bounded wait.
 #[derive(Debug)]
 pub struct Awaited {
@@ -637,8 +646,8 @@ impl Engine {
         id: TaskId,
         wait: Duration,
     ) -> Result<Awaited, EngineError> {
-        self.wait_terminal(scope, id, Some(wait.min(self.inner.config.max_await)))
-            .await
+        let wait = Some(wait.min(self.inner.config.max_await));
+        self.wait_terminal(scope, id, wait, AtDrain::Fail).await
     }
 
     /// Waits for a task of `scope` to be terminal, for at most `wait` if given.
@@ -647,6 +656,7 @@ impl Engine {
         scope: &Scope,
         id: TaskId,
         wait: Option<Duration>,
+        at_drain: AtDrain,
     ) -> Result<Awaited, EngineError> {
         let wait_until = wait.map(|wait| tokio::time::Instant::now() + wait);
         // A task already finished needs no subscription.
@@ -684,11 +694,18 @@ impl Engine {
                         match self.reread(id, wait_until).await? {
                             Some(task) if task.revision > latest.revision => latest = task,
                             Some(_) => {}
+                            // The store stayed away until the drain: wait again elsewhere.
+                            None if at_drain == AtDrain::Fail && self.inner.stop_dispatch.is_cancelled() => {
+                                return Err(EngineError::ShuttingDown);
+                            }
                             None => break,
                         }
                     }
                 },
                 () = sleep_until_opt(wait_until) => break,
+                () = self.inner.stop_dispatch.cancelled(), if at_drain == AtDrain::Fail => {
+                    return Err(EngineError::ShuttingDown);
+                }
                 () = self.inner.shutdown.cancelled() => break,
             }
         }
@@ -790,7 +807,7 @@ impl Engine {
         cancel_on_drop.task = RunTask::Stored(id);
         // A deduplicated run belongs to the caller that created it.
         cancel_on_drop.armed = !submitted.deduplicated;
-        let awaited = self.wait_terminal(scope, id, wait).await?;
+        let awaited = self.wait_terminal(scope, id, wait, AtDrain::Wait).await?;
         // A task that outlives its call is cancelled as the guard drops.
         cancel_on_drop.armed &= !awaited.done;
         Ok(awaited)
@@ -855,7 +872,9 @@ impl Engine {
                 });
             }
             self.cancel(scope, id, "deleted").await?;
-            let stopped = self.wait_terminal(scope, id, Some(wait)).await?;
+            let stopped = self
+                .wait_terminal(scope, id, Some(wait), AtDrain::Wait)
+                .await?;
             if !stopped.done {
                 return Err(EngineError::FailedPrecondition {
                     reason: "TASK_STILL_STOPPING",
@@ -880,12 +899,20 @@ impl Engine {
         Ok(self.inner.store.list(&query).await?)
     }
 
-    /// Drains and stops: refuses new tasks, stops claiming, lets running
+    /// Starts draining: new tasks are refused, nothing more is claimed, and
+    /// Awaits, AwaitManys, Watches and Polls end with `ShuttingDown`, so
+    /// their callers go on at another replica instead of hearing `done =
+    /// false` long before their deadline. Running attempts go on.
+    pub fn begin_drain(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+        self.inner.stop_dispatch.cancel();
+    }
+
+    /// Drains and stops: [`begin_drain`](Self::begin_drain), lets running
     /// attempts finish within `drain_timeout`, hands the rest back, then ends
     /// every wait and background loop.
     pub async fn shutdown(&self, drain_timeout: Duration) {
-        self.inner.accepting.store(false, Ordering::Release);
-        self.inner.stop_dispatch.cancel();
+        self.begin_drain();
         self.inner.attempts.close();
         let running = self.running_count();
         if running > 0 {

@@ -327,8 +327,9 @@ impl Engine {
             for notified in &mut woken {
                 notified.as_mut().enable();
             }
+            // A draining replica leases nothing: its poller goes on elsewhere.
             if self.inner.stop_dispatch.is_cancelled() {
-                return Ok(Vec::new());
+                return Err(EngineError::ShuttingDown);
             }
             let mut claim = self.remote_claim(&spec, &kinds);
             claim.excluded_namespaces = self.namespaces_at_running_quota().await?;
