@@ -127,8 +127,13 @@ impl Engine {
             if after_revision == 0 {
                 yield WatchEvent::Snapshot(current);
             } else if after_revision < current.revision {
-                let replay: Vec<TaskEvent> =
+                let mut replay: Vec<TaskEvent> =
                     history.into_iter().filter(|task| task.revision > after_revision).collect();
+                if replay.first().is_none_or(|first| first.revision != after_revision + 1) {
+                    // Resumed on a replica that did not follow this task: the
+                    // store may still have what it missed.
+                    replay = engine.stored_changes(id, after_revision, &current).await;
+                }
                 if replay.first().is_some_and(|first| first.revision == after_revision + 1) {
                     for task in replay {
                         last = task.clone();
@@ -180,6 +185,32 @@ impl Engine {
             }
         };
         Ok((started, events))
+    }
+
+    /// The revisions after `after_revision` up to `current`, from the
+    /// store, when it has every one of them; empty otherwise (the watch then
+    /// resyncs, as it does when a store keeps no history).
+    async fn stored_changes(
+        &self,
+        id: TaskId,
+        after_revision: u64,
+        current: &TaskEvent,
+    ) -> Vec<TaskEvent> {
+        let Ok(Some(changes)) = self.inner.store.changes_after(id, after_revision).await else {
+            return Vec::new();
+        };
+        let gapless = changes
+            .iter()
+            .zip(after_revision + 1..)
+            .all(|(task, expected)| task.revision == expected);
+        let reaches = changes
+            .last()
+            .is_some_and(|last| last.revision >= current.revision);
+        if gapless && reaches {
+            changes
+        } else {
+            Vec::new()
+        }
     }
 
     /// Streams the changes of every task matching `filter`, opening with a
@@ -324,7 +355,8 @@ impl Engine {
                     AllTasksEvent::Closed => break,
                 },
                 () = tokio::time::sleep_until(wait_until) => break,
-                () = self.inner.shutdown.cancelled() => break,
+                // Waited for again at another replica, not answered `done = false`.
+                () = self.inner.stop_dispatch.cancelled() => return Err(EngineError::ShuttingDown),
             }
             done = is_done(&latest);
         }

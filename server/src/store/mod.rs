@@ -304,6 +304,20 @@ pub trait Store: Send + Sync + 'static {
     /// When a worker last polled for each kind (any replica, for a shared store).
     async fn last_polls(&self) -> StoreResult<BTreeMap<String, SystemTime>>;
 
+    /// The recorded revisions of task `id` after `after_revision`, in
+    /// order, for a Watch that resumes on a replica that did not see them:
+    /// `None` from a store that keeps no history of its own (memory and
+    /// embedded, whose one process holds it in memory). PostgreSQL keeps its
+    /// change table for minutes; older revisions are gone, which the caller
+    /// sees as a gap.
+    async fn changes_after(
+        &self,
+        _id: TaskId,
+        _after_revision: u64,
+    ) -> StoreResult<Option<Vec<SharedTask>>> {
+        Ok(None)
+    }
+
     /// Leaves the storage tidy at a clean shutdown (a file store folds its
     /// log into the main file). Later writes fail as unavailable.
     async fn close(&self) -> StoreResult<()> {

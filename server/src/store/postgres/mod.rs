@@ -274,6 +274,16 @@ impl Store for PostgresStore {
         bounded(reads::list(&self.shared.pool, query)).await
     }
 
+    async fn changes_after(
+        &self,
+        id: TaskId,
+        after_revision: u64,
+    ) -> StoreResult<Option<Vec<SharedTask>>> {
+        bounded(reads::changes_after(&self.shared.pool, id, after_revision))
+            .await
+            .map(Some)
+    }
+
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<SharedTask>> {
         self.detached(writes::claim_due(self.shared.clone(), request.clone()))
             .await

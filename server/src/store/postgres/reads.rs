@@ -34,6 +34,28 @@ pub async fn get(pool: &PgPool, id: TaskId) -> StoreResult<Option<SharedTask>> {
     row.as_ref().map(schema::record_of).transpose()
 }
 
+/// Most revisions one resumed Watch replays from the change table.
+const CHANGES_PAGE: i64 = 1_000;
+
+pub async fn changes_after(
+    pool: &PgPool,
+    id: TaskId,
+    after_revision: u64,
+) -> StoreResult<Vec<SharedTask>> {
+    let rows = sqlx::query(
+        "SELECT record FROM task_changes
+         WHERE task_id = $1 AND revision > $2
+         ORDER BY revision LIMIT $3",
+    )
+    .bind(id.to_bytes().to_vec())
+    .bind(i64::try_from(after_revision).unwrap_or(i64::MAX))
+    .bind(CHANGES_PAGE)
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    rows.iter().map(schema::record_of).collect()
+}
+
 pub async fn list(pool: &PgPool, query: &ListQuery) -> StoreResult<ListPage> {
     let mut sql =
         String::from("SELECT record, lease_expires_at, created_at, id FROM tasks WHERE TRUE");
