@@ -8,7 +8,10 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::Error;
+use crate::{
+    Error,
+    balance::{self, Target},
+};
 
 /// How long a connection (TCP, then the TLS handshake) may take by default.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,7 +216,10 @@ impl ConnectOptions {
     }
 
     /// Opens one HTTP/2 connection to `endpoint` (a tonic [`Channel`]), for
-    /// callers that spread work over several. Fails like
+    /// callers that spread work over several. `endpoint` may also name several
+    /// servers, `a:50051,b:50051` or `dns:///name:50051` (every address of the
+    /// name, looked up again every 15 s): the channel then balances calls over
+    /// them, connecting to each on first use. Fails like
     /// [`Client::connect_with`](crate::Client::connect_with).
     ///
     /// ```no_run
@@ -227,6 +233,29 @@ impl ConnectOptions {
     /// # Ok(()) }
     /// ```
     pub async fn channel(&self, endpoint: &str) -> Result<Channel, Error> {
+        match Target::parse(endpoint)? {
+            Target::One(endpoint) => self.one_channel(&endpoint).await,
+            Target::List(endpoints) => balance::list_channel(self, &endpoints),
+            Target::Dns { host, port } => balance::dns_channel(self, &host, port, true).await,
+        }
+    }
+
+    /// Like [`channel`](Self::channel), connecting on first use (and, for a
+    /// `dns:///` target, looking the name up then).
+    pub async fn lazy_channel(&self, endpoint: &str) -> Result<Channel, Error> {
+        match Target::parse(endpoint)? {
+            Target::One(endpoint) => Ok(self.endpoint(&endpoint)?.connect_lazy()),
+            Target::List(endpoints) => balance::list_channel(self, &endpoints),
+            Target::Dns { host, port } => balance::dns_channel(self, &host, port, false).await,
+        }
+    }
+
+    /// Whether a name to verify was given.
+    pub(crate) fn has_domain_name(&self) -> bool {
+        self.domain_name.is_some()
+    }
+
+    async fn one_channel(&self, endpoint: &str) -> Result<Channel, Error> {
         let url = self.url(endpoint)?;
         self.endpoint(endpoint)?.connect().await.map_err(|error| {
             let reason = crate::source_chain(&error);

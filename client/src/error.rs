@@ -79,6 +79,20 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::TlsRejected { .. }) && self.code() == Some(Code::Unavailable)
     }
+
+    /// Whether a call that is safe to repeat (a read, a wait, a resumed
+    /// Watch, a keyed Submit, Cancel, Delete) should be sent again:
+    /// UNAVAILABLE, or what proxies make of a stream reset by a server going
+    /// away (nginx answers CANCELLED or INTERNAL, tonic UNKNOWN for a broken
+    /// connection). Such a call may have been served already, which is why
+    /// only calls whose repetition changes nothing take this wider rule.
+    pub fn is_transient(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                Self::Rpc(rpc) if matches!(rpc.code, Code::Cancelled | Code::Internal | Code::Unknown)
+            )
+    }
 }
 
 impl From<tonic::Status> for Error {

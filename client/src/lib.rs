@@ -19,14 +19,20 @@
 //! `tracestate`, `baggage`), so the server's spans and each attempt of a
 //! submitted task join the caller's trace; see [`TraceInjector`].
 //!
-//! Calls that fail with `UNAVAILABLE` are retried with exponential backoff and
-//! jitter (AIP-194). Submits are safe to retry because the client fills in an
-//! idempotency key when the caller gives none.
+//! Calls are retried with exponential backoff and jitter, within their
+//! deadline. Calls that are safe to repeat (Get, Await, AwaitMany, Watch, which
+//! resumes after the last revision it delivered, Submit, Cancel, Delete, List)
+//! are retried on `UNAVAILABLE` and on what proxies make of a stream a
+//! replica reset as it went away (`CANCELLED`, `INTERNAL`, `UNKNOWN`), so a
+//! rolling restart behind haproxy or nginx fails no call. Submits are safe to
+//! repeat because the client fills in an idempotency key when the caller
+//! gives none. Run is retried on `UNAVAILABLE` only (AIP-194).
 //!
 //! TLS (rustls; no system OpenSSL) is on for `https://` URLs; a private CA,
 //! the name to verify and a client identity for mutual TLS are
 //! [`ConnectOptions`], used by [`Client::connect_with`].
 
+mod balance;
 pub mod ceiling;
 mod connect;
 mod error;
@@ -66,7 +72,9 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            max_attempts: 5,
+            // Enough to ride through a replica's restart behind a proxy:
+            // up to about 7 s of backoff in all.
+            max_attempts: 8,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
         }
@@ -117,7 +125,9 @@ pub fn endpoint_url(endpoint: &str) -> String {
 }
 
 impl Client {
-    /// Connects to `endpoint` (`host:port` or an `http://`/`https://` URL).
+    /// Connects to `endpoint` (`host:port` or an `http://`/`https://` URL),
+    /// or balances over several servers: `a:50051,b:50051`, or
+    /// `dns:///name:50051` for every address of a name (a headless Service).
     /// Fails with [`Error::Unreachable`] if no connection can be made now.
     ///
     /// ```no_run
@@ -174,6 +184,19 @@ impl Client {
         Ok(Self::from_channel(
             options.endpoint(endpoint)?.connect_lazy(),
         ))
+    }
+
+    /// Like [`connect_lazy_with`](Self::connect_lazy_with), for any target
+    /// [`ConnectOptions::channel`] takes, several servers included.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), vow_client::Error> {
+    /// let options = vow_client::ConnectOptions::new();
+    /// let client = vow_client::Client::connect_lazy_to("dns:///vow-headless.vow.svc:50051", &options).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_lazy_to(target: &str, options: &ConnectOptions) -> Result<Self, Error> {
+        Ok(Self::from_channel(options.lazy_channel(target).await?))
     }
 
     /// Wraps an existing channel (custom connectors, in-memory tests; for
@@ -277,6 +300,7 @@ impl Client {
         let response = self
             .call(
                 self.call_timeout,
+                Repeat::Safe,
                 |mut tasks, request| async move { tasks.get(request).await },
                 request,
             )
@@ -304,10 +328,14 @@ impl Client {
             timeout: Some(duration_to_proto(timeout)),
         };
         let response = self
-            .call(
+            .call_shrinking(
                 Some(timeout + WAIT_SLACK),
+                Repeat::Safe,
                 |mut tasks, request| async move { tasks.r#await(request).await },
                 request,
+                |request, left| {
+                    request.timeout = Some(duration_to_proto(left.saturating_sub(WAIT_SLACK)))
+                },
             )
             .await?;
         Ok(Awaited {
@@ -333,6 +361,7 @@ impl Client {
         let response = self
             .call(
                 self.call_timeout,
+                Repeat::Safe,
                 |mut tasks, request| async move { tasks.cancel(request).await },
                 request,
             )
@@ -355,6 +384,7 @@ impl Client {
         };
         self.call(
             self.call_timeout,
+            Repeat::Safe,
             |mut tasks, request| async move { tasks.delete(request).await },
             request,
         )
@@ -368,6 +398,7 @@ impl Client {
         let response = self
             .call(
                 self.call_timeout,
+                Repeat::Safe,
                 |mut tasks, request| async move { tasks.list_kinds(request).await },
                 proto::ListKindsRequest {},
             )
@@ -391,6 +422,7 @@ impl Client {
         let response = self
             .call(
                 self.call_timeout,
+                Repeat::Safe,
                 |mut tasks, request| async move { tasks.list(request).await },
                 request,
             )
@@ -430,11 +462,12 @@ impl Client {
         .try_flatten()
     }
 
-    /// Sends one unary call with a deadline, retrying UNAVAILABLE with
-    /// exponential backoff and full jitter.
+    /// Sends one unary call with a deadline, retrying with exponential
+    /// backoff and full jitter as `repeat` allows, within the deadline.
     pub(crate) async fn call<Req, Resp, F, Fut>(
         &self,
         deadline: Option<Duration>,
+        repeat: Repeat,
         send: F,
         request: Req,
     ) -> Result<Resp, Error>
@@ -443,38 +476,82 @@ impl Client {
         F: Fn(Tasks, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        self.call_shrinking(deadline, repeat, send, request, |_, _| {})
+            .await
+    }
+
+    /// Like [`call`](Self::call), for a request that carries its own wait:
+    /// `shrink` fits it to the time left before each retry, so that retries
+    /// never wait past the first call's deadline.
+    pub(crate) async fn call_shrinking<Req, Resp, F, Fut>(
+        &self,
+        deadline: Option<Duration>,
+        repeat: Repeat,
+        send: F,
+        mut request: Req,
+        shrink: impl Fn(&mut Req, Duration),
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(Tasks, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let give_up_at = deadline.map(|deadline| tokio::time::Instant::now() + deadline);
         let mut backoff = self.retry.initial_backoff;
         let mut attempt = 1;
         loop {
+            let left =
+                give_up_at.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
             let mut call = tonic::Request::new(request.clone());
-            if let Some(deadline) = deadline {
-                call.set_timeout(deadline);
+            if let Some(left) = left {
+                call.set_timeout(left);
             }
-            let result = match deadline {
-                Some(deadline) => tokio::time::timeout(deadline, send(self.tasks.clone(), call))
+            let result = match left {
+                Some(left) => tokio::time::timeout(left, send(self.tasks.clone(), call))
                     .await
                     .unwrap_or_else(|_| {
                         Err(tonic::Status::deadline_exceeded("the call deadline passed"))
                     }),
                 None => send(self.tasks.clone(), call).await,
             };
-            match result {
+            let status = match result {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) => {
-                    let error = Error::from(unavailable_if_connection_lost(status));
-                    if !error.is_retryable() || attempt >= self.retry.max_attempts {
-                        return Err(error);
-                    }
-                    let wait = error
-                        .retry_after()
-                        .unwrap_or_else(|| backoff.mul_f64(rand::random::<f64>()));
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
-                    attempt += 1;
-                }
+                Err(status) => status,
+            };
+            let error = Error::from(unavailable_if_connection_lost(status));
+            let may_repeat = match repeat {
+                Repeat::Safe => error.is_transient(),
+                Repeat::IfUnserved => error.is_retryable(),
+            };
+            if !may_repeat || attempt >= self.retry.max_attempts {
+                return Err(error);
             }
+            let wait = error
+                .retry_after()
+                .unwrap_or_else(|| backoff.mul_f64(rand::random::<f64>()));
+            let retry_at = tokio::time::Instant::now() + wait;
+            if let Some(give_up_at) = give_up_at {
+                if retry_at >= give_up_at {
+                    return Err(error);
+                }
+                shrink(&mut request, give_up_at - retry_at);
+            }
+            tokio::time::sleep_until(retry_at).await;
+            backoff = (backoff * 2).min(self.retry.max_backoff);
+            attempt += 1;
         }
     }
+}
+
+/// Which failures a call may be sent again after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// Any transient failure ([`Error::is_transient`]): the call changes
+    /// nothing when repeated.
+    Safe,
+    /// Only UNAVAILABLE (AIP-194), which says the call was not served; for
+    /// Run, whose repetition after a served call is not the same call.
+    IfUnserved,
 }
 
 /// tonic reports a connection that broke under a call as UNKNOWN "transport

@@ -175,6 +175,8 @@ impl SubmitBuilder {
             .client
             .call(
                 timeout,
+                // Keyed: a repeat answers with the task the first one made.
+                crate::Repeat::Safe,
                 |mut tasks, request| async move { tasks.submit(request).await },
                 self.request,
             )
@@ -219,6 +221,8 @@ impl SubmitBuilder {
             .client
             .call(
                 Some(timeout),
+                // A Run that was served and lost its caller cancelled its task.
+                crate::Repeat::IfUnserved,
                 |mut tasks, request| async move { tasks.run(request).await },
                 run,
             )

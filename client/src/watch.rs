@@ -60,7 +60,7 @@ impl Client {
                     Err(status) => {
                         let error = Error::from(status);
                         failures += 1;
-                        if !error.is_retryable() || failures >= client.retry.max_attempts {
+                        if !error.is_transient() || failures >= client.retry.max_attempts {
                             Err(error)?;
                         }
                         tokio::time::sleep(client.backoff(failures)).await;
@@ -91,7 +91,7 @@ impl Client {
                     break;
                 };
                 failures += 1;
-                if !error.is_retryable() || failures >= client.retry.max_attempts {
+                if !error.is_transient() || failures >= client.retry.max_attempts {
                     Err(error)?;
                 }
                 tokio::time::sleep(client.backoff(failures)).await;
@@ -113,10 +113,15 @@ impl Client {
             timeout: Some(duration_to_proto(timeout)),
         };
         let response = self
-            .call(
+            .call_shrinking(
                 Some(timeout + crate::WAIT_SLACK),
+                crate::Repeat::Safe,
                 |mut tasks, request| async move { tasks.await_many(request).await },
                 request,
+                |request, left| {
+                    request.timeout =
+                        Some(duration_to_proto(left.saturating_sub(crate::WAIT_SLACK)));
+                },
             )
             .await?;
         Ok(AwaitedMany {

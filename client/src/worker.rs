@@ -155,7 +155,7 @@ impl Worker {
                 Ok(response) => response.into_inner().leases,
                 Err(status) => {
                     let error = Error::from(status);
-                    if !error.is_retryable() && error.code() != Some(tonic::Code::Unknown) {
+                    if !error.is_transient() {
                         return Err(error);
                     }
                     tokio::select! {
@@ -383,7 +383,12 @@ fn is_lease_lost(status: &tonic::Status) -> bool {
 fn is_transient(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            // What proxies make of a stream reset by a replica going away.
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
     )
 }
 
