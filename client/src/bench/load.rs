@@ -53,6 +53,9 @@ pub struct LoadPlan {
     pub dispatch: Option<Arc<DispatchClock>>,
     /// Credentials every call carries (no trace context: the load is not traced).
     pub injector: vow_client::TraceInjector,
+    /// Retry transient failures as the project's clients do (`--retry`),
+    /// every Submit with a key of its own so that a repeat is safe.
+    pub retry: Option<vow_client::RetryConfig>,
 }
 
 /// What one load run measured, over the window after the warmup.
@@ -63,6 +66,8 @@ pub struct LoadReport {
     pub window: Duration,
     /// Latency of successful iterations, in microseconds.
     pub latency: Histogram<u64>,
+    /// Calls sent again after a transient failure (with `--retry`).
+    pub retried: u64,
     /// Failed iterations inside the window, by gRPC code or task state.
     pub errors: BTreeMap<String, u64>,
     /// The first error seen, to explain the counts.
@@ -141,6 +146,7 @@ impl LoadReport {
             completed: 0,
             window: Duration::ZERO,
             latency: new_histogram(),
+            retried: 0,
             errors: BTreeMap::new(),
             first_error: None,
             fanout_rounds: 0,
@@ -160,6 +166,7 @@ impl LoadReport {
     /// Adds another measured window (a later round against the same server).
     pub fn absorb(&mut self, other: LoadReport) {
         self.completed += other.completed;
+        self.retried += other.retried;
         self.window += other.window;
         // Every histogram here has the same bounds, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
@@ -216,6 +223,8 @@ pub async fn drive(
             window_end,
             iterations: Arc::clone(&iterations),
             dispatch: plan.dispatch.clone(),
+            retry: plan.retry.clone(),
+            retried: 0,
         };
         callers.spawn(caller.run());
     }
@@ -234,6 +243,7 @@ pub async fn drive(
             let Ok(tally) = result else { continue };
             report.absorb(LoadReport {
                 completed: tally.completed,
+                retried: tally.retried,
                 window: Duration::ZERO,
                 latency: tally.latency,
                 errors: tally.errors,
@@ -302,11 +312,14 @@ struct Caller {
     window_end: Instant,
     iterations: Arc<AtomicU64>,
     dispatch: Option<Arc<DispatchClock>>,
+    retry: Option<vow_client::RetryConfig>,
+    retried: u64,
 }
 
 /// What one caller counted.
 struct Tally {
     completed: u64,
+    retried: u64,
     latency: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     first_error: Option<String>,
@@ -316,6 +329,7 @@ impl Caller {
     async fn run(mut self) -> Tally {
         let mut tally = Tally {
             completed: 0,
+            retried: 0,
             latency: new_histogram(),
             errors: BTreeMap::new(),
             first_error: None,
@@ -323,6 +337,7 @@ impl Caller {
         loop {
             let started = Instant::now();
             if started >= self.window_end {
+                tally.retried = self.retried;
                 return tally;
             }
             let outcome = self.iterate().await;
@@ -355,13 +370,17 @@ impl Caller {
     async fn iterate(&mut self) -> Result<(), IterationError> {
         match self.mode {
             Mode::SubmitAwait | Mode::Remote => {
-                let submitted = self.client.submit(self.submit.clone()).await;
-                let id = submitted
-                    .map_err(IterationError::Rpc)?
-                    .into_inner()
-                    .task
-                    .map(|task| task.id)
-                    .unwrap_or_default();
+                let mut submit = self.submit.clone();
+                if self.retry.is_some() {
+                    submit.idempotency_key = format!("bench-{}", uuid::Uuid::now_v7().simple());
+                }
+                let submitted = self
+                    .retrying(|mut client| {
+                        let submit = submit.clone();
+                        async move { client.submit(submit).await }
+                    })
+                    .await?;
+                let id = submitted.task.map(|task| task.id).unwrap_or_default();
                 if let Some(dispatch) = &self.dispatch {
                     dispatch.mark(&id, Moment::Acknowledged);
                 }
@@ -370,11 +389,11 @@ impl Caller {
                     timeout: Some(AWAIT_TIMEOUT),
                 };
                 let awaited = self
-                    .client
-                    .r#await(request)
-                    .await
-                    .map_err(IterationError::Rpc)?
-                    .into_inner();
+                    .retrying(|mut client| {
+                        let request = request.clone();
+                        async move { client.r#await(request).await }
+                    })
+                    .await?;
                 if !awaited.done {
                     return Err(IterationError::Task("AWAIT_NOT_DONE"));
                 }
@@ -397,6 +416,38 @@ impl Caller {
                     "watch-fanout runs in rounds (bench::fanout), never in the caller loop"
                 )
             }
+        }
+    }
+}
+
+impl Caller {
+    /// Sends a call that is safe to repeat; with `--retry`, again after a
+    /// transient failure (as `vow_client::Client` does), with backoff.
+    async fn retrying<T, F, Fut>(&mut self, mut call: F) -> Result<T, IterationError>
+    where
+        F: FnMut(super::Stub) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut failures = 0;
+        let mut ceiling = Duration::ZERO;
+        loop {
+            let status = match call(self.client.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            let Some(retry) = &self.retry else {
+                return Err(IterationError::Rpc(status));
+            };
+            failures += 1;
+            if failures >= retry.max_attempts || !Error::from(status.clone()).is_transient() {
+                return Err(IterationError::Rpc(status));
+            }
+            ceiling = match ceiling.is_zero() {
+                true => retry.initial_backoff,
+                false => (ceiling * 2).min(retry.max_backoff),
+            };
+            self.retried += 1;
+            tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
         }
     }
 }

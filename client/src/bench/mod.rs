@@ -117,6 +117,12 @@ pub struct BenchArgs {
     /// another PostgreSQL replica, to measure dispatch across replicas.
     #[arg(long)]
     pub worker_server: Option<String>,
+    /// Retry what the project's clients retry (UNAVAILABLE, and the CANCELLED,
+    /// INTERNAL or UNKNOWN a proxy makes of a reset stream), giving each Submit
+    /// an idempotency key of its own: the load of an application riding
+    /// through a rolling restart. Retries are counted apart from errors.
+    #[arg(long)]
+    pub retry: bool,
 }
 
 /// Unmeasured run-in before each later round, after the other server had the machine.
@@ -184,6 +190,7 @@ pub async fn run(
         concurrency: args.concurrency,
         connections: args.connections,
         dispatch: dispatch.clone(),
+        retry: args.retry.then(vow_client::RetryConfig::default),
         request: proto::SubmitRequest {
             kind: args.kind.clone(),
             input: Some(proto::Payload {

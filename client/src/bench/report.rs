@@ -103,6 +103,7 @@ fn report_json(report: &LoadReport) -> Value {
         "tasks": report.completed,
         "tasks_per_s": round(report.throughput(), 1),
         "latency_us": percentiles_json(&report.latency),
+        "retried": report.retried,
         "errors": report.errors,
         "first_error": report.first_error,
     })
