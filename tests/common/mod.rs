@@ -78,8 +78,11 @@ impl Vowd {
         ));
         let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
         let mut command = Command::new(vowd_binary());
+        // A test restarting a replica on the port a proxy knows names it.
+        if !extra_args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0"])
             .args(store_args)
             .args(extra_args)
             .env("VOW_LOG", "info")
