@@ -210,3 +210,15 @@ def test_registering_a_kind_twice_is_refused(client: vow.Client) -> None:
     with pytest.raises(ValueError, match="py-echo"):
         worker.register("py-echo", lambda ctx: None)
 
+
+
+def test_a_stopped_worker_can_run_again(client: vow.Client, run_worker: Any) -> None:
+    worker = new_worker(client)
+    worker.register("py-echo", lambda ctx: ctx.input)
+
+    outputs = []
+    for run in range(2):
+        with run_worker(worker):
+            outputs.append(client.await_(client.submit("py-echo", run).id, timeout=SETTLE_SECONDS).output)
+
+    assert outputs == [0, 1]

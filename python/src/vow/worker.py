@@ -195,8 +195,11 @@ class Worker:
             if self._owns_client:
                 self.client.close()
             self._loop = None
-        if self._fatal is not None:
-            raise self._fatal
+            # A worker may run again (its own client aside) once this run has ended.
+            self._stop_requested, self._stop_at, self._signals_received = False, None, 0
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         """SIGTERM and SIGINT stop the worker; only possible in the main thread."""
