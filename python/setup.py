@@ -89,10 +89,15 @@ class BuildPyWithStubs(build_py):
 
 
 class SdistWithProtos(sdist):
-    """sdist that carries the proto sources, so a wheel built from it finds them."""
+    """sdist that carries the proto sources, so a wheel built from it finds them, and no stubs.
+
+    Stubs an editable install left in src/ would otherwise go in too: stale ones, since the
+    wheel built from the sdist writes its own.
+    """
 
     def make_release_tree(self, base_dir: str, files: list[str]) -> None:
         super().make_release_tree(base_dir, files)
+        shutil.rmtree(Path(base_dir, "src", *GENERATED_PACKAGE), ignore_errors=True)
         root = proto_root()
         for relative in [*proto_sources(root), *INCLUDE_ONLY]:
             destination = Path(base_dir, "proto", relative)
