@@ -305,3 +305,15 @@ def test_a_watch_that_keeps_breaking_gives_up(serve: Any) -> None:
 
     assert raised.value.code is grpc.StatusCode.UNAVAILABLE
     assert len(service.calls) == 3
+
+
+@pytest.mark.parametrize("method", ["Await", "AwaitMany"])
+def test_a_retried_wait_asks_only_for_what_is_left_of_its_bound(serve: Any, method: str) -> None:
+    service = FlakyTaskService(code="UNAVAILABLE", failures=1, retry_after=0.3)
+    client = serve(service)
+
+    CALLS[method](client)  # a bound of 5 s
+
+    first, second = (call.request.timeout.ToNanoseconds() / 1e9 for call in service.calls)
+    assert 4.5 < first <= 5.0
+    assert second <= first - 0.3, "the pause came out of the bound"

@@ -212,9 +212,7 @@ class Client:
         )
 
         def once(wait: float) -> AwaitedMany:
-            request.timeout.CopyFrom(duration(wait))
-            response = self._unary(self.tasks.AwaitMany, request, wait + AWAIT_SLACK_SECONDS)
-            return AwaitedMany.from_proto(response)
+            return AwaitedMany.from_proto(self._waiting_call(self.tasks.AwaitMany, request, wait))
 
         return self._wait(timeout, once, lambda answer: answer.done)
 
@@ -232,9 +230,8 @@ class Client:
 
     def _await_once(self, task_id: str, wait: float) -> Task:
         request = task_service_pb2.AwaitRequest(id=task_id)
-        request.timeout.CopyFrom(duration(wait))
         try:
-            response = self._unary(self.tasks.Await, request, wait + AWAIT_SLACK_SECONDS)
+            response = self._waiting_call(self.tasks.Await, request, wait)
         except VowError as error:
             if error.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
@@ -242,6 +239,20 @@ class Client:
             # the task was not done at the bound, which is what a Get shows.
             return self.get(task_id)
         return Task(response.task)
+
+    def _waiting_call(self, method: Any, request: Any, wait: float) -> Any:
+        """An Await or AwaitMany that waits `wait` seconds at most, its retries included.
+
+        Each attempt asks the server to wait for what is left of `wait` and gives its
+        gRPC deadline the slack beyond, so the server's own answer comes back in time.
+        """
+
+        def attempt(left: float | None) -> Any:
+            assert left is not None, "a waiting call is always bounded"
+            request.timeout.CopyFrom(duration(max(0.0, left - AWAIT_SLACK_SECONDS)))
+            return method(request, timeout=left)
+
+        return call_with_retries(attempt, self.retries, wait + AWAIT_SLACK_SECONDS)
 
     def run(
         self,
