@@ -233,7 +233,7 @@ def test_retries_stop_at_the_call_timeout(serve: Any) -> None:
         client.get(TASK_ID, timeout=0.6)
     elapsed = time.monotonic() - started
 
-    assert elapsed < 0.6 + 0.2, "no attempt and no pause past the timeout"
+    assert elapsed < 0.6 + 0.4, "no attempt and no pause past the timeout (slack for a loaded machine)"
     assert 2 <= len(service.calls) < 1000, "it did retry, within the bound"
 
 
