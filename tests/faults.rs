@@ -655,3 +655,123 @@ async fn a_run_abandoned_during_its_submit_is_cancelled() {
     );
     assert_eq!(awaited.task.state(), TaskState::Cancelled);
 }
+
+/// Sixteen callers on one replica while every database connection is cut
+/// (reset, new ones refused) for five seconds, then stalled for two: calls
+/// fail only with UNAVAILABLE or their deadline, never with a lie; every
+/// acknowledged task finishes after healing; and the outage writes a
+/// bounded number of warning lines (9,362 before they were throttled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_under_load_fails_calls_honestly_loses_nothing_and_logs_little() {
+    let database = TestDatabase::create().await;
+    let (proxy, vowd) = replica_behind_proxy(&database, &[]).await;
+    let client = connect(&vowd)
+        .await
+        .with_call_timeout(Some(Duration::from_secs(3)));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut failures: HashMap<Code, u64> = HashMap::new();
+                while !stop.is_cancelled() {
+                    match client
+                        .submit("echo")
+                        .input_json(json!({"n": 1}))
+                        .send()
+                        .await
+                    {
+                        Ok(submitted) => {
+                            acknowledged.push(submitted.task.id.clone());
+                            if let Err(error) = client
+                                .await_task(&submitted.task.id, Duration::from_secs(2))
+                                .await
+                            {
+                                *failures
+                                    .entry(error.code().unwrap_or(Code::Unknown))
+                                    .or_default() += 1;
+                            }
+                        }
+                        Err(error) => {
+                            *failures
+                                .entry(error.code().unwrap_or(Code::Unknown))
+                                .or_default() += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (acknowledged, failures)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logged_before = vowd.logs().lines().count();
+    proxy.refuse(Some(Connections::All));
+    proxy.reset(Connections::All);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.refuse(None);
+    proxy.stall_new(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.stall_new(false);
+    proxy.stall(Connections::All, false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+
+    let mut acknowledged = Vec::new();
+    let mut failures: HashMap<Code, u64> = HashMap::new();
+    for caller in join_all(callers).await {
+        let (ids, caller_failures) = caller.expect("join a caller");
+        acknowledged.extend(ids);
+        for (code, count) in caller_failures {
+            *failures.entry(code).or_default() += count;
+        }
+    }
+    let honest = [Code::Unavailable, Code::DeadlineExceeded];
+    assert!(
+        failures.keys().all(|code| honest.contains(code)),
+        "calls failed with {failures:?}; logs:\n{}",
+        vowd.logs()
+    );
+    assert!(!acknowledged.is_empty());
+    let healed = common::client_without_retries(&vowd).await;
+    for id in &acknowledged {
+        let awaited = poll_until(
+            BOUND,
+            "an acknowledged task to finish after healing",
+            || {
+                let healed = healed.clone();
+                let id = id.clone();
+                async move {
+                    healed
+                        .await_task(&id, Duration::from_secs(5))
+                        .await
+                        .ok()
+                        .filter(|awaited| awaited.done)
+                }
+            },
+        )
+        .await;
+        assert_eq!(awaited.task.state(), TaskState::Succeeded, "{id}");
+    }
+    let logs = vowd.logs();
+    let outage_lines: Vec<&str> = logs
+        .lines()
+        .skip(logged_before)
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect();
+    eprintln!(
+        "{} tasks acknowledged, failures {failures:?}, {} warning lines:\n{}",
+        acknowledged.len(),
+        outage_lines.len(),
+        outage_lines.join("\n")
+    );
+    assert!(
+        outage_lines.len() <= 40,
+        "the outage wrote {} warning lines:\n{}",
+        outage_lines.len(),
+        outage_lines.join("\n")
+    );
+}

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     store::StoreError,
-    telemetry::{self, metrics::record},
+    telemetry::{self, metrics::record, throttle},
 };
 
 /// Most tasks claimed in one store round trip.
@@ -81,7 +81,9 @@ pub(super) async fn dispatch_loop(engine: Engine) {
             match claim(&engine, slots.num_permits()).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
-                    tracing::error!(%error, "claiming due tasks failed; retrying");
+                    if let Some(suppressed) = throttle::admit("engine.claim_failed") {
+                        tracing::error!(%error, suppressed, "claiming due tasks failed; retrying");
+                    }
                     drop(slots);
                     tokio::select! {
                         () = tokio::time::sleep(IDLE_POLL) => continue,
@@ -392,7 +394,11 @@ async fn execute(
                     let expires_at = SystemTime::now() + config.lease_duration;
                     match engine.inner.store.extend_lease(task.id, lease_token, expires_at, SystemTime::now()).await {
                         Ok(()) => lease_expires_at = expires_at,
-                        Err(error) => tracing::warn!(task.id = %task.id, %error, "lease renewal failed"),
+                        Err(error) => {
+                            if let Some(suppressed) = throttle::admit("engine.renewal_failed") {
+                                tracing::warn!(task.id = %task.id, %error, suppressed, "lease renewal failed");
+                            }
+                        }
                     }
                 }
             }
@@ -526,7 +532,9 @@ async fn store_outcome(
         };
         if failing_since.is_none() {
             failing_since = Some(Instant::now());
-            tracing::warn!(task.id = %claimed.id, %error, "could not store an attempt's outcome yet; retrying while the lease holds");
+            if let Some(suppressed) = throttle::admit("engine.outcome_unstored") {
+                tracing::warn!(task.id = %claimed.id, %error, suppressed, "could not store an attempt's outcome yet; retrying while the lease holds");
+            }
         }
         if !matches!(error, EngineError::StorageUnavailable(_)) {
             internal_failures += 1;

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Engine, Mutation, task::TaskState, transitions};
-use crate::telemetry::metrics::record;
+use crate::telemetry::{metrics::record, throttle};
 
 /// Records handled per store call of a sweep.
 const SWEEP_BATCH: usize = 256;
@@ -30,12 +30,18 @@ pub(super) async fn sweep_loop(engine: Engine) {
             () = engine.inner.shutdown.cancelled() => return,
         }
         if let Err(error) = sweep_once(&engine).await {
-            tracing::warn!(%error, "maintenance sweep failed; retrying next period");
+            if let Some(suppressed) = throttle::admit("engine.sweep_failed") {
+                tracing::warn!(%error, suppressed, "maintenance sweep failed; retrying next period");
+            }
         }
         // The queue depth per kind is what an autoscaler watches.
         match engine.inner.store.kind_counts().await {
             Ok(counts) => record::kind_counts(&counts, &mut counted_kinds),
-            Err(error) => tracing::warn!(%error, "cannot read the queue depth"),
+            Err(error) => {
+                if let Some(suppressed) = throttle::admit("engine.queue_depth_unread") {
+                    tracing::warn!(%error, suppressed, "cannot read the queue depth");
+                }
+            }
         }
         if last_polls_read.is_none_or(|read| read.elapsed() >= LAST_POLL_REFRESH) {
             last_polls_read = Some(tokio::time::Instant::now());

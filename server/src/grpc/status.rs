@@ -50,7 +50,9 @@ pub fn engine_error_status(error: EngineError, trace_id: Option<&str>) -> Status
         EngineError::StorageFailed(_) | EngineError::StorageUnavailable(_)
     ) {
         // The client gets a plain message; the cause stays in the server log.
-        tracing::error!(error = ?error, "storage error");
+        if let Some(suppressed) = crate::telemetry::throttle::admit("rpc.storage_error") {
+            tracing::error!(error = ?error, suppressed, "storage error");
+        }
     }
     let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
     match &error {

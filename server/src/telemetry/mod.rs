@@ -10,6 +10,7 @@ pub mod metrics;
 mod otlp;
 mod own_spans;
 pub mod propagation;
+pub mod throttle;
 
 use std::{
     cell::Cell,

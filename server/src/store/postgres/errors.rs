@@ -3,7 +3,7 @@
 //! conflict) is `Unavailable`; anything else is `Internal`. Messages stay
 //! generic: the details (SQL, constraint names) go to the log only.
 
-use crate::store::StoreError;
+use crate::{store::StoreError, telemetry::throttle};
 
 /// SQLSTATE classes a retry may cure: connection exceptions, insufficient
 /// resources, operator intervention (shutdown, cancelled statement),
@@ -36,10 +36,14 @@ pub async fn within_timeout<T>(
 /// Maps a driver error to a store error, logging the details.
 pub fn classify(error: sqlx::Error) -> StoreError {
     if is_transient(&error) {
-        tracing::warn!(%error, "the database is unavailable");
+        if let Some(suppressed) = throttle::admit("postgres.unavailable") {
+            tracing::warn!(%error, suppressed, "the database is unavailable");
+        }
         StoreError::Unavailable("the database is unreachable or overloaded".into())
     } else {
-        tracing::error!(%error, "a database operation failed");
+        if let Some(suppressed) = throttle::admit("postgres.failed") {
+            tracing::error!(%error, suppressed, "a database operation failed");
+        }
         StoreError::Internal("a database operation failed".into())
     }
 }

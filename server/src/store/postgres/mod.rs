@@ -144,6 +144,9 @@ impl PostgresStore {
             .max_connections(options.max_connections.max(1))
             .min_connections(options.min_connections.min(options.max_connections))
             .acquire_timeout(options.acquire_timeout)
+            // One line per slow acquire buries an outage (vowd reports the
+            // database unavailable itself, throttled).
+            .acquire_slow_level(log::LevelFilter::Debug)
             .connect_with(connect_options.clone())
             .await
             .map_err(|error| PostgresOpenError::Unreachable {
