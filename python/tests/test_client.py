@@ -293,3 +293,18 @@ def test_bad_arguments_name_the_field(client: vow.Client, call: Any, field: str)
 
     assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert field in raised.value.field_violations, raised.value.field_violations
+
+
+def test_list_and_watch_filter_by_state(client: vow.Client) -> None:
+    label = {"state-filter-test": str(time.monotonic_ns())}
+    with client.watch(labels=label, states=[TaskState.SUCCEEDED], timeout=SETTLE_SECONDS) as watch:
+        task = client.submit("echo", "x", labels=label)
+        change = next(watch)
+    client.await_(task.id, timeout=SETTLE_SECONDS)
+
+    succeeded = client.list(labels=label, states=[TaskState.SUCCEEDED])
+    failed = client.list(labels=label, states=[TaskState.FAILED, TaskState.CANCELLED])
+
+    assert change.task is not None and change.task.id == task.id and change.task.state is TaskState.SUCCEEDED
+    assert [listed.id for listed in succeeded.tasks] == [task.id]
+    assert failed.tasks == ()

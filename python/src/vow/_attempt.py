@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.rpc import status_pb2
@@ -40,7 +40,7 @@ COMPLETE_RETRY_BOUND_SECONDS = 60.0
 TRANSIENT_CODES = RETRYABLE_CODES | {grpc.StatusCode.DEADLINE_EXCEEDED}
 SPAN_NAME = "task.handle"
 
-Outcome = task_pb2.Payload | status_pb2.Status
+Outcome: TypeAlias = task_pb2.Payload | status_pb2.Status
 
 
 class Attempt:

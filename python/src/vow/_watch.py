@@ -54,6 +54,19 @@ class Watch(Iterator[WatchEvent]):
     def __iter__(self) -> Watch:
         return self
 
+    def start(self) -> Watch:
+        """Opens the stream now; a filter watch also waits for the server's response headers.
+
+        vowd subscribes a filter watch before it answers with headers, so once this
+        returns every later change that matches reaches the iterator. (A single-task
+        watch needs no such wait: its first message is the current snapshot.)
+        """
+        if self._call is None and not self._closed:
+            call = self._open()
+            if not self._request.id:
+                call.initial_metadata()  # returns at once when the call failed; next() raises
+        return self
+
     def __next__(self) -> WatchEvent:
         while not self._closed:
             if self._resynced:
@@ -99,13 +112,14 @@ class Watch(Iterator[WatchEvent]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _open(self) -> None:
+    def _open(self) -> Any:
         request = task_service_pb2.WatchRequest()
         request.CopyFrom(self._request)
         if request.id:
             request.after_revision = self.last_revision
         timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
         self._call = self._stub.Watch(request, timeout=timeout)
+        return self._call
 
     def _resume_after(self, error: VowError) -> bool:
         """Reopens the stream after a pause when `error` is worth it and time and retries remain."""

@@ -294,15 +294,18 @@ class Client:
         is resumed after the last revision seen (a filter watch yields a RESYNC
         without a task instead: list again). `timeout` bounds the watching,
         never the task; HEARTBEAT events are skipped unless `heartbeats`.
+        The stream is open when this returns, and a filter watch subscribed:
+        a change made after it (a task submitted next) is seen.
         """
         request = task_service_pb2.WatchRequest(
             id=task_id,
             after_revision=after_revision,
             kinds=list(kinds),
             labels=dict(labels or {}),
-            states=[int(state) for state in states],
+            states=[task_pb2.TaskState.Name(int(state)) for state in states],
         )
-        return Watch(self.tasks, request, None if timeout is None else seconds(timeout), heartbeats, self.retries)
+        watch = Watch(self.tasks, request, None if timeout is None else seconds(timeout), heartbeats, self.retries)
+        return watch.start()
 
     def cancel(self, task_id: str, reason: str = "", *, timeout: float | None = None) -> Task:
         """Asks the task to stop; idempotent. A running task may still be RUNNING with `cancel_requested`."""
@@ -328,7 +331,7 @@ class Client:
         request = task_service_pb2.ListRequest(
             kinds=builtins.list(kinds),
             labels=dict(labels or {}),
-            states=[int(state) for state in states],
+            states=[task_pb2.TaskState.Name(int(state)) for state in states],
             page_size=page_size,
             page_token=page_token,
         )

@@ -131,8 +131,12 @@ class Context:
         loop = asyncio.get_running_loop()
         fired = loop.create_future()
 
+        def settle() -> None:
+            if not fired.done():
+                fired.set_result(True)
+
         def wake() -> None:
-            loop.call_soon_threadsafe(lambda: fired.done() or fired.set_result(True))
+            loop.call_soon_threadsafe(settle)
 
         with self._lock:
             if self._cancel_reason is not None:

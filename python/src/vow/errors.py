@@ -10,7 +10,7 @@ A failed *task* is not an exception: its error lives in `Task.error`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,5 +208,5 @@ def _unpack(detail: any_pb2.Any) -> Message:
     return detail
 
 
-def _of_type(messages: Iterable[Message], message_type: type[Any]) -> Iterable[Any]:
+def _of_type(messages: Iterable[Message], message_type: type[Any]) -> Iterator[Any]:
     return (message for message in messages if isinstance(message, message_type))

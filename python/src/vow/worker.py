@@ -203,7 +203,7 @@ class Worker:
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         """SIGTERM and SIGINT stop the worker; only possible in the main thread."""
-        installed = []
+        installed: list[int] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(signum, self._on_signal)
