@@ -469,3 +469,28 @@ async fn cross_replica_await_latency() {
         background as f64 / elapsed.as_secs_f64()
     );
 }
+
+/// An attempt that runs longer than its lease, renewed all along, keeps its
+/// outcome. PostgreSQL renews in the lease column alone, and the outcome
+/// write used to judge the lease by the claim's expiry: the success was
+/// dropped as "lease lost" and the task ran again.
+#[tokio::test]
+async fn an_attempt_longer_than_its_lease_keeps_its_outcome() {
+    let database = TestDatabase::create().await;
+    let replica = Vowd::start_postgres(&database.url, &["--lease-duration", "2s"]);
+    let client = connect(&replica).await;
+    let task = client
+        .submit("sleep")
+        .input_json(json!({"ms": 5_000}))
+        .max_attempts(2)
+        .run(Duration::from_secs(30))
+        .await
+        .expect("run");
+    assert_eq!(
+        task.state(),
+        TaskState::Succeeded,
+        "{task:?}\n{}",
+        replica.logs()
+    );
+    assert_eq!(task.attempt, 1, "ran once: {}", replica.logs());
+}

@@ -461,8 +461,16 @@ async fn store_outcome(
     let config = &engine.inner.config;
     let lease_token = claimed.lease.as_ref().map(|lease| lease.token);
     // Usually nothing changed since the claim but progress; the first try
-    // uses the claimed snapshot and a conflict falls back to reading.
-    let mut known = Some(claimed.clone());
+    // uses the claimed snapshot and a conflict falls back to reading. The
+    // snapshot carries the claim's expiry, and renewals may have written
+    // only the store's lease column (PostgreSQL): without the renewed expiry,
+    // an attempt longer than its lease looked lost and its outcome was
+    // dropped, so it ran again.
+    let mut snapshot = claimed.clone();
+    if let Some(lease) = Arc::make_mut(&mut snapshot).lease.as_mut() {
+        lease.expires_at = lease.expires_at.max(lease_expires_at);
+    }
+    let mut known = Some(snapshot);
     let mut backoff = OUTCOME_FIRST_BACKOFF;
     let mut internal_failures = 0;
     let mut lease_refused = false;
