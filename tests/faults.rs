@@ -775,3 +775,79 @@ async fn an_outage_under_load_fails_calls_honestly_loses_nothing_and_logs_little
         outage_lines.join("\n")
     );
 }
+
+/// A replica whose database connections freeze cannot renew its lease: it
+/// stops the attempt before the lease lapses, another replica runs the task
+/// once the lease expired (attempt 2), and when the first replica can reach
+/// the database again, fencing refuses its stale write: the task finished once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_renew_stops_its_attempt_before_the_lease_lapses() {
+    let database = TestDatabase::create().await;
+    // Renewals every 2 s: a loaded machine still renews in time.
+    let args = ["--lease-duration", "6s", "--cancel-grace", "1s"];
+    let (proxy, frozen) = replica_behind_proxy(&database, &args).await;
+    let on_frozen = connect(&frozen).await;
+    let id = on_frozen
+        .submit("sleep")
+        .input_json(json!({"ms": 12_000, "steps": 60}))
+        .max_attempts(3)
+        .send()
+        .await
+        .expect("submit")
+        .task
+        .id;
+    running(&on_frozen, &id).await;
+    let healthy = Vowd::start_postgres(&database.url, &args);
+    let on_healthy = connect(&healthy).await;
+
+    proxy.stall_new(true);
+    proxy.stall(Connections::All, true);
+    let stopped_seen_at = poll_until(BOUND, "the frozen replica to stop its attempt", || async {
+        frozen
+            .logs()
+            .contains("about to lapse; stopping the attempt")
+            .then(SystemTime::now)
+    })
+    .await;
+    let finished = poll_until(
+        Duration::from_secs(60),
+        "the healthy replica to finish the task",
+        || async {
+            let awaited = on_healthy
+                .await_task(&id, Duration::from_secs(5))
+                .await
+                .ok()?;
+            awaited.done.then_some(awaited.task)
+        },
+    )
+    .await;
+    assert_eq!(
+        finished.state(),
+        TaskState::Succeeded,
+        "{finished:#?}\nhealthy:\n{}\nfrozen:\n{}",
+        healthy.logs(),
+        frozen.logs()
+    );
+    assert_eq!(finished.attempt, 2, "the healthy replica ran it again");
+    assert!(
+        stopped_seen_at < start_time(&finished),
+        "the first attempt stopped before the second began ({:?} after): {finished:#?}\nhealthy:\n{}\nfrozen:\n{}",
+        stopped_seen_at
+            .duration_since(start_time(&finished))
+            .unwrap_or_default(),
+        healthy.logs(),
+        frozen.logs()
+    );
+
+    proxy.stall_new(false);
+    proxy.stall(Connections::All, false);
+    proxy.reset(Connections::All);
+    poll_until(BOUND, "the frozen replica to serve again", || async {
+        on_frozen.get(&id).await.ok()
+    })
+    .await;
+    // Its late write of the first attempt's end, if any, was fenced off.
+    let settled = on_healthy.get(&id).await.expect("get");
+    assert_eq!(settled.revision, finished.revision, "{settled:?}");
+    assert_eq!(settled.state(), TaskState::Succeeded);
+}

@@ -38,6 +38,9 @@ const CLAIM_BATCH: usize = 64;
 /// Longest the dispatcher sleeps without looking at the store, so tasks made
 /// due by another process (or a missed wake-up) are still found.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long before its lease lapses an attempt whose renewals fail is
+/// stopped, beyond the handler's cancel grace.
+const LAPSE_MARGIN: Duration = Duration::from_secs(1);
 /// Waits between tries of an outcome write the store did not take.
 const OUTCOME_FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const OUTCOME_MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -354,8 +357,17 @@ async fn execute(
         let mut grace_end: Option<Instant> = None;
         let mut progress_due: Option<Instant> = None;
         let mut last_progress_write: Option<Instant> = None;
+        let mut renewal_failing = false;
         loop {
             let stopping = interruption.is_some();
+            // While renewals fail, the attempt stops in time for its handler
+            // to end before the lease lapses and another replica starts it.
+            let lapse_guard = renewal_failing.then(|| {
+                let expiry = instant_of(lease_expires_at, SystemTime::now());
+                expiry
+                    .checked_sub(config.cancel_grace + LAPSE_MARGIN)
+                    .unwrap_or_else(Instant::now)
+            });
             tokio::select! {
                 result = &mut handler_run => break Some(result),
                 () = attempt.cancellation.cancelled(), if !stopping => {
@@ -374,6 +386,13 @@ async fn execute(
                     grace_end = Some(Instant::now() + config.cancel_grace);
                 }
                 () = sleep_until_opt(grace_end), if stopping => break None,
+                () = sleep_until_opt(lapse_guard), if !stopping => {
+                    tracing::warn!(task.id = %task.id, task.attempt = task.attempt, "the lease could not be renewed and is about to lapse; stopping the attempt");
+                    interruption = Some(Interruption::Stopped(StopReason::HandedBack));
+                    attempt.cancellation.cancel();
+                    let lapse = instant_of(lease_expires_at, SystemTime::now());
+                    grace_end = Some((Instant::now() + config.cancel_grace).min(lapse));
+                }
                 Ok(()) = progress_updates.changed(), if progress_due.is_none() => {
                     let now = Instant::now();
                     match last_progress_write.map(|last| last + config.progress_interval) {
@@ -381,20 +400,30 @@ async fn execute(
                         Some(earliest) if earliest > now => progress_due = Some(earliest),
                         _ => {
                             last_progress_write = Some(now);
-                            written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                            written_progress = bounded_flush(engine, task, lease_token, &mut progress_updates).await;
                         }
                     }
                 }
                 () = sleep_until_opt(progress_due) => {
                     progress_due = None;
                     last_progress_write = Some(Instant::now());
-                    written_progress = flush_progress(engine, task, lease_token, &mut progress_updates).await;
+                    written_progress = bounded_flush(engine, task, lease_token, &mut progress_updates).await;
                 }
                 _ = heartbeat.tick() => {
                     let expires_at = SystemTime::now() + config.lease_duration;
-                    match engine.inner.store.extend_lease(task.id, lease_token, expires_at, SystemTime::now()).await {
-                        Ok(()) => lease_expires_at = expires_at,
+                    // Bounded by its period: a renewal stuck on a frozen
+                    // connection must not keep the lapse guard from firing.
+                    let renewal = engine.inner.store.extend_lease(task.id, lease_token, expires_at, SystemTime::now());
+                    let renewed = tokio::time::timeout(config.lease_duration / 3, renewal)
+                        .await
+                        .unwrap_or_else(|_| Err(StoreError::Unavailable("the renewal got no answer in time".into())));
+                    match renewed {
+                        Ok(()) => {
+                            lease_expires_at = expires_at;
+                            renewal_failing = false;
+                        }
                         Err(error) => {
+                            renewal_failing = true;
                             if let Some(suppressed) = throttle::admit("engine.renewal_failed") {
                                 tracing::warn!(task.id = %task.id, %error, suppressed, "lease renewal failed");
                             }
@@ -595,6 +624,22 @@ async fn store_outcome(
 }
 
 /// Writes the latest progress report, if there is one not yet written.
+/// [`flush_progress`] within a heartbeat period: a write stuck on a frozen
+/// connection must not hold up the attempt loop (its renewals, its lapse
+/// guard). A report not written in time lands with the outcome.
+async fn bounded_flush(
+    engine: &Engine,
+    task: &TaskRecord,
+    lease_token: u64,
+    updates: &mut tokio::sync::watch::Receiver<Option<ProgressReport>>,
+) -> Option<ProgressReport> {
+    let bound = engine.inner.config.lease_duration / 3;
+    tokio::time::timeout(bound, flush_progress(engine, task, lease_token, updates))
+        .await
+        .ok()
+        .flatten()
+}
+
 async fn flush_progress(
     engine: &Engine,
     task: &TaskRecord,

@@ -29,10 +29,10 @@ pub(super) async fn sweep_loop(engine: Engine) {
             _ = ticks.tick() => {}
             () = engine.inner.shutdown.cancelled() => return,
         }
-        if let Err(error) = sweep_once(&engine).await {
-            if let Some(suppressed) = throttle::admit("engine.sweep_failed") {
-                tracing::warn!(%error, suppressed, "maintenance sweep failed; retrying next period");
-            }
+        if let Err(error) = sweep_once(&engine).await
+            && let Some(suppressed) = throttle::admit("engine.sweep_failed")
+        {
+            tracing::warn!(%error, suppressed, "maintenance sweep failed; retrying next period");
         }
         // The queue depth per kind is what an autoscaler watches.
         match engine.inner.store.kind_counts().await {
