@@ -387,3 +387,67 @@ http {{
 "
     )
 }
+
+/// Without a proxy: the Rust client given both replicas spreads its calls
+/// over them, and keeps working when one of them is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_several_replicas_balances_and_rides_through_one_leaving() {
+    let database = TestDatabase::create().await;
+    let args = [
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--shutdown-delay",
+        "200ms",
+    ];
+    let mut first = Vowd::start_postgres(&database.url, &args);
+    let second = Vowd::start_postgres(&database.url, &args);
+    let target = format!("{},{}", first.address, second.address);
+    let client = Client::connect(&target).await.expect("connect to both");
+    let round = |client: Client| async move {
+        for index in 0..30 {
+            let submitted = client
+                .submit("echo")
+                .input_json(json!({"n": index}))
+                .send()
+                .await
+                .expect("submit");
+            let awaited = client
+                .await_task(&submitted.task.id, BOUND)
+                .await
+                .expect("await");
+            assert_eq!(awaited.task.state(), TaskState::Succeeded);
+        }
+    };
+    round(client.clone()).await;
+    let (on_first, on_second) = tokio::task::spawn_blocking({
+        let (first_metrics, second_metrics) = (
+            first.metrics_address.clone(),
+            second.metrics_address.clone(),
+        );
+        move || {
+            let count = |address: Option<String>| {
+                let body = common::scrape_metrics(&address.expect("metrics"));
+                body.lines()
+                    .filter(|line| {
+                        line.starts_with("vow_rpc_requests_total{")
+                            && line.contains("method=\"Submit\"")
+                    })
+                    .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+                    .sum::<f64>()
+            };
+            (count(first_metrics), count(second_metrics))
+        }
+    })
+    .await
+    .expect("scrape");
+    assert!(
+        on_first > 0.0 && on_second > 0.0,
+        "Submits per replica: {on_first} and {on_second}"
+    );
+
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    let leaving = round(client.clone());
+    leaving.await;
+    assert!(first.wait_exit(BOUND).success());
+    round(client).await;
+}
