@@ -15,17 +15,26 @@
 //	var out Thumbnail
 //	err = client.Output(task, &out)                // the task's own error if it failed
 //
-// Calls that change nothing when repeated (Get, Await, Watch, Cancel, and
-// Submit with an idempotency key) are retried while the server answers
-// UNAVAILABLE, within the context. Run is not: a second Run is a second task.
+// Calls that change nothing when repeated (Get, Await, AwaitMany, List,
+// Cancel, Delete, Submit with an idempotency key, and Watch, resumed after
+// the last revision it delivered) ride through a rolling restart: they are
+// retried on UNAVAILABLE, and on what proxies make of a stream reset by a
+// replica going away (CANCELLED that the caller's context did not cause,
+// INTERNAL, UNKNOWN), up to 8 attempts with exponential backoff and full
+// jitter (100 ms doubling to 2 s, or the server's RetryInfo), never past the
+// context's deadline. Run is retried on UNAVAILABLE only: a Run that was
+// served is a task, and a second one would be another.
 package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"time"
 
 	vowv1 "example.com/vowgen/vow/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -72,7 +81,7 @@ func (c *Client) Close() error {
 func (c *Client) Conn() grpc.ClientConnInterface { return c.conn }
 
 // Tasks returns the generated TaskService stub, for the calls this package
-// does not wrap (List, AwaitMany, Delete, ListKinds).
+// does not wrap (ListKinds), and for calls without its retries.
 func (c *Client) Tasks() vowv1.TaskServiceClient { return c.tasks }
 
 // Option sets a field of a submitted (or run) task.
@@ -139,9 +148,21 @@ func WithRetention(retention time.Duration) Option {
 
 // WithIdempotencyKey makes the submit safe to repeat: the same key and the
 // same request return the task the first one created. It also lets Submit
-// retry on UNAVAILABLE.
+// retry after a lost reply, which it does only with a key.
 func WithIdempotencyKey(key string) Option {
 	return func(r *vowv1.SubmitRequest) { r.IdempotencyKey = key }
+}
+
+// NewIdempotencyKey returns a random key (128 bits, hex) for
+// WithIdempotencyKey: one per task the caller means to create, kept if the
+// caller itself submits again.
+func NewIdempotencyKey() string {
+	var key [16]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		// crypto/rand fails only when the OS has no randomness to give.
+		panic("vow client: no randomness for an idempotency key: " + err.Error())
+	}
+	return hex.EncodeToString(key[:])
 }
 
 func submitRequest(kind string, input any, opts []Option) (*vowv1.SubmitRequest, error) {
@@ -169,7 +190,7 @@ func (c *Client) Submit(ctx context.Context, kind string, input any, opts ...Opt
 		return err
 	}
 	if request.IdempotencyKey != "" {
-		err = retryUnavailable(ctx, submit)
+		err = retry(ctx, repeatSafe, submit)
 	} else {
 		err = submit(ctx)
 	}
@@ -179,7 +200,7 @@ func (c *Client) Submit(ctx context.Context, kind string, input any, opts ...Opt
 // Get returns the current snapshot of a task; it never waits for it.
 func (c *Client) Get(ctx context.Context, id string) (*vowv1.Task, error) {
 	var response *vowv1.GetResponse
-	err := retryUnavailable(ctx, func(ctx context.Context) (err error) {
+	err := retry(ctx, repeatSafe, func(ctx context.Context) (err error) {
 		response, err = c.tasks.Get(ctx, &vowv1.GetRequest{Id: id})
 		return err
 	})
@@ -200,7 +221,7 @@ const awaitRenewal = time.Second
 func (c *Client) Await(ctx context.Context, id string) (task *vowv1.Task, done bool, err error) {
 	for {
 		var response *vowv1.AwaitResponse
-		err = retryUnavailable(ctx, func(ctx context.Context) (err error) {
+		err = retry(ctx, repeatSafe, func(ctx context.Context) (err error) {
 			response, err = c.tasks.Await(ctx, &vowv1.AwaitRequest{Id: id})
 			return err
 		})
@@ -225,12 +246,14 @@ func (c *Client) Await(ctx context.Context, id string) (task *vowv1.Task, done b
 // margin is small (a tenth of the time, at most 100 ms, taken twice): give
 // Run a deadline of a second or more, or a slow network may deliver the
 // answer after ctx's deadline, as a DEADLINE_EXCEEDED error of the call.
+// Retried on UNAVAILABLE only (the call was not served); a retry's task
+// gets what is left of ctx's deadline.
 func (c *Client) Run(ctx context.Context, kind string, input any, opts ...Option) (*vowv1.Task, error) {
 	submit, err := submitRequest(kind, input, opts)
 	if err != nil {
 		return nil, err
 	}
-	response, err := c.tasks.Run(ctx, &vowv1.RunRequest{
+	request := &vowv1.RunRequest{
 		Kind:           submit.Kind,
 		Input:          submit.Input,
 		Labels:         submit.Labels,
@@ -242,6 +265,11 @@ func (c *Client) Run(ctx context.Context, kind string, input any, opts ...Option
 		Ttl:            submit.Ttl,
 		Retention:      submit.Retention,
 		IdempotencyKey: submit.IdempotencyKey,
+	}
+	var response *vowv1.RunResponse
+	err = retry(ctx, repeatIfUnserved, func(ctx context.Context) (err error) {
+		response, err = c.tasks.Run(ctx, request)
+		return err
 	})
 	return response.GetTask(), err
 }
@@ -251,9 +279,51 @@ func (c *Client) Run(ctx context.Context, kind string, input any, opts ...Option
 // finished task changes nothing.
 func (c *Client) Cancel(ctx context.Context, id, reason string) (*vowv1.Task, error) {
 	var response *vowv1.CancelResponse
-	err := retryUnavailable(ctx, func(ctx context.Context) (err error) {
+	err := retry(ctx, repeatSafe, func(ctx context.Context) (err error) {
 		response, err = c.tasks.Cancel(ctx, &vowv1.CancelRequest{Id: id, Reason: reason})
 		return err
 	})
 	return response.GetTask(), err
+}
+
+// AwaitMany waits for several tasks (request.Mode: all of them, or the
+// first); see Await for how ctx's deadline bounds it. A retry asks the
+// server only for what is left of request.Timeout.
+func (c *Client) AwaitMany(ctx context.Context, request *vowv1.AwaitManyRequest) (*vowv1.AwaitManyResponse, error) {
+	var response *vowv1.AwaitManyResponse
+	var waitEnd time.Time
+	if request.GetTimeout() != nil {
+		waitEnd = time.Now().Add(request.GetTimeout().AsDuration())
+	}
+	err := retry(ctx, repeatSafe, func(ctx context.Context) (err error) {
+		attempt := request
+		if !waitEnd.IsZero() {
+			attempt = proto.Clone(request).(*vowv1.AwaitManyRequest)
+			attempt.Timeout = durationpb.New(time.Until(waitEnd))
+		}
+		response, err = c.tasks.AwaitMany(ctx, attempt)
+		return err
+	})
+	return response, err
+}
+
+// List returns one page of tasks; pass the response's NextPageToken as
+// the next request's PageToken.
+func (c *Client) List(ctx context.Context, request *vowv1.ListRequest) (*vowv1.ListResponse, error) {
+	var response *vowv1.ListResponse
+	err := retry(ctx, repeatSafe, func(ctx context.Context) (err error) {
+		response, err = c.tasks.List(ctx, request)
+		return err
+	})
+	return response, err
+}
+
+// Delete removes a finished task (a running one too with cancelIfRunning).
+// Repeated after a lost reply, it may answer NOT_FOUND for the task the
+// first attempt deleted.
+func (c *Client) Delete(ctx context.Context, id string, cancelIfRunning bool) error {
+	return retry(ctx, repeatSafe, func(ctx context.Context) error {
+		_, err := c.tasks.Delete(ctx, &vowv1.DeleteRequest{Id: id, CancelIfRunning: cancelIfRunning})
+		return err
+	})
 }

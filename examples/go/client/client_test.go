@@ -178,3 +178,25 @@ func TestUnknownTaskIsNotFound(t *testing.T) {
 		t.Errorf("ErrorInfo = %v, want one of domain vow", info)
 	}
 }
+
+// Errors that repeating cannot fix reach the caller after one call, even
+// from calls that are retried on transient errors.
+func TestNonTransientErrorsAreNotRetried(t *testing.T) {
+	server := vowdtest.Start(t, nil)
+	vow := client.New(server.Conn)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+
+	if _, err := vow.Get(ctx, "0123456789abcdef0123456789abcdef"); status.Code(err) != codes.NotFound {
+		t.Fatalf("get: %v, want NOT_FOUND", err)
+	}
+	_, err := vow.Submit(ctx, "no-such-kind", nil, client.WithIdempotencyKey(client.NewIdempotencyKey()))
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("submit: %v, want INVALID_ARGUMENT", err)
+	}
+	for _, method := range []string{"Get", "Submit"} {
+		if calls := server.Metric(t, `vow_rpc_requests_total{method="`+method+`"`); calls != 1 {
+			t.Errorf("vowd answered %v %s calls, want 1", calls, method)
+		}
+	}
+}

@@ -1,9 +1,6 @@
 package client
 
 import (
-	"context"
-	"time"
-
 	vowv1 "example.com/vowgen/vow/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -48,38 +45,4 @@ func IsTerminal(task *vowv1.Task) bool {
 		return true
 	}
 	return false
-}
-
-// Retry bounds for calls that are safe to repeat. Short, because a caller's
-// context usually bounds the whole call anyway; a server that stays away
-// longer than this is an outage to report, not to hide.
-const (
-	retryAttempts       = 5
-	retryInitialBackoff = 100 * time.Millisecond
-	retryMaxBackoff     = 2 * time.Second
-)
-
-// retryUnavailable repeats call while it fails UNAVAILABLE (the server is
-// restarting, or a connection broke). Only calls that change nothing when
-// repeated come here: reads, waits, Cancel, and Submit with an
-// idempotency key.
-func retryUnavailable(ctx context.Context, call func(context.Context) error) error {
-	backoff := retryInitialBackoff
-	for attempt := 1; ; attempt++ {
-		err := call(ctx)
-		if status.Code(err) != codes.Unavailable || attempt == retryAttempts {
-			return err
-		}
-		timer := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return err
-		case <-timer.C:
-		}
-		backoff *= 2
-		if backoff > retryMaxBackoff {
-			backoff = retryMaxBackoff
-		}
-	}
 }

@@ -3,11 +3,8 @@ package client
 import (
 	"context"
 	"io"
-	"time"
 
 	vowv1 "example.com/vowgen/vow/v1"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Watcher reads the events of a watch. Heartbeats (which exist only to keep
@@ -18,13 +15,13 @@ type Watcher struct {
 	tasks   vowv1.TaskServiceClient
 	request *vowv1.WatchRequest
 	stream  vowv1.TaskService_WatchClient
+	backoff *backoff
 }
 
 // Watch streams the changes of one task: first its current snapshot, then
 // every change in revision order. Recv returns io.EOF after the terminal
-// change, or when ctx's deadline ends the watch. A stream broken by an
-// UNAVAILABLE server is resumed after the last revision received, without
-// a gap.
+// change, or when ctx's deadline ends the watch. A broken stream is
+// resumed after the last revision received, without a gap (see Recv).
 func (c *Client) Watch(ctx context.Context, id string) (*Watcher, error) {
 	return c.watch(ctx, &vowv1.WatchRequest{Id: id})
 }
@@ -45,7 +42,7 @@ func (c *Client) WatchMatching(ctx context.Context, filter Filter) (*Watcher, er
 
 func (c *Client) watch(ctx context.Context, request *vowv1.WatchRequest) (*Watcher, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &Watcher{ctx: ctx, cancel: cancel, tasks: c.tasks, request: request}
+	w := &Watcher{ctx: ctx, cancel: cancel, tasks: c.tasks, request: request, backoff: newBackoff()}
 	if err := w.open(); err != nil {
 		cancel()
 		return nil, err
@@ -53,16 +50,24 @@ func (c *Client) watch(ctx context.Context, request *vowv1.WatchRequest) (*Watch
 	return w, nil
 }
 
+// open starts the stream, retrying while it cannot (no server to reach).
 func (w *Watcher) open() error {
-	return retryUnavailable(w.ctx, func(ctx context.Context) (err error) {
-		w.stream, err = w.tasks.Watch(ctx, w.request)
-		return err
-	})
+	for {
+		var err error
+		w.stream, err = w.tasks.Watch(w.ctx, w.request)
+		if !w.backoff.wait(w.ctx, err, repeatSafe) {
+			return err
+		}
+	}
 }
 
 // Recv returns the next event; io.EOF when the watch has ended normally.
+// A single-task watch whose stream breaks (see the package comment for
+// which errors) is opened again after the last revision it delivered:
+// the server replays what was missed, or sends a RESYNC with the current
+// task when it no longer has it. The attempts are counted from the last
+// event delivered.
 func (w *Watcher) Recv() (*vowv1.WatchResponse, error) {
-	resumes := 0
 	for {
 		event, err := w.stream.Recv()
 		switch {
@@ -72,15 +77,12 @@ func (w *Watcher) Recv() (*vowv1.WatchResponse, error) {
 			if w.request.Id != "" {
 				w.request.AfterRevision = event.GetTask().GetRevision()
 			}
+			w.backoff.reset()
 			return event, nil
 		case err == io.EOF:
 			w.cancel()
 			return nil, io.EOF
-		case w.request.Id != "" && status.Code(err) == codes.Unavailable && resumes < retryAttempts:
-			resumes++
-			if !w.pause(time.Duration(resumes) * retryInitialBackoff) {
-				return nil, err
-			}
+		case w.request.Id != "" && w.backoff.wait(w.ctx, err, repeatSafe):
 			if openErr := w.open(); openErr != nil {
 				w.cancel()
 				return nil, openErr
@@ -94,14 +96,3 @@ func (w *Watcher) Recv() (*vowv1.WatchResponse, error) {
 
 // Close ends the watch early.
 func (w *Watcher) Close() { w.cancel() }
-
-func (w *Watcher) pause(delay time.Duration) bool {
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
-	select {
-	case <-w.ctx.Done():
-		return false
-	case <-timer.C:
-		return true
-	}
-}
