@@ -246,9 +246,14 @@ func isLeaseLost(err error) bool {
 	return status.Code(err) == codes.FailedPrecondition && info != nil && info.GetReason() == "LEASE_LOST"
 }
 
+// isTransient tells a failed Complete or Poll worth sending again: the
+// server is unreachable or draining (UNAVAILABLE), a proxy reset the stream
+// as a replica went away (CANCELLED, INTERNAL, UNKNOWN), or the call ran out
+// of its own time. Complete is safe to repeat: a repeated Complete with the
+// same token and outcome answers as the first did.
 func isTransient(err error) bool {
 	switch status.Code(err) {
-	case codes.Unavailable, codes.Unknown, codes.DeadlineExceeded:
+	case codes.Unavailable, codes.Canceled, codes.Internal, codes.Unknown, codes.DeadlineExceeded:
 		return true
 	}
 	return false

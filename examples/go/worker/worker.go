@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math/rand"
 	"os"
 	"sort"
 	"sync"
@@ -51,8 +52,12 @@ type HandlerFunc func(ctx context.Context, task *Task) (any, error)
 const (
 	// pollWait is how long one Poll waits for work before asking again.
 	pollWait = 30 * time.Second
-	// pollRetry is the pause after a failed Poll.
-	pollRetry = time.Second
+	// pollBackoff and pollMaxBackoff bound the pause after a failed Poll:
+	// exponential with full jitter, from the first up to the second, so
+	// that a Poll ended by a draining replica goes on at another at once,
+	// and a server that stays away is asked every 2 s at most.
+	pollBackoff    = 100 * time.Millisecond
+	pollMaxBackoff = 2 * time.Second
 )
 
 // Worker runs handlers of remote kinds; configure it, then call Run.
@@ -173,6 +178,10 @@ func (w *Worker) Run(ctx context.Context) error {
 // poll leases tasks while slots are free, until ctx is done (nil) or the
 // server refuses the poll (its error).
 func (w *Worker) poll(ctx context.Context, kinds []string, slots chan struct{}, start func(*vowv1.Lease)) error {
+	backoff := pollBackoff
+	// Seeded per worker (Go 1.19's global source is not), so that workers
+	// restarted together do not poll in step.
+	jitter := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -194,12 +203,17 @@ func (w *Worker) poll(ctx context.Context, kinds []string, slots chan struct{}, 
 		case ctx.Err() != nil:
 			return nil
 		case err == nil:
+			backoff = pollBackoff
 		case isRefusal(err):
 			return fmt.Errorf("worker: poll refused: %w", err)
 		default:
-			w.logf("vow worker %s: poll failed, retrying in %v: %v", w.id, pollRetry, err)
-			if !sleep(ctx, pollRetry) {
+			pause := time.Duration(jitter.Int63n(int64(backoff) + 1))
+			w.logf("vow worker %s: poll failed, retrying in %v: %v", w.id, pause.Round(time.Millisecond), err)
+			if !sleep(ctx, pause) {
 				return nil
+			}
+			if backoff *= 2; backoff > pollMaxBackoff {
+				backoff = pollMaxBackoff
 			}
 		}
 	}
