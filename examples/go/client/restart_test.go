@@ -116,16 +116,21 @@ func TestWatchResumesAcrossARestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("recv the snapshot: %v", err)
 	}
-	events := make(chan *vowv1.WatchResponse, 16)
-	ended := make(chan error, 1)
+	// Everything the watch delivers after the snapshot, and how it ended.
+	type watched struct {
+		events []*vowv1.WatchResponse
+		err    error
+	}
+	rest := make(chan watched, 1)
 	go func() {
+		var events []*vowv1.WatchResponse
 		for {
 			event, err := watcher.Recv()
 			if err != nil {
-				ended <- err
+				rest <- watched{events, err}
 				return
 			}
-			events <- event
+			events = append(events, event)
 		}
 	}()
 
@@ -150,22 +155,23 @@ func TestWatchResumesAcrossARestart(t *testing.T) {
 		t.Fatalf("complete: %v", err)
 	}
 
+	var result watched
+	select {
+	case result = <-rest:
+	case <-time.After(testTimeout):
+		t.Fatalf("the watch did not end within %v", testTimeout)
+	}
+	if result.err != io.EOF {
+		t.Fatalf("the watch ended with %v, want io.EOF after the terminal change", result.err)
+	}
 	revisions := []uint64{snapshot.GetTask().GetRevision()}
 	var last *vowv1.WatchResponse
-	for done := false; !done; {
-		select {
-		case event := <-events:
-			if event.GetType() != vowv1.WatchEventType_WATCH_EVENT_TYPE_CHANGE {
-				t.Fatalf("event %v after the restart, want only changes", event.GetType())
-			}
-			revisions = append(revisions, event.GetTask().GetRevision())
-			last = event
-		case err := <-ended:
-			if err != io.EOF {
-				t.Fatalf("the watch ended with %v, want io.EOF after the terminal change", err)
-			}
-			done = true
+	for _, event := range result.events {
+		if event.GetType() != vowv1.WatchEventType_WATCH_EVENT_TYPE_CHANGE {
+			t.Fatalf("event %v after the restart, want only changes", event.GetType())
 		}
+		revisions = append(revisions, event.GetTask().GetRevision())
+		last = event
 	}
 	for i := 1; i < len(revisions); i++ {
 		if revisions[i] != revisions[i-1]+1 {
