@@ -3,6 +3,7 @@
 //
 //	go run example.com/vow/cmd/submit -kind echo -input '{"hello": "world"}'
 //	go run example.com/vow/cmd/submit -kind sleep -input '{"ms": 2000}' -watch -cancel-after 500ms
+//	go run example.com/vow/cmd/submit -server dns:///vow-headless.vow.svc:50051 -service-config deploy/grpc-service-config.json
 package main
 
 import (
@@ -18,6 +19,7 @@ import (
 
 	"example.com/vow/client"
 	vowv1 "example.com/vowgen/vow/v1"
+	"google.golang.org/grpc"
 )
 
 func main() {
@@ -34,6 +36,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	timeout := flags.Duration("timeout", 10*time.Second, "how long to wait for the task")
 	watch := flags.Bool("watch", false, "print every change instead of awaiting the end")
 	cancelAfter := flags.Duration("cancel-after", 0, "cancel the task after this long (0: never)")
+	serviceConfig := flags.String("service-config", "", "a gRPC service config to load, e.g. deploy/grpc-service-config.json")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -41,12 +44,21 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("-input is not JSON: %s", *input)
 	}
 
-	vow, err := client.Dial(ctx, *server)
+	opts := []grpc.DialOption{grpc.WithInsecure()}
+	if *serviceConfig != "" {
+		configOpts, err := client.ServiceConfig(*serviceConfig)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, configOpts...)
+	}
+	vow, err := client.Dial(ctx, *server, opts...)
 	if err != nil {
 		return err
 	}
 	defer vow.Close()
-	task, err := vow.Submit(ctx, *kind, json.RawMessage(*input))
+	// A key makes the submit safe to retry after a lost reply.
+	task, err := vow.Submit(ctx, *kind, json.RawMessage(*input), client.WithIdempotencyKey(client.NewIdempotencyKey()))
 	if err != nil {
 		return err
 	}

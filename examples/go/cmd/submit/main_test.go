@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,5 +42,25 @@ func TestSubmitWatchesUntilCancelled(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "TASK_STATE_CANCELLED") {
 		t.Errorf("stdout = %q, want the cancelled change", stdout.String())
+	}
+}
+
+func TestSubmitLoadsTheServiceConfig(t *testing.T) {
+	server := vowdtest.Start(t, nil)
+	var stdout bytes.Buffer
+	config := filepath.Join("..", "..", "..", "..", "deploy", "grpc-service-config.json")
+	if wd, err := os.Getwd(); err == nil {
+		// test.sh runs the tests through a GOPATH symlink to examples/go.
+		if real, err := filepath.EvalSymlinks(wd); err == nil {
+			config = filepath.Join(real, config)
+		}
+	}
+	err := run(context.Background(), []string{"-server", server.Addr, "-service-config", config}, &stdout)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	err = run(context.Background(), []string{"-server", server.Addr, "-service-config", filepath.Join(t.TempDir(), "missing.json")}, &stdout)
+	if err == nil {
+		t.Fatal("run with a missing service config: no error")
 	}
 }
