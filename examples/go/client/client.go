@@ -16,14 +16,15 @@
 //	err = client.Output(task, &out)                // the task's own error if it failed
 //
 // Calls that change nothing when repeated (Get, Await, AwaitMany, List,
-// Cancel, Delete, Submit with an idempotency key, and Watch, resumed after
-// the last revision it delivered) ride through a rolling restart: they are
-// retried on UNAVAILABLE, and on what proxies make of a stream reset by a
-// replica going away (CANCELLED that the caller's context did not cause,
-// INTERNAL, UNKNOWN), up to 8 attempts with exponential backoff and full
-// jitter (100 ms doubling to 2 s, or the server's RetryInfo), never past the
-// context's deadline. Run is retried on UNAVAILABLE only: a Run that was
-// served is a task, and a second one would be another.
+// Cancel, Delete, Submit, which always sends an idempotency key, and Watch,
+// resumed after the last revision it delivered) ride through a rolling
+// restart: they are retried on UNAVAILABLE, and on what proxies make of a
+// stream reset by a replica going away (CANCELLED that the caller's context
+// did not cause, INTERNAL, UNKNOWN), up to 8 attempts with exponential
+// backoff and full jitter (100 ms doubling to 2 s, or the server's
+// RetryInfo), never past the context's deadline. Run is retried on
+// UNAVAILABLE only: a Run that was served is a task, and a second one would
+// be another.
 package client
 
 import (
@@ -147,15 +148,16 @@ func WithRetention(retention time.Duration) Option {
 }
 
 // WithIdempotencyKey makes the submit safe to repeat: the same key and the
-// same request return the task the first one created. It also lets Submit
-// retry after a lost reply, which it does only with a key.
+// same request return the task the first one created, so that Submit may
+// retry after a lost reply. Submit makes one up when none is given: set your
+// own to make your own resubmits (after a crash, say) safe too.
 func WithIdempotencyKey(key string) Option {
 	return func(r *vowv1.SubmitRequest) { r.IdempotencyKey = key }
 }
 
 // NewIdempotencyKey returns a random key (128 bits, hex) for
 // WithIdempotencyKey: one per task the caller means to create, kept if the
-// caller itself submits again.
+// caller itself submits that task again.
 func NewIdempotencyKey() string {
 	var key [16]byte
 	if _, err := rand.Read(key[:]); err != nil {
@@ -178,22 +180,22 @@ func submitRequest(kind string, input any, opts []Option) (*vowv1.SubmitRequest,
 }
 
 // Submit enqueues a task of kind with input (encoded by EncodePayload) and
-// returns it as stored. ctx bounds the call only.
+// returns it as stored. ctx bounds the call only. Without
+// WithIdempotencyKey it makes a key up, as the Rust and Python clients do,
+// so that its own retries after a lost reply create one task.
 func (c *Client) Submit(ctx context.Context, kind string, input any, opts ...Option) (*vowv1.Task, error) {
 	request, err := submitRequest(kind, input, opts)
 	if err != nil {
 		return nil, err
 	}
+	if request.IdempotencyKey == "" {
+		request.IdempotencyKey = NewIdempotencyKey()
+	}
 	var response *vowv1.SubmitResponse
-	submit := func(ctx context.Context) (err error) {
+	err = retry(ctx, repeatSafe, func(ctx context.Context) (err error) {
 		response, err = c.tasks.Submit(ctx, request)
 		return err
-	}
-	if request.IdempotencyKey != "" {
-		err = retry(ctx, repeatSafe, submit)
-	} else {
-		err = submit(ctx)
-	}
+	})
 	return response.GetTask(), err
 }
 

@@ -57,7 +57,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer vow.Close()
-	// A key makes the submit safe to retry after a lost reply.
+	// The key makes the submit safe to retry after a lost reply (Submit
+	// would make one up too; a caller that may submit again keeps its own).
 	task, err := vow.Submit(ctx, *kind, json.RawMessage(*input), client.WithIdempotencyKey(client.NewIdempotencyKey()))
 	if err != nil {
 		return err
