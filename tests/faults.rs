@@ -738,23 +738,7 @@ async fn an_outage_under_load_fails_calls_honestly_loses_nothing_and_logs_little
     assert!(!acknowledged.is_empty());
     let healed = common::client_without_retries(&vowd).await;
     for id in &acknowledged {
-        let awaited = poll_until(
-            BOUND,
-            "an acknowledged task to finish after healing",
-            || {
-                let healed = healed.clone();
-                let id = id.clone();
-                async move {
-                    healed
-                        .await_task(&id, Duration::from_secs(5))
-                        .await
-                        .ok()
-                        .filter(|awaited| awaited.done)
-                }
-            },
-        )
-        .await;
-        assert_eq!(awaited.task.state(), TaskState::Succeeded, "{id}");
+        common::await_success(&healed, id, BOUND).await;
     }
     let logs = vowd.logs();
     let outage_lines: Vec<&str> = logs

@@ -330,19 +330,6 @@ async fn a_killed_database_restarts_and_nothing_acknowledged_is_lost() {
     );
     // Awaited across replicas: the listener reconnected and replayed.
     for (index, id) in acknowledged.iter().enumerate() {
-        let client = clients[(index + 1) % 2].clone();
-        let awaited = poll_until(BOUND, "an acknowledged task to finish", || {
-            let client = client.clone();
-            let id = id.clone();
-            async move {
-                client
-                    .await_task(&id, Duration::from_secs(5))
-                    .await
-                    .ok()
-                    .filter(|awaited| awaited.done)
-            }
-        })
-        .await;
-        assert_eq!(awaited.task.state(), TaskState::Succeeded, "{id}");
+        common::await_success(&clients[(index + 1) % 2], id, BOUND).await;
     }
 }

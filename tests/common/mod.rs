@@ -409,3 +409,22 @@ impl Vowd {
         Self::launch(&store_args, extra_args, &[])
     }
 }
+
+/// Awaits `id` again and again (the server may be recovering) until it is
+/// done within `bound`, and checks that it succeeded.
+#[allow(dead_code)] // Only the fault tests use it.
+pub async fn await_success(client: &vow_client::Client, id: &str, bound: Duration) {
+    let awaited = poll_until(bound, "an acknowledged task to finish", || async {
+        client
+            .await_task(id, Duration::from_secs(5))
+            .await
+            .ok()
+            .filter(|awaited| awaited.done)
+    })
+    .await;
+    assert_eq!(
+        awaited.task.state(),
+        vow_client::TaskState::Succeeded,
+        "{id}"
+    );
+}

@@ -6,6 +6,7 @@
 
 use std::{
     panic::AssertUnwindSafe,
+    pin::Pin,
     sync::Arc,
     task::Poll,
     time::{Duration, SystemTime},
@@ -41,6 +42,12 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long before its lease lapses an attempt whose renewals fail is
 /// stopped, beyond the handler's cancel grace.
 const LAPSE_MARGIN: Duration = Duration::from_secs(1);
+
+/// A lease renewal's answer, and the expiry it asked for.
+struct Renewal {
+    expires_at: SystemTime,
+    renewed: Result<(), StoreError>,
+}
 /// Waits between tries of an outcome write the store did not take.
 const OUTCOME_FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const OUTCOME_MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -357,15 +364,21 @@ async fn execute(
         let mut grace_end: Option<Instant> = None;
         let mut progress_due: Option<Instant> = None;
         let mut last_progress_write: Option<Instant> = None;
-        let mut renewal_failing = false;
+        // In flight beside the handler, so that a renewal stuck on a frozen
+        // connection holds up nothing else (the lapse guard least of all).
+        let mut renewal: Option<Pin<Box<dyn Future<Output = Renewal> + Send + '_>>> = None;
+        // An attempt whose lease is about to lapse unrenewed stops, so that
+        // its handler ends (dropped at the lapse at the latest) before
+        // another replica may start the task again. A late renewal that
+        // would have landed in the margin costs the attempt: the margin is
+        // small next to the lease (a sixth), and at most the cancel grace.
+        let lapse_margin = (config.cancel_grace + LAPSE_MARGIN).min(config.lease_duration / 6);
         loop {
             let stopping = interruption.is_some();
-            // While renewals fail, the attempt stops in time for its handler
-            // to end before the lease lapses and another replica starts it.
-            let lapse_guard = renewal_failing.then(|| {
+            let lapse_guard = (lease_token != 0).then(|| {
                 let expiry = instant_of(lease_expires_at, SystemTime::now());
                 expiry
-                    .checked_sub(config.cancel_grace + LAPSE_MARGIN)
+                    .checked_sub(lapse_margin)
                     .unwrap_or_else(Instant::now)
             });
             tokio::select! {
@@ -409,21 +422,19 @@ async fn execute(
                     last_progress_write = Some(Instant::now());
                     written_progress = bounded_flush(engine, task, lease_token, &mut progress_updates).await;
                 }
-                _ = heartbeat.tick() => {
+                _ = heartbeat.tick(), if renewal.is_none() => {
                     let expires_at = SystemTime::now() + config.lease_duration;
-                    // Bounded by its period: a renewal stuck on a frozen
-                    // connection must not keep the lapse guard from firing.
-                    let renewal = engine.inner.store.extend_lease(task.id, lease_token, expires_at, SystemTime::now());
-                    let renewed = tokio::time::timeout(config.lease_duration / 3, renewal)
-                        .await
-                        .unwrap_or_else(|_| Err(StoreError::Unavailable("the renewal got no answer in time".into())));
+                    let store = &engine.inner.store;
+                    renewal = Some(Box::pin(async move {
+                        let renewed = store.extend_lease(task.id, lease_token, expires_at, SystemTime::now()).await;
+                        Renewal { expires_at, renewed }
+                    }));
+                }
+                Renewal { expires_at, renewed } = async { renewal.as_mut().expect("a renewal in flight").await }, if renewal.is_some() => {
+                    renewal = None;
                     match renewed {
-                        Ok(()) => {
-                            lease_expires_at = expires_at;
-                            renewal_failing = false;
-                        }
+                        Ok(()) => lease_expires_at = expires_at,
                         Err(error) => {
-                            renewal_failing = true;
                             if let Some(suppressed) = throttle::admit("engine.renewal_failed") {
                                 tracing::warn!(task.id = %task.id, %error, suppressed, "lease renewal failed");
                             }
