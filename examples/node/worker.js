@@ -44,11 +44,17 @@ const path = require('node:path');
 
 const { fromPayload, grpc, loadVow, stubOptions, toPayload } = require('./client');
 const { errorInfoAny, reasonOf, retryInfoAny } = require('./error_details');
+const { TRANSIENT_CODES } = require('./retry');
 
 /** How long one Poll waits for work on the server before asking again. */
 const POLL_WAIT_MS = 30_000;
-/** Pause after a failed Poll before the next. */
-const POLL_RETRY_MS = 1_000;
+/**
+ * Bounds of the pause after a failed Poll: exponential with full jitter,
+ * so that a Poll ended by a draining replica goes on at another at once,
+ * and a server that stays away is asked every 2 s at most.
+ */
+const POLL_BACKOFF_MS = 100;
+const POLL_MAX_BACKOFF_MS = 2_000;
 /** How long a Complete is retried while the server is unreachable. */
 const COMPLETE_RETRY_BOUND_MS = 60_000;
 /** The ErrorInfo domain of errors this worker reports. */
@@ -65,8 +71,12 @@ const FATAL_POLL_CODES = new Set([
   grpc.status.UNIMPLEMENTED,
   grpc.status.FAILED_PRECONDITION,
 ]);
-/** Complete errors worth retrying (the same Complete repeated answers as the first). */
-const TRANSIENT_CODES = new Set([grpc.status.UNAVAILABLE, grpc.status.UNKNOWN, grpc.status.DEADLINE_EXCEEDED]);
+/**
+ * Complete errors worth retrying (the same Complete repeated answers as the
+ * first): the server unreachable or draining, what proxies make of a stream
+ * reset by a replica going away (retry.js), or the call's own deadline.
+ */
+const COMPLETE_RETRY_CODES = new Set([...TRANSIENT_CODES, grpc.status.DEADLINE_EXCEEDED]);
 
 /**
  * An error a handler throws to fail its attempt with a given gRPC code:
@@ -159,6 +169,7 @@ class Worker extends EventEmitter {
     credentials = grpc.credentials.createInsecure(),
     protoRoot,
     token,
+    channelOptions = {},
   }) {
     super();
     if (!target) throw new TypeError('createWorker needs a target (host:port)');
@@ -170,7 +181,7 @@ class Worker extends EventEmitter {
     this.drainTimeoutMs = drainTimeoutMs;
     this.workerId = workerId;
     const vow = loadVow(protoRoot);
-    this.stub = new vow.WorkerService(target, credentials, stubOptions(token));
+    this.stub = new vow.WorkerService(target, credentials, { ...stubOptions(token), ...channelOptions });
     /** Running attempts by token. */
     this.attempts = new Map();
     this.stopping = false;
@@ -227,6 +238,7 @@ class Worker extends EventEmitter {
 
   async pollLoop() {
     let fatal;
+    let backoffMs = POLL_BACKOFF_MS;
     while (!this.stopping) {
       const free = this.concurrency - this.attempts.size;
       if (free <= 0) {
@@ -250,11 +262,13 @@ class Worker extends EventEmitter {
           break;
         }
         this.emit('warning', error);
-        await this.pause(POLL_RETRY_MS);
+        await this.pause(Math.random() * backoffMs);
+        backoffMs = Math.min(backoffMs * 2, POLL_MAX_BACKOFF_MS);
         continue;
       } finally {
         this.pollCall = null;
       }
+      backoffMs = POLL_BACKOFF_MS;
       if (this.stopping) {
         // Granted as the worker stopped: hand them back unstarted.
         await this.release(leases.map((lease) => lease.token));
@@ -437,7 +451,7 @@ class Attempt {
         this.worker.emit('completed', task);
         return;
       } catch (error) {
-        if (TRANSIENT_CODES.has(error.code) && Date.now() < giveUpAt) {
+        if (COMPLETE_RETRY_CODES.has(error.code) && Date.now() < giveUpAt) {
           await new Promise((resolve) => setTimeout(resolve, backoffMs));
           backoffMs = Math.min(backoffMs * 2, 5_000);
           continue;
