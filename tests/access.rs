@@ -790,13 +790,11 @@ async fn a_namespace_runs_at_most_its_quota_of_attempts_and_holds_no_one_else_ba
         finished.done,
         "team-a's task ran past the slow namespace's queue"
     );
-    let most_running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    poll_until(Duration::from_secs(20), "every slow task finished", || {
+    let finished = poll_until(Duration::from_secs(20), "every slow task finished", || {
         let mut slow = slow.clone();
         let ids = ids.clone();
-        let most = most_running.clone();
         async move {
-            let mut states = Vec::new();
+            let mut tasks = Vec::new();
             for id in ids {
                 let task = slow
                     .get(proto::GetRequest { id })
@@ -805,25 +803,34 @@ async fn a_namespace_runs_at_most_its_quota_of_attempts_and_holds_no_one_else_ba
                     .into_inner()
                     .task
                     .expect("a task");
-                states.push(task.state());
+                if task.state() != proto::TaskState::Succeeded {
+                    return None;
+                }
+                tasks.push(task);
             }
-            let running = states
-                .iter()
-                .filter(|state| **state == proto::TaskState::Running)
-                .count();
-            most.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
-            states
-                .iter()
-                .all(|state| *state == proto::TaskState::Succeeded)
-                .then_some(())
+            Some(tasks)
         }
     })
     .await;
-    assert_eq!(
-        most_running.load(std::sync::atomic::Ordering::Relaxed),
-        1,
-        "at most one attempt of the namespace ran at once"
-    );
+    // From the tasks' own times, not from reads one after another (which
+    // see one attempt end and the next start between two Gets).
+    let mut spans: Vec<(std::time::SystemTime, std::time::SystemTime)> = finished
+        .iter()
+        .map(|task| {
+            let time = |at: Option<prost_types::Timestamp>| {
+                std::time::SystemTime::try_from(at.expect("a finished task's times"))
+                    .expect("a time")
+            };
+            (time(task.start_time), time(task.end_time))
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "at most one attempt of the namespace ran at once: {spans:?}"
+        );
+    }
 }
 
 /// A client certificate's SPIFFE id names an identity of the auth file:

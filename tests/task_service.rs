@@ -112,20 +112,16 @@ async fn await_answers_ok_not_done_before_the_call_deadline() {
         timeout: None,
     });
     request.set_timeout(Duration::from_millis(300));
-    let started = std::time::Instant::now();
+    // Had the server answered after the call's deadline, the client would
+    // have ended the call DEADLINE_EXCEEDED (no wall-clock check needed).
     let response = raw(&vowd)
         .await
         .r#await(request)
         .await
         .expect("Await answers OK at its deadline");
-    let elapsed = started.elapsed();
     let response = response.into_inner();
     assert!(!response.done);
     assert!(!response.task.expect("snapshot").is_terminal());
-    assert!(
-        elapsed < Duration::from_millis(300),
-        "answered after the deadline: {elapsed:?}"
-    );
 }
 
 #[tokio::test]
