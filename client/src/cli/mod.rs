@@ -30,7 +30,8 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "vow", version, after_help = EXIT_CODES, after_long_help = EXIT_CODES)]
 pub struct Cli {
-    /// Server to talk to: `host:port`, or an `http://` or `https://` URL.
+    /// Server to talk to: `host:port`, or an `http://` or `https://` URL; several replicas,
+    /// balanced over: `a:50051,b:50051`, or `dns:///name:50051` (every address of the name).
     #[arg(
         long,
         short = 's',
