@@ -110,14 +110,18 @@ def churning_workers(server: str, stop: threading.Event) -> None:
         thread.join()
 
 
-def sample(pid: int, data_dir: Path) -> tuple[int, int, int]:
-    rss_kib = 0
+def sample(pid: int, data_dir: Path) -> tuple[int, int, int, int]:
+    """RSS, and of it the anonymous part (the heap: the mapped store file is
+    the rest, and grows with the file), open fds, store bytes."""
+    fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss_kib = int(line.split()[1])
+        key, _, value = line.partition(":")
+        fields[key] = value
+    rss_kib = int(fields["VmRSS"].split()[0])
+    anon_kib = int(fields["RssAnon"].split()[0])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     store_bytes = sum(path.stat().st_size for path in data_dir.iterdir() if path.is_file())
-    return rss_kib, fds, store_bytes
+    return rss_kib, anon_kib, fds, store_bytes
 
 
 def p99(latencies: list[float]) -> float:
@@ -136,13 +140,15 @@ def plot(rows: list[dict], path: Path) -> None:
     minutes = [row["minute"] for row in rows]
     figure, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
     series = [
-        ("rss_mib", "RSS (MiB)"),
+        ("rss_mib", "RSS, heap part dashed (MiB)"),
         ("open_fds", "open file descriptors"),
         ("store_mib", "store on disk (MiB)"),
         ("p99_ms", "submit→result p99 (ms)"),
     ]
     for axis, (key, label) in zip(axes, series):
         axis.plot(minutes, [row[key] for row in rows], marker="o", markersize=3)
+        if key == "rss_mib" and "heap_mib" in rows[0]:
+            axis.plot(minutes, [row["heap_mib"] for row in rows], linestyle="--")
         axis.set_ylabel(label)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
@@ -188,11 +194,12 @@ def main() -> None:
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(args.interval)
             minute = round((time.monotonic() - started) / 60, 2)
-            rss_kib, fds, store_bytes = sample(vowd.pid, data_dir)
+            rss_kib, anon_kib, fds, store_bytes = sample(vowd.pid, data_dir)
             latencies, done, failures = stats.take()
             row = {
                 "minute": minute,
                 "rss_mib": round(rss_kib / 1024, 1),
+                "heap_mib": round(anon_kib / 1024, 1),
                 "open_fds": fds,
                 "store_mib": round(store_bytes / 2**20, 2),
                 "p99_ms": round(p99(latencies) * 1000, 2),
