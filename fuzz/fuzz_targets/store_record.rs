@@ -28,8 +28,13 @@ fuzz_target!(|data: &[u8]| {
         && task.retry.backoff_multiplier.is_finite()
         && task.retry.jitter.is_finite();
     if finite && let Ok(json) = serde_json::to_vec(&task) {
-        let from_json = decode_record(&json).expect("a JSON record decodes");
-        assert_eq!(encode_record(&from_json).expect("encodes"), encoded);
+        // serde_json stops at 128 levels of nesting, MessagePack does not:
+        // version 1 could not hold such a record in the first place.
+        match decode_record(&json) {
+            Ok(from_json) => assert_eq!(encode_record(&from_json).expect("encodes"), encoded),
+            Err(error) if error.to_string().contains("recursion limit") => {}
+            Err(error) => panic!("a JSON record does not decode: {error}"),
+        }
     }
     let columns = Columns::of(&task).expect("a decoded record has columns");
     assert_eq!(columns.record, encoded);
