@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod grpc;
 pub mod handlers;
 pub mod kinds_file;

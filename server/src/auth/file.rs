@@ -39,7 +39,7 @@ struct ApiKeyEntry {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct JwtEntry {
+pub(crate) struct JwtEntry {
     /// Relative to the auth file.
     pub jwks_file: PathBuf,
     pub issuer: String,

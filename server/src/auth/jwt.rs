@@ -33,7 +33,12 @@ impl JwtVerifier {
         let path = base.join(&entry.jwks_file);
         let text = std::fs::read_to_string(&path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let set: JwkSet = serde_json::from_str(&text)
+        Self::from_jwks(entry, &text, &path)
+    }
+
+    /// Checks the text of a JWKS, read from `path` (named in errors).
+    pub(crate) fn from_jwks(entry: JwtEntry, text: &str, path: &Path) -> Result<Self, String> {
+        let set: JwkSet = serde_json::from_str(text)
             .map_err(|error| format!("{} is not a JWKS: {error}", path.display()))?;
         let mut keys = Vec::new();
         for (index, jwk) in set.keys.iter().enumerate() {

@@ -5,8 +5,8 @@
 //! reflection stay open for probes. The file is reloaded when it changes; a
 //! bad edit keeps what was there.
 
-mod file;
-mod jwt;
+pub(crate) mod file;
+pub(crate) mod jwt;
 pub mod keys;
 mod layer;
 mod peer;

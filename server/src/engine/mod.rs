@@ -16,7 +16,7 @@ pub mod transitions;
 
 mod executor;
 mod maintenance;
-mod validate;
+pub(crate) mod validate;
 pub mod watch;
 pub mod workers;
 

@@ -5,7 +5,10 @@
 
 use std::time::SystemTime;
 
-use super::task::{ErrorCode, Payload, TaskError, TaskRecord, TaskState};
+use super::{
+    task::{ErrorCode, Payload, TaskError, TaskRecord, TaskState},
+    validate::MAX_BACKOFF,
+};
 
 /// How an attempt ended, as the executor saw it.
 #[derive(Clone, Debug)]
@@ -223,9 +226,12 @@ fn fail_attempt(task: &mut TaskRecord, error: TaskError, now: SystemTime, unit_r
         end(task, TaskState::Failed, now);
         return;
     }
-    // A delay the error asked for (a RetryInfo) wins over the backoff.
+    // A delay the error asked for (a RetryInfo) wins over the backoff, up
+    // to the longest backoff a submitter may set: a worker's hint must not
+    // push the next attempt past what a clock (or a store) can hold.
     let delay = error
         .retry_after
+        .map(|asked| asked.min(MAX_BACKOFF))
         .unwrap_or_else(|| task.retry.backoff(task.attempt, unit_random));
     let next_attempt_at = now + delay;
     if task
@@ -510,5 +516,17 @@ pub(crate) mod tests {
         error.retry_after = Some(Duration::from_secs(42));
         finish_attempt(&mut task, AttemptOutcome::Failed(error), now(), 0.5);
         assert_eq!(task.next_attempt_at, Some(now() + Duration::from_secs(42)));
+    }
+
+    /// Found by the `worker_service_requests` fuzz target: a worker's
+    /// RetryInfo of i64::MAX seconds overflowed `now + delay` and panicked.
+    #[test]
+    fn a_retry_delay_past_any_clock_waits_the_longest_backoff() {
+        let mut task = running(1, 3);
+        let mut error = TaskError::new(ErrorCode::Unavailable, "much later");
+        error.retry_after = Some(Duration::from_secs(i64::MAX as u64));
+        finish_attempt(&mut task, AttemptOutcome::Failed(error), now(), 0.5);
+        assert_eq!(task.state, TaskState::RetryWait);
+        assert_eq!(task.next_attempt_at, Some(now() + MAX_BACKOFF));
     }
 }

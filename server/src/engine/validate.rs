@@ -19,7 +19,8 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 /// Furthest into the future a schedule or deadline may lie.
 pub const MAX_HORIZON: Duration = Duration::from_secs(366 * 24 * 60 * 60);
-const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest backoff, or retry delay an error asks for.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_MULTIPLIER: f64 = 100.0;
 
 /// Validates a spec; `Ok` means the engine can accept it.

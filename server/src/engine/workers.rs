@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::{
-    Engine, EngineError, Mutation, Scope, TaskEvent,
+    Engine, EngineError, Kinds, Mutation, Scope, TaskEvent,
     task::{
         Completion, Payload, Progress, RemoteAttempt, TaskError, TaskId, TaskRecord, TaskState,
         TraceContext,
@@ -137,6 +137,68 @@ impl Drop for PollerGuard<'_> {
                 record::pollers(kind, *count);
             }
         }
+    }
+}
+
+/// Checks a Poll against the kinds the engine knows and its longest lease.
+pub(crate) fn check_poll(
+    spec: &PollSpec,
+    kinds: &Kinds,
+    max_lease: Duration,
+) -> Result<(), EngineError> {
+    let mut violations = Vec::new();
+    let mut violation = |field: String, description: String| {
+        violations.push(super::FieldViolation::new(field, description));
+    };
+    if spec.kinds.is_empty() {
+        violation("kinds".into(), "must name at least one remote kind".into());
+    }
+    for (index, kind) in spec.kinds.iter().enumerate() {
+        match kinds.get(kind) {
+            Some(settings) if settings.remote => {}
+            Some(_) => violation(
+                format!("kinds[{index}]"),
+                format!("{kind:?} runs inside vowd, not on workers"),
+            ),
+            None => violation(
+                format!("kinds[{index}]"),
+                format!(
+                    "unknown kind {kind:?}; declare it with --remote-kind or in the kinds file"
+                ),
+            ),
+        }
+    }
+    let worker_id_ok = !spec.worker_id.is_empty()
+        && spec.worker_id.len() <= MAX_WORKER_ID_LEN
+        && !spec.worker_id.chars().any(char::is_control);
+    if !worker_id_ok {
+        violation(
+            "worker_id".into(),
+            format!("must be 1 to {MAX_WORKER_ID_LEN} bytes without control characters"),
+        );
+    }
+    if spec.max_tasks > MAX_POLL_TASKS {
+        violation(
+            "max_tasks".into(),
+            format!("must be at most {MAX_POLL_TASKS}"),
+        );
+    }
+    if let Some(lease) = spec.lease_duration
+        && !(MIN_LEASE..=max_lease).contains(&lease)
+    {
+        violation(
+            "lease_duration".into(),
+            format!(
+                "must be from {} to the server's maximum of {}",
+                humantime::format_duration(MIN_LEASE),
+                humantime::format_duration(max_lease)
+            ),
+        );
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidArgument(violations))
     }
 }
 
@@ -300,7 +362,11 @@ impl Engine {
     /// first. Returns at once when leases are granted; empty at the bound,
     /// or when the server drains.
     pub async fn poll(&self, spec: PollSpec) -> Result<Vec<GrantedLease>, EngineError> {
-        self.check_poll(&spec)?;
+        check_poll(
+            &spec,
+            &self.inner.kinds,
+            self.inner.config.max_lease_duration,
+        )?;
         let started = Instant::now();
         let work = &self.inner.remote;
         let _poller = PollerGuard::new(work, &spec.kinds);
@@ -371,64 +437,6 @@ impl Engine {
                 record::poll_ended(false, started.elapsed());
                 return Ok(Vec::new());
             }
-        }
-    }
-
-    fn check_poll(&self, spec: &PollSpec) -> Result<(), EngineError> {
-        let mut violations = Vec::new();
-        let mut violation = |field: String, description: String| {
-            violations.push(super::FieldViolation::new(field, description));
-        };
-        if spec.kinds.is_empty() {
-            violation("kinds".into(), "must name at least one remote kind".into());
-        }
-        for (index, kind) in spec.kinds.iter().enumerate() {
-            match self.inner.kinds.get(kind) {
-                Some(settings) if settings.remote => {}
-                Some(_) => violation(
-                    format!("kinds[{index}]"),
-                    format!("{kind:?} runs inside vowd, not on workers"),
-                ),
-                None => violation(
-                    format!("kinds[{index}]"),
-                    format!(
-                        "unknown kind {kind:?}; declare it with --remote-kind or in the kinds file"
-                    ),
-                ),
-            }
-        }
-        let worker_id_ok = !spec.worker_id.is_empty()
-            && spec.worker_id.len() <= MAX_WORKER_ID_LEN
-            && !spec.worker_id.chars().any(char::is_control);
-        if !worker_id_ok {
-            violation(
-                "worker_id".into(),
-                format!("must be 1 to {MAX_WORKER_ID_LEN} bytes without control characters"),
-            );
-        }
-        if spec.max_tasks > MAX_POLL_TASKS {
-            violation(
-                "max_tasks".into(),
-                format!("must be at most {MAX_POLL_TASKS}"),
-            );
-        }
-        let max_lease = self.inner.config.max_lease_duration;
-        if let Some(lease) = spec.lease_duration
-            && !(MIN_LEASE..=max_lease).contains(&lease)
-        {
-            violation(
-                "lease_duration".into(),
-                format!(
-                    "must be from {} to the server's maximum of {}",
-                    humantime::format_duration(MIN_LEASE),
-                    humantime::format_duration(max_lease)
-                ),
-            );
-        }
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::InvalidArgument(violations))
         }
     }
 

@@ -71,6 +71,12 @@ pub fn duration(
         violations.add(field, "nanos must be between 0 and 999,999,999");
         return None;
     }
+    // Checked here: prost-types negates the seconds of a negative duration,
+    // which overflows (and panics with overflow checks) for i64::MIN.
+    if value.seconds < 0 {
+        violations.add(field, "must not be negative");
+        return None;
+    }
     match Duration::try_from(value) {
         Ok(duration) => Some(duration),
         Err(_) => {
@@ -547,6 +553,23 @@ mod tests {
             .finish(())
             .expect_err("a negative duration is invalid");
         assert!(matches!(error, EngineError::InvalidArgument(ref v) if v[0].field == "ttl"));
+    }
+
+    /// Found by the `worker_service_requests` fuzz target: a RetryInfo of
+    /// i64::MIN seconds overflowed inside prost-types' conversion.
+    #[test]
+    fn the_most_negative_duration_is_a_field_violation() {
+        let mut violations = Violations::default();
+        let parsed = duration(
+            "retry_delay",
+            Some(prost_types::Duration {
+                seconds: i64::MIN,
+                nanos: 0,
+            }),
+            &mut violations,
+        );
+        assert_eq!(parsed, None);
+        assert!(violations.finish(()).is_err());
     }
 
     #[test]

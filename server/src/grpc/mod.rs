@@ -2,14 +2,14 @@
 //! It converts and validates input, calls the engine, converts output and
 //! maps errors.
 
-mod convert;
-mod deadline;
+pub(crate) mod convert;
+pub(crate) mod deadline;
 mod request_size;
 mod rpc_trace;
 mod shared_encoding;
 mod status;
 mod task_service;
-mod worker_convert;
+pub(crate) mod worker_convert;
 mod worker_service;
 
 pub use convert::ERROR_DOMAIN;

@@ -4,7 +4,7 @@
 //! `revision`, and every lease change (claim, reap, release) bumps the revision
 //! too, so the compare-and-set also fences writers whose lease was taken over.
 
-mod embedded;
+pub(crate) mod embedded;
 mod memory;
 mod postgres;
 

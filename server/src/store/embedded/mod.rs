@@ -6,7 +6,7 @@
 //! a small pool of reader connections, which WAL lets proceed during writes.
 //! A lock file keeps a second `vowd` off the same directory.
 
-mod schema;
+pub(crate) mod schema;
 mod writer;
 
 use std::{

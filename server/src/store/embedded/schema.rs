@@ -454,4 +454,19 @@ mod tests {
         let decoded = decode_record(&serde_json::to_vec(&task).unwrap()).unwrap();
         assert_eq!(decoded, task);
     }
+
+    /// Found by the `store_record` fuzz target: without serde_json's
+    /// `float_roundtrip`, these read back one ulp off.
+    #[test]
+    fn json_records_keep_their_floats_bit_for_bit() {
+        let mut task = full_record();
+        task.retry.backoff_multiplier = f64::from_bits(0x2800_0000_0000_0000);
+        task.retry.jitter = f64::from_bits(0x1f00_0000_0000_09ff);
+        let decoded = decode_record(&serde_json::to_vec(&task).unwrap()).unwrap();
+        assert_eq!(
+            decoded.retry.backoff_multiplier.to_bits(),
+            task.retry.backoff_multiplier.to_bits()
+        );
+        assert_eq!(decoded.retry.jitter.to_bits(), task.retry.jitter.to_bits());
+    }
 }
