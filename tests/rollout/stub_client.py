@@ -70,10 +70,18 @@ def main() -> None:
             step = "Submit"
             task_id = None
             try:
-                submitted = stub.Submit(
-                    pb.SubmitRequest(kind="echo", idempotency_key=f"stub-{uuid.uuid4().hex}"),
-                    timeout=30,
-                )
+                request = pb.SubmitRequest(kind="echo", idempotency_key=f"stub-{uuid.uuid4().hex}")
+                try:
+                    submitted = stub.Submit(request, timeout=30)
+                except grpc.RpcError as error:
+                    # gRPC retries only calls not yet committed: a reply cut after its
+                    # headers (haproxy: UNKNOWN "Stream removed") is the application's to
+                    # repeat, which the idempotency key makes safe.
+                    if error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+                        raise
+                    with lock:
+                        counts["resubmitted"] = counts.get("resubmitted", 0) + 1
+                    submitted = stub.Submit(request, timeout=30)
                 step = "Await"
                 task_id = submitted.task.id
                 awaited = stub.Await(pb.AwaitRequest(id=submitted.task.id), timeout=30)
