@@ -506,9 +506,15 @@ async fn store_outcome(
     // only the store's lease column (PostgreSQL): without the renewed expiry,
     // an attempt longer than its lease looked lost and its outcome was
     // dropped, so it ran again.
+    // Copied only when a renewal moved the expiry: most attempts end
+    // within their first lease, and the record (inputs and all) is shared.
     let mut snapshot = claimed.clone();
-    if let Some(lease) = Arc::make_mut(&mut snapshot).lease.as_mut() {
-        lease.expires_at = lease.expires_at.max(lease_expires_at);
+    let renewed = snapshot
+        .lease
+        .as_ref()
+        .is_some_and(|lease| lease.expires_at < lease_expires_at);
+    if renewed && let Some(lease) = Arc::make_mut(&mut snapshot).lease.as_mut() {
+        lease.expires_at = lease_expires_at;
     }
     let mut known = Some(snapshot);
     let mut backoff = OUTCOME_FIRST_BACKOFF;
